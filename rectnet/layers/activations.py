@@ -1,0 +1,234 @@
+"""Rectifiers that know their channel arithmetic and their Kaiming gains.
+
+Every activation is a `Rectifier`: an `nn.Module` that says how many channels it emits for `c` input
+channels (CReLU: 2c) and which gain the initialization needs around it (`rectnet.layers.init`).
+
+Gains, from the variance argument of He et al. 2015 §2.2. Let y be a zero-mean, symmetric response of
+a conv layer, x = f(y) what the next layer reads, and Δ the gradients flowing back.
+
+* Forward (Eq. 7): Var[y_next] = n Var[w] E[x²] with n = k²·(channels the next layer reads). Writing
+  q = E[x²] / Var[y] (per channel read by the next layer), Eq. 10 generalizes to n Var[w] = 1/q, i.e.
+  std = gain / sqrt(fan_in) with forward gain = 1/sqrt(q). Cross terms vanish because the weights are
+  independent and zero-mean, so correlated inputs (CReLU's two halves) do not change the sum.
+* Backward (Eq. 11-12): Δy = f'(y) ⊙ Δx; Var[Δx_prev] = n̂ Var[w] Var[Δy] with n̂ = k²·d (the layer's
+  own filters). Writing r = Var[Δy] / Var[Δx], Eq. 14 generalizes to n̂ Var[w] = 1/r, backward gain
+  = 1/sqrt(r).
+
+Per activation (derivations in each class docstring):
+
+    activation   q            r            forward gain        backward gain
+    relu         1/2          1/2          sqrt(2)             sqrt(2)            (Eq. 10 / Eq. 14)
+    prelu(a)     (1+a²)/2     (1+a²)/2     sqrt(2/(1+a²))      sqrt(2/(1+a²))     (Eq. 15)
+    leaky(a)     (1+a²)/2     (1+a²)/2     sqrt(2/(1+a²))      sqrt(2/(1+a²))
+    avr |y|      1            1            1                   1
+    crelu        1/2          1            sqrt(2)             1
+    identity     1            1            1                   1
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rectnet.registry import Registry
+
+
+class Rectifier(nn.Module):
+    """Base class: an activation with channel arithmetic and init gains."""
+
+    channel_multiplier: int = 1
+
+    def forward_gain(self) -> float:
+        raise NotImplementedError
+
+    def backward_gain(self) -> float:
+        raise NotImplementedError
+
+    def gain(self, mode: str) -> float:
+        """Gain for `std = gain / sqrt(fan)`: fan_in uses the forward gain, fan_out the backward one."""
+        return self.forward_gain() if mode == "fan_in" else self.backward_gain()
+
+
+ACTIVATIONS: Registry[type[Rectifier]] = Registry("activation")
+
+
+@ACTIVATIONS.register("identity")
+class Identity(Rectifier):
+    """No non-linearity (q = r = 1). Used after classifier layers."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def forward_gain(self) -> float:
+        return 1.0
+
+    def backward_gain(self) -> float:
+        return 1.0
+
+
+@ACTIVATIONS.register("relu")
+class ReLU(Rectifier):
+    """max(0, y). For symmetric y: E[x²] = Var[y]/2 (Eq. 8) and f' is 0 or 1 with equal odds (Eq. 12)."""
+
+    def __init__(self, channels: int, inplace: bool = True) -> None:
+        super().__init__()
+        self.inplace = inplace
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(x, inplace=self.inplace)
+
+    def forward_gain(self) -> float:
+        return math.sqrt(2.0)
+
+    def backward_gain(self) -> float:
+        return math.sqrt(2.0)
+
+
+def _slope_gain(a: float) -> float:
+    """Eq. 15: ½(1 + a²) n Var[w] = 1. Forward: E[x²] = ½Var[y] + ½a²Var[y]; backward: f'² is 1 or a²."""
+    return math.sqrt(2.0 / (1.0 + a * a))
+
+
+@ACTIVATIONS.register("leaky_relu")
+class LeakyReLU(Rectifier):
+    """max(0, y) + a·min(0, y) with a fixed slope a (Maas et al. 2013 use 0.01)."""
+
+    def __init__(self, channels: int, slope: float = 0.01, inplace: bool = True) -> None:
+        super().__init__()
+        self.slope = slope
+        self.inplace = inplace
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.leaky_relu(x, self.slope, inplace=self.inplace)
+
+    def forward_gain(self) -> float:
+        return _slope_gain(self.slope)
+
+    def backward_gain(self) -> float:
+        return _slope_gain(self.slope)
+
+    def extra_repr(self) -> str:
+        return f"slope={self.slope}"
+
+
+@ACTIVATIONS.register("prelu")
+class PReLU(Rectifier):
+    """He et al. 2015 Eq. 1: f(y_i) = max(0, y_i) + a_i·min(0, y_i), a_i learned, initialised to 0.25.
+
+    Channel-wise (one a per channel) by default; `shared=True` gives the channel-shared variant (one a per
+    layer, Table 1). The slope parameter is `weight`, as in `torch.nn.PReLU`, and the optimizer puts it in
+    a group without weight decay (§2.1: decay would push a towards 0, i.e. towards ReLU).
+    The gain uses the *initial* slope (Eq. 15): init runs right after construction.
+    """
+
+    def __init__(self, channels: int, slope: float = 0.25, shared: bool = False) -> None:
+        super().__init__()
+        self.shared = shared
+        self.weight = nn.Parameter(torch.full((1 if shared else channels,), float(slope)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.prelu(x, self.weight)
+
+    def _initial_slope(self) -> float:
+        return float(self.weight.detach().mean())
+
+    def forward_gain(self) -> float:
+        return _slope_gain(self._initial_slope())
+
+    def backward_gain(self) -> float:
+        return _slope_gain(self._initial_slope())
+
+    def extra_repr(self) -> str:
+        return f"num_parameters={self.weight.numel()}"
+
+
+@ACTIVATIONS.register("prelu_shared")
+class SharedPReLU(PReLU):
+    """Channel-shared PReLU: one learned slope for the whole layer (He et al. 2015, Table 1, left column)."""
+
+    def __init__(self, channels: int, slope: float = 0.25) -> None:
+        super().__init__(channels, slope=slope, shared=True)
+
+
+@ACTIVATIONS.register("avr")
+class AbsReLU(Rectifier):
+    """Absolute value rectification |y| (Jarrett et al. 2009), the CReLU paper's AVR.
+
+    Forward: E[|y|²] = Var[y], so q = 1. Backward: f'(y) = sign(y), f'² = 1, so r = 1. Both gains are 1:
+    AVR needs Xavier's linear-case variance, not ReLU's doubled one.
+    """
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.abs(x)
+
+    def forward_gain(self) -> float:
+        return 1.0
+
+    def backward_gain(self) -> float:
+        return 1.0
+
+
+@ACTIVATIONS.register("crelu")
+class CReLU(Rectifier):
+    """Shang et al. 2016 Definition 2.1: ρ_c(y) = ([y]₊, [-y]₊) concatenated on channels (2c out).
+
+    Forward: each of the 2c channels the next layer reads has E[x²] = Var[y]/2, so with the next layer's
+    real fan-in (which counts 2c channels) q = 1/2 and the forward gain is sqrt(2), as for ReLU.
+    Backward: Δy = 1[y>0]·Δx₊ − 1[y≤0]·Δx₋; exactly one of the two terms is live, so
+    Var[Δy] = ½Var[Δx₊] + ½Var[Δx₋] = Var[Δx] and r = 1: the backward gain is 1, not sqrt(2). A CReLU
+    layer passes back the full gradient variance because no unit is ever "off" for both phases.
+    """
+
+    channel_multiplier = 2
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # One concatenation then an in-place ReLU: a single output buffer, no intermediate relu(x), relu(-x).
+        return torch.cat((x, x.neg()), dim=1).relu_()
+
+    def forward_gain(self) -> float:
+        return math.sqrt(2.0)
+
+    def backward_gain(self) -> float:
+        return 1.0
+
+
+@dataclass(frozen=True)
+class ActivationFactory:
+    """Makes the activation module for a layer of `c` channels and says how many channels come out."""
+
+    name: str
+    params: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def cls(self) -> type[Rectifier]:
+        return ACTIVATIONS.get(self.name)
+
+    def __call__(self, channels: int) -> Rectifier:
+        return self.cls(channels, **self.params)
+
+    def out_channels(self, channels: int) -> int:
+        return channels * self.cls.channel_multiplier
+
+
+def make_activation(name: str, **params: Any) -> ActivationFactory:
+    """Validate `name` and `params` now (not at the first layer) and return a factory."""
+    factory = ActivationFactory(name, dict(params))
+    try:
+        factory(1)
+    except TypeError as err:
+        raise TypeError(f"activation {name!r} does not take parameters {sorted(params)}: {err}") from None
+    return factory

@@ -1,0 +1,7 @@
+"""Architectures. Importing this package registers every model (rectnet config and timm.create_model)."""
+
+from rectnet.models import convpool  # noqa: F401  (registers its models)
+from rectnet.models.registry import MODELS, create
+from rectnet.models.spec import SpecNet
+
+__all__ = ["MODELS", "create", "SpecNet"]

@@ -1,0 +1,78 @@
+"""Model registry: a name -> layer-spec list, buildable from Hydra config or `timm.create_model`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from timm.models import register_model
+
+from rectnet.layers.activations import ActivationFactory, make_activation
+from rectnet.layers.init import init_model
+from rectnet.models.spec import LayerSpec, SpecNet, build
+from rectnet.registry import Registry
+
+SpecFn = Callable[[], list[LayerSpec]]
+MODELS: Registry[SpecFn] = Registry("model")
+
+# Keyword arguments that timm.create_model always passes and that carry nothing for rectnet's models.
+_TIMM_ONLY = ("pretrained", "pretrained_cfg", "pretrained_cfg_overlay", "cache_dir")
+
+
+def create(
+    name: str,
+    num_classes: int = 10,
+    in_chans: int = 3,
+    act: str | ActivationFactory = "relu",
+    width: float = 1.0,
+    act_at: Sequence[int] | None = None,
+    halve_at: Sequence[int] = (),
+    base_act: str = "relu",
+    dropout: float | None = None,
+    init: str | None = "kaiming",
+    init_mode: str = "fan_in",
+    init_std: dict[int, float] | None = None,
+    **act_params: Any,
+) -> SpecNet:
+    """Build registered model `name` with activation `act` (a registry name plus `act_params`, or a factory).
+
+    `init_std` maps 1-based weight-layer indices to a fixed std (a paper-specific override such as the
+    PReLU paper's fc std 0.01/0.01/0.001); `init=None` leaves PyTorch's default init.
+    """
+    factory = act if isinstance(act, ActivationFactory) else make_activation(act, **act_params)
+    model = build(MODELS.get(name)(), factory, num_classes, in_chans, width, act_at, halve_at, base_act, dropout)
+    _set_init_std(model, init_std or {})
+    if init is not None:
+        init_model(model, init, init_mode)
+    return model
+
+
+def _set_init_std(model: SpecNet, init_std: dict[int, float]) -> None:
+    layers = [m for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    for index, std in init_std.items():
+        if not 1 <= int(index) <= len(layers):
+            raise ValueError(f"init_std names weight layer {index}; this model has 1..{len(layers)}")
+        layers[int(index) - 1].init_std = float(std)
+
+
+def register(name: str) -> Callable[[SpecFn], SpecFn]:
+    """Register a spec function under `name` for rectnet's config and for `timm.create_model(name)`."""
+
+    def add(spec_fn: SpecFn) -> SpecFn:
+        MODELS.register(name)(spec_fn)
+
+        def entrypoint(**kwargs: Any) -> SpecNet:
+            for key in _TIMM_ONLY:
+                if kwargs.pop(key, None) and key == "pretrained":
+                    raise ValueError(f"rectnet has no pretrained weights for {name}")
+            return create(name, **kwargs)
+
+        entrypoint.__name__ = name
+        entrypoint.__qualname__ = name
+        entrypoint.__module__ = spec_fn.__module__
+        entrypoint.__doc__ = spec_fn.__doc__
+        register_model(entrypoint)
+        return spec_fn
+
+    return add

@@ -1,0 +1,186 @@
+"""Architectures as layer-spec lists, and the one loop that turns a list into a network.
+
+A model file only writes its paper's layer list; everything that varies between the papers' variants
+is an argument of `build`:
+
+* `act`: the activation under study (a `make_activation` factory), placed after every weight layer
+  whose spec says `act="main"`, or only at the weight layers listed in `act_at` (1-based, counting
+  conv and fc layers in order, as the papers count "conv1", "fc1"); other layers get `base_act` (ReLU).
+* `width` multiplies every layer's filters (CReLU paper: "double", "half"); `halve_at` halves the
+  filters of the listed layers (CReLU (conv1,4,7) and the half-filter variants).
+* Each layer's `in_channels` is the previous activation's `out_channels` (CReLU doubles), never
+  hard-coded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import ClassVar, Protocol
+
+from torch import nn
+
+from rectnet.layers.activations import ActivationFactory, make_activation
+
+CLASSES = -1  # `out` of the classifier layer: replaced by the number of classes, never scaled by width
+
+
+@dataclass(frozen=True)
+class Conv:
+    out: int
+    kernel: int
+    stride: int = 1
+    padding: int = 0
+    act: str | None = "main"  # "main": the activation under study; a registry name: fixed; None: none
+    bn: bool = False
+
+
+@dataclass(frozen=True)
+class Linear:
+    out: int
+    act: str | None = "main"
+    bn: bool = False
+
+
+@dataclass(frozen=True)
+class Pool:
+    kernel: int
+    stride: int
+    padding: int = 0
+    kind: str = "max"
+    ceil_mode: bool = False
+    starts_head: ClassVar[bool] = False
+
+    def to_module(self, channels: int) -> nn.Module:
+        pool = {"max": nn.MaxPool2d, "avg": nn.AvgPool2d}[self.kind]
+        return pool(self.kernel, self.stride, self.padding, ceil_mode=self.ceil_mode)
+
+
+@dataclass(frozen=True)
+class Dropout:
+    p: float
+    starts_head: ClassVar[bool] = False
+
+    def to_module(self, channels: int) -> nn.Module:
+        return nn.Dropout(self.p)
+
+
+@dataclass(frozen=True)
+class GlobalAvgPool:
+    """Global average pooling to one vector per image; starts the network's head."""
+
+    starts_head: ClassVar[bool] = True
+
+    def to_module(self, channels: int) -> nn.Module:
+        return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+
+
+@dataclass(frozen=True)
+class Flatten:
+    """Flattens the feature map; starts the network's head."""
+
+    starts_head: ClassVar[bool] = True
+
+    def to_module(self, channels: int) -> nn.Module:
+        return nn.Flatten()
+
+
+class PlainSpec(Protocol):
+    """A layer without weights: pooling, dropout, SPP (`rectnet.layers.spp`), ..."""
+
+    starts_head: ClassVar[bool]
+
+    def to_module(self, channels: int) -> nn.Module: ...
+
+
+LayerSpec = Conv | Linear | PlainSpec
+
+
+class SpecNet(nn.Module):
+    """`features` (fully convolutional, any input size) followed by `head` (pooling and classifier)."""
+
+    def __init__(self, features: nn.Sequential, head: nn.Sequential) -> None:
+        super().__init__()
+        self.features = features
+        self.head = head
+
+    def forward(self, x):
+        return self.head(self.features(x))
+
+
+def _scaled(out: int, factor: float) -> int:
+    return max(1, round(out * factor))
+
+
+def _check_indices(name: str, indices: Sequence[int], count: int) -> None:
+    bad = [i for i in indices if not 1 <= i <= count]
+    if bad:
+        raise ValueError(f"{name}={list(indices)}: this model has weight layers 1..{count}, got {bad}")
+
+
+def build(
+    specs: Sequence[LayerSpec],
+    act: ActivationFactory,
+    num_classes: int,
+    in_chans: int = 3,
+    width: float = 1.0,
+    act_at: Sequence[int] | None = None,
+    halve_at: Sequence[int] = (),
+    base_act: str = "relu",
+    dropout: float | None = None,
+) -> SpecNet:
+    """Build `specs` into a SpecNet. `dropout`, when given, replaces every Dropout spec's rate."""
+    if width <= 0:
+        raise ValueError(f"width must be > 0, got {width}")
+    n_weight = sum(isinstance(s, (Conv, Linear)) for s in specs)
+    _check_indices("act_at", act_at or (), n_weight)
+    _check_indices("halve_at", halve_at, n_weight)
+    base = make_activation(base_act)
+
+    features: list[nn.Module] = []
+    head: list[nn.Module] = []
+    target = features
+    channels, index = in_chans, 0
+    for spec in specs:
+        if isinstance(spec, (Conv, Linear)):
+            index += 1
+            if spec.out == CLASSES:
+                out = num_classes
+            else:
+                out = _scaled(spec.out, width * (0.5 if index in halve_at else 1.0))
+            layer_act = _activation_for(spec.act, index, act, act_at, base)
+            target.extend(_weight_layer(spec, channels, out, layer_act))
+            channels = layer_act.out_channels(out) if layer_act else out
+        else:
+            if spec.starts_head:
+                target = head
+            if dropout is not None and isinstance(spec, Dropout):
+                spec = Dropout(dropout)
+            target.append(spec.to_module(channels))
+    return SpecNet(nn.Sequential(*features), nn.Sequential(*head))
+
+
+def _activation_for(
+    choice: str | None, index: int, act: ActivationFactory, act_at: Sequence[int] | None, base: ActivationFactory
+) -> ActivationFactory | None:
+    if choice is None:
+        return None
+    if choice != "main":
+        return make_activation(choice)
+    return act if act_at is None or index in act_at else base
+
+
+def _weight_layer(spec: Conv | Linear, c_in: int, out: int, act: ActivationFactory | None) -> list[nn.Module]:
+    if isinstance(spec, Conv):
+        layers: list[nn.Module] = [
+            nn.Conv2d(c_in, out, spec.kernel, spec.stride, spec.padding, bias=not spec.bn),
+        ]
+        if spec.bn:
+            layers.append(nn.BatchNorm2d(out))
+    else:
+        layers = [nn.Linear(c_in, out, bias=not spec.bn)]
+        if spec.bn:
+            layers.append(nn.BatchNorm1d(out))
+    if act is not None:
+        layers.append(act(out))
+    return layers
