@@ -122,4 +122,3 @@ def init_model(
             nn.init.zeros_(layer.module.bias)
         used.append((layer.name, std))
     return used
-

@@ -32,6 +32,6 @@ def convpool_cnn_c() -> list[LayerSpec]:
         Dropout(0.5),
         Conv(192, 3),
         Conv(192, 1),
-        Conv(CLASSES, 1, act="relu"),
+        Conv(CLASSES, 1, act=None),
         GlobalAvgPool(),
     ]

@@ -32,6 +32,7 @@ def create(
     dropout: float | None = None,
     init: str | None = "kaiming",
     init_mode: str = "fan_in",
+    init_distribution: str = "normal",
     init_std: dict[int, float] | None = None,
     **act_params: Any,
 ) -> SpecNet:
@@ -44,7 +45,7 @@ def create(
     model = build(MODELS.get(name)(), factory, num_classes, in_chans, width, act_at, halve_at, base_act, dropout)
     _set_init_std(model, init_std or {})
     if init is not None:
-        init_model(model, init, init_mode)
+        init_model(model, init, init_mode, init_distribution)
     return model
 
 

@@ -1,0 +1,193 @@
+"""Typed schema of the Hydra config (structured configs in Hydra's ConfigStore).
+
+`configs/train.yaml` starts from `train_schema`, so every group file is merged into these dataclasses:
+an unknown key or a wrong type (`optim.lr=abc`) fails at composition; `to_settings` then turns the
+composed config into these objects and runs each section's `validate` (ranges: `optim.lr=-1`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+
+class ConfigError(ValueError):
+    """A config value is out of range or inconsistent; the message names the key."""
+
+
+def _require(ok: bool, key: str, message: str, value: Any) -> None:
+    if not ok:
+        raise ConfigError(f"{key} {message}, got {value!r}")
+
+
+def _one_of(key: str, value: Any, valid: tuple[str, ...]) -> None:
+    _require(value in valid, key, f"must be one of {', '.join(valid)}", value)
+
+
+@dataclass
+class DatasetConfig:
+    name: str = MISSING  # cifar10 | cifar100 | synthetic
+    root: str = "${oc.env:RECTNET_DATA,./data}"
+    num_classes: int = MISSING
+    image_size: int = 32
+    download: bool = False  # opt-in download through torchvision's utilities (checksums checked there)
+    num_train: int | None = None  # first N training images (all when null); synthetic: how many to make
+    num_test: int | None = None
+    flip: bool = True  # random horizontal flip (CReLU paper §3.1)
+    crop_padding: int = 0  # random shifts of up to this many pixels (pad, then crop back); 0 = off
+    padding_mode: str = "zeros"  # zeros | reflect
+    normalize: bool = True  # per-channel mean/std of the training split (CReLU paper §3.1)
+    on_device: bool = True  # hold the uint8 split on the training device (GPU-resident CIFAR)
+    synthetic_noise: float = 1.5  # synthetic only: noise std relative to the class patterns
+
+    def validate(self) -> None:
+        _one_of("dataset.padding_mode", self.padding_mode, ("zeros", "reflect"))
+        _require(self.num_classes >= 2, "dataset.num_classes", "must be >= 2", self.num_classes)
+        _require(self.image_size >= 8, "dataset.image_size", "must be >= 8", self.image_size)
+        _require(self.crop_padding >= 0, "dataset.crop_padding", "must be >= 0", self.crop_padding)
+        for key in ("num_train", "num_test"):
+            value = getattr(self, key)
+            _require(value is None or value >= 1, f"dataset.{key}", "must be >= 1 or null", value)
+
+
+@dataclass
+class ModelConfig:
+    name: str = "convpool_cnn_c"
+    width: float = 1.0  # filter multiplier: 1 baseline, 2 "double", 0.5 "half" (CReLU paper Table 1)
+    act_at: list[int] | None = None  # weight layers (1-based) that take `activation`; others base_act; null = all
+    halve_at: list[int] = field(default_factory=list)  # weight layers whose filters are halved
+    base_act: str = "relu"
+    dropout: float | None = None  # replaces every dropout rate of the layer list when set
+    init_std: dict[int, float] = field(default_factory=dict)  # weight layer -> fixed init std
+
+    def validate(self) -> None:
+        _require(self.width > 0, "model.width", "must be > 0", self.width)
+        _require(self.dropout is None or 0 <= self.dropout < 1, "model.dropout", "must be in [0, 1)", self.dropout)
+
+
+@dataclass
+class ActivationConfig:
+    name: str = "relu"  # relu | prelu | prelu_shared | crelu | avr | leaky_relu
+    slope: float | None = None  # prelu/prelu_shared: initial a (0.25, §2.1); leaky_relu: fixed slope
+
+    def params(self) -> dict[str, Any]:
+        return {} if self.slope is None else {"slope": self.slope}
+
+
+@dataclass
+class InitConfig:
+    name: str = "kaiming"  # kaiming | xavier
+    mode: str = "fan_in"  # kaiming: fan_in (Eq. 10) | fan_out (Eq. 14); xavier also: avg
+    distribution: str = "normal"  # normal | uniform
+
+    def validate(self) -> None:
+        _one_of("init.mode", self.mode, ("fan_in", "fan_out", "avg"))
+        _one_of("init.distribution", self.distribution, ("normal", "uniform"))
+
+
+@dataclass
+class OptimConfig:
+    name: str = "sgd"
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    nesterov: bool = False
+    decay_bias: bool = True  # false: no weight decay on biases
+    decay_slopes: bool = False  # PReLU slopes: no decay (He et al. §2.1); true only for ablations
+
+    def validate(self) -> None:
+        _one_of("optim.name", self.name, ("sgd",))
+        _require(self.lr > 0, "optim.lr", "must be > 0", self.lr)
+        _require(0 <= self.momentum < 1, "optim.momentum", "must be in [0, 1)", self.momentum)
+        _require(self.weight_decay >= 0, "optim.weight_decay", "must be >= 0", self.weight_decay)
+
+
+@dataclass
+class ScheduleConfig:
+    name: str = "multistep"  # constant | step | multistep | plateau
+    gamma: float = 0.1  # lr factor at each switch (1e-2 -> 1e-3 -> 1e-4 in He et al. §3)
+    step_size: int = 30  # step: epochs between switches
+    milestones: list[int] = field(default_factory=list)  # multistep: epochs at which to switch
+    patience: int = 5  # plateau: epochs without improvement of the test top-1 error before a switch
+    threshold: float = 1e-3  # plateau: relative improvement that counts
+    min_lr: float = 0.0
+
+    def validate(self) -> None:
+        _one_of("schedule.name", self.name, ("constant", "step", "multistep", "plateau"))
+        _require(0 < self.gamma <= 1, "schedule.gamma", "must be in (0, 1]", self.gamma)
+        _require(self.step_size >= 1, "schedule.step_size", "must be >= 1", self.step_size)
+        _require(all(m >= 1 for m in self.milestones), "schedule.milestones", "must be >= 1", self.milestones)
+        _require(self.patience >= 0, "schedule.patience", "must be >= 0", self.patience)
+
+
+@dataclass
+class TrainerConfig:
+    epochs: int = 350
+    batch_size: int = 128
+    eval_batch_size: int = 500
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast; fp16 adds a gradient scaler, CUDA only)
+    channels_last: bool = True
+    compile: bool = False  # torch.compile the model
+    resume: str | None = None  # a checkpoint path, or "auto" for <run_dir>/checkpoints/last.pt
+    threads: int | None = None  # CPU intra-op threads (torch default when null)
+    deterministic: bool = False  # torch.use_deterministic_algorithms + cudnn.benchmark off
+    log_every_steps: int = 50  # plain progress lines when the output is not a terminal
+    progress: str = "auto"  # auto (bar on a terminal, lines otherwise) | bar | lines | none
+    max_steps_per_epoch: int | None = None  # cap for quick checks; null = the whole epoch
+
+    def validate(self) -> None:
+        _require(self.epochs >= 1, "trainer.epochs", "must be >= 1", self.epochs)
+        _require(self.batch_size >= 1, "trainer.batch_size", "must be >= 1", self.batch_size)
+        _require(self.eval_batch_size >= 1, "trainer.eval_batch_size", "must be >= 1", self.eval_batch_size)
+        _one_of("trainer.precision", self.precision, ("fp32", "bf16", "fp16"))
+        _one_of("trainer.progress", self.progress, ("auto", "bar", "lines", "none"))
+        _require(self.log_every_steps >= 1, "trainer.log_every_steps", "must be >= 1", self.log_every_steps)
+        _require(self.threads is None or self.threads >= 1, "trainer.threads", "must be >= 1", self.threads)
+        _require(
+            self.max_steps_per_epoch is None or self.max_steps_per_epoch >= 1,
+            "trainer.max_steps_per_epoch",
+            "must be >= 1 or null",
+            self.max_steps_per_epoch,
+        )
+
+
+@dataclass
+class LoggerConfig:
+    tensorboard: bool = True
+    slope_histograms: bool = True  # PReLU slopes per layer as TensorBoard histograms, every epoch
+
+
+@dataclass
+class TrainConfig:
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    activation: ActivationConfig = field(default_factory=ActivationConfig)
+    init: InitConfig = field(default_factory=InitConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    seed: int = 0
+    run_dir: str = "${hydra:runtime.output_dir}"
+
+
+def register_configs() -> None:
+    ConfigStore.instance().store(name="train_schema", node=TrainConfig)
+
+
+def to_settings(cfg: DictConfig) -> TrainConfig:
+    """Resolve and validate a composed config into `TrainConfig` (raises ConfigError with the key)."""
+    settings = OmegaConf.to_object(cfg)
+    if not isinstance(settings, TrainConfig):
+        raise ConfigError("the config was not composed from train_schema (configs/train.yaml's defaults)")
+    for section in vars(settings).values():
+        if hasattr(section, "validate"):
+            section.validate()
+    return settings
+
+
+register_configs()

@@ -1,0 +1,123 @@
+"""What a run tells the world: progress on the console, metrics.jsonl, TensorBoard, results.json."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from rectnet.layers.activations import PReLU
+
+log = logging.getLogger("rectnet")
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Write JSON atomically (temporary file + rename), so a reader never sees half a file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def _format_duration(seconds: float) -> str:
+    seconds = int(max(0, seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+class Progress:
+    """A one-line progress bar on a terminal; plain lines every `every` steps otherwise (CI, cluster logs)."""
+
+    def __init__(self, mode: str, every: int, stream=sys.stderr) -> None:
+        if mode == "auto":
+            mode = "bar" if stream.isatty() else "lines"
+        self.mode, self.every, self.stream = mode, every, stream
+
+    def update(
+        self, epoch: int, epochs: int, step: int, steps: int, loss: float, images_per_s: float, eta_s: float
+    ) -> None:
+        text = (
+            f"epoch {epoch}/{epochs} step {step}/{steps} loss {loss:.4f} "
+            f"{images_per_s:.0f} img/s ETA {_format_duration(eta_s)}"
+        )
+        if self.mode == "bar":
+            filled = int(20 * step / max(steps, 1))
+            self.stream.write(f"\r[{'=' * filled}{' ' * (20 - filled)}] {text}\033[K")
+            self.stream.flush()
+        elif self.mode == "lines" and (step % self.every == 0 or step == steps):
+            log.info(text)
+
+    def end_epoch(self) -> None:
+        if self.mode == "bar":
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+class RunLogger:
+    """metrics.jsonl (one JSON object per epoch) and, when enabled, TensorBoard under <run_dir>/tb."""
+
+    def __init__(self, run_dir: Path, tensorboard: bool, slope_histograms: bool, resume_epoch: int = 0) -> None:
+        self.metrics_path = run_dir / "metrics.jsonl"
+        self.slope_histograms = slope_histograms
+        self._drop_epochs_after(resume_epoch)
+        self.writer = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            # purge_step drops events that an interrupted run wrote after the checkpoint we resume from
+            self.writer = SummaryWriter(str(run_dir / "tb"), purge_step=resume_epoch + 1 if resume_epoch else None)
+
+    def _drop_epochs_after(self, epoch: int) -> None:
+        """On resume, lines of epochs after the checkpoint belong to the abandoned attempt: keep the rest."""
+        if not self.metrics_path.exists():
+            return
+        lines = self.metrics_path.read_text().splitlines()
+        kept = [line for line in lines if line.strip() and json.loads(line).get("epoch", 0) <= epoch]
+        if len(kept) != len(lines):
+            tmp = self.metrics_path.with_name(".metrics.jsonl.tmp")
+            tmp.write_text("".join(line + "\n" for line in kept))
+            os.replace(tmp, self.metrics_path)
+
+    def epoch(self, record: dict[str, Any], model: nn.Module) -> None:
+        with self.metrics_path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.writer is None:
+            return
+        step = record["epoch"]
+        for key, value in record.items():
+            if key != "epoch" and isinstance(value, (int, float)) and math.isfinite(value):
+                self.writer.add_scalar(key, value, step)
+        if self.slope_histograms:
+            for name, module in model.named_modules():
+                if isinstance(module, PReLU):
+                    self.writer.add_histogram(f"prelu_slopes/{name}", module.weight.detach().float().cpu(), step)
+        self.writer.flush()
+
+    def hparams(self, params: dict[str, Any], metrics: dict[str, float]) -> None:
+        """Hyper-parameters with final metrics, for TensorBoard's HParams tab (compares sweep runs)."""
+        if self.writer is None:
+            return
+        flat = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in params.items()}
+        self.writer.add_hparams(flat, {f"hparam/{k}": v for k, v in metrics.items()}, run_name=".")
+        self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def prelu_slopes(model: nn.Module) -> dict[str, list[float]]:
+    return {name: m.weight.detach().float().cpu().tolist() for name, m in model.named_modules() if isinstance(m, PReLU)}
+
+
+def elapsed(start: float, device: torch.device) -> float:
+    """Seconds since `start`, after queued GPU work has finished (so rates are real)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start

@@ -1,0 +1,53 @@
+"""Exact top-k counts: metrics are ratios of summed integer counts, never means of per-batch means."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+def topk_correct(logits: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...] = (1, 5)) -> list[int]:
+    """How many rows have their label among the k highest logits, for each k (k capped at the class count)."""
+    top = logits.topk(min(max(ks), logits.shape[1]), dim=1).indices
+    hits = top == labels.view(-1, 1)
+    return [int(hits[:, :k].any(dim=1).sum()) for k in ks]
+
+
+@dataclass
+class Counts:
+    """Summed loss and top-1/top-5 hits over `n` samples."""
+
+    loss_sum: float = 0.0
+    top1: int = 0
+    top5: int = 0
+    n: int = 0
+
+    def add(self, loss_sum: float, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        top1, top5 = topk_correct(logits, labels)
+        self.loss_sum += loss_sum
+        self.top1 += top1
+        self.top5 += top5
+        self.n += len(labels)
+
+    def as_tensor(self) -> torch.Tensor:
+        return torch.tensor([self.loss_sum, self.top1, self.top5, self.n], dtype=torch.float64)
+
+    @classmethod
+    def from_tensor(cls, t: torch.Tensor) -> Counts:
+        loss_sum, top1, top5, n = t.tolist()
+        return cls(loss_sum, round(top1), round(top5), round(n))
+
+    def summary(self) -> dict[str, float]:
+        """Errors (as the papers report them) and accuracies in percent, plus the mean loss and the count."""
+        if self.n == 0:
+            raise ValueError("no samples were evaluated")
+        top1_acc, top5_acc = 100.0 * self.top1 / self.n, 100.0 * self.top5 / self.n
+        return {
+            "loss": self.loss_sum / self.n,
+            "top1_err": 100.0 - top1_acc,
+            "top5_err": 100.0 - top5_acc,
+            "top1_acc": top1_acc,
+            "top5_acc": top5_acc,
+            "count": self.n,
+        }
