@@ -7,6 +7,7 @@ composed config into these objects and runs each section's `validate` (ranges: `
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -179,8 +180,23 @@ def register_configs() -> None:
     ConfigStore.instance().store(name="train_schema", node=TrainConfig)
 
 
+def _reject_unknown_keys(cfg: DictConfig, schema: type, prefix: str = "") -> None:
+    """`+key=value` can add keys that no dataclass field holds; they would be dropped silently."""
+    names = {f.name for f in dataclasses.fields(schema)}
+    for key in cfg:
+        if key == "hydra":
+            continue
+        if key not in names:
+            raise ConfigError(f"unknown config key {prefix}{key}; valid keys here: {', '.join(sorted(names))}")
+        field_type = next(f.type for f in dataclasses.fields(schema) if f.name == key)
+        sub_schema = globals().get(field_type) if isinstance(field_type, str) else field_type
+        if dataclasses.is_dataclass(sub_schema):
+            _reject_unknown_keys(cfg[key], sub_schema, f"{prefix}{key}.")
+
+
 def to_settings(cfg: DictConfig) -> TrainConfig:
     """Resolve and validate a composed config into `TrainConfig` (raises ConfigError with the key)."""
+    _reject_unknown_keys(cfg, TrainConfig)
     settings = OmegaConf.to_object(cfg)
     if not isinstance(settings, TrainConfig):
         raise ConfigError("the config was not composed from train_schema (configs/train.yaml's defaults)")

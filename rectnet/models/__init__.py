@@ -1,6 +1,6 @@
 """Architectures. Importing this package registers every model (rectnet config and timm.create_model)."""
 
-from rectnet.models import convpool  # noqa: F401  (registers its models)
+from rectnet.models import allcnn, convpool, prelu_nets, vgg_cifar  # noqa: F401  (registers their models)
 from rectnet.models.registry import MODELS, create
 from rectnet.models.spec import SpecNet
 

@@ -9,7 +9,11 @@ is an argument of `build`:
 * `width` multiplies every layer's filters (CReLU paper: "double", "half"); `halve_at` halves the
   filters of the listed layers (CReLU (conv1,4,7) and the half-filter variants).
 * Each layer's `in_channels` is the previous activation's `out_channels` (CReLU doubles), never
-  hard-coded.
+  hard-coded. A layer without weights that changes the feature count (SPP flattens C channels into
+  C·Σn² features) says so through an optional `out_channels(channels)`.
+* A classifier layer (`out=CLASSES`) emits `num_classes` features *after* its activation: with CReLU
+  there it gets num_classes/2 filters (Shang et al. 2016 "CReLU (all)", papers.md B5). `width` and
+  `halve_at` never change it.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from torch import nn
 
 from rectnet.layers.activations import ActivationFactory, make_activation
 
-CLASSES = -1  # `out` of the classifier layer: replaced by the number of classes, never scaled by width
+CLASSES = -1  # `out` of the classifier layer: num_classes features after its activation, never scaled by width
 
 
 @dataclass(frozen=True)
@@ -86,7 +90,11 @@ class Flatten:
 
 
 class PlainSpec(Protocol):
-    """A layer without weights: pooling, dropout, SPP (`rectnet.layers.spp`), ..."""
+    """A layer without weights: pooling, dropout, SPP (`rectnet.layers.spp`), ...
+
+    It may also define `out_channels(channels) -> int`, the features per position it emits for `channels`
+    input channels; without it the count passes through unchanged (`_plain_out_channels`).
+    """
 
     starts_head: ClassVar[bool]
 
@@ -144,11 +152,11 @@ def build(
     for spec in specs:
         if isinstance(spec, (Conv, Linear)):
             index += 1
+            layer_act = _activation_for(spec.act, index, act, act_at, base)
             if spec.out == CLASSES:
-                out = num_classes
+                out = _classifier_filters(num_classes, layer_act)
             else:
                 out = _scaled(spec.out, width * (0.5 if index in halve_at else 1.0))
-            layer_act = _activation_for(spec.act, index, act, act_at, base)
             target.extend(_weight_layer(spec, channels, out, layer_act))
             channels = layer_act.out_channels(out) if layer_act else out
         else:
@@ -157,7 +165,23 @@ def build(
             if dropout is not None and isinstance(spec, Dropout):
                 spec = Dropout(dropout)
             target.append(spec.to_module(channels))
+            channels = _plain_out_channels(spec, channels)
     return SpecNet(nn.Sequential(*features), nn.Sequential(*head))
+
+
+def _classifier_filters(num_classes: int, act: ActivationFactory | None) -> int:
+    """Filters of a CLASSES layer so that num_classes features come out of its activation."""
+    multiplier = act.out_channels(1) if act else 1
+    if num_classes % multiplier:
+        raise ValueError(
+            f"{num_classes} classes cannot come out of a classifier followed by {act.name} (x{multiplier})"
+        )
+    return num_classes // multiplier
+
+
+def _plain_out_channels(spec: PlainSpec, channels: int) -> int:
+    out_channels = getattr(spec, "out_channels", None)
+    return out_channels(channels) if out_channels else channels
 
 
 def _activation_for(

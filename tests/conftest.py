@@ -1,0 +1,22 @@
+"""Fixtures shared by the tests."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from helpers import SHARED
+
+
+@pytest.fixture
+def shared_cifar10(tmp_path_factory) -> Path:
+    """Real CIFAR-10 converted from ../shared/data (skips when ../shared is absent)."""
+    archive = SHARED / "data" / "cifar10-jpg.tar.gz"
+    tool = SHARED / "tools" / "make_cifar10.py"
+    if not archive.is_file() or not tool.is_file():
+        pytest.skip("../shared/data/cifar10-jpg.tar.gz is not here")
+    out = tmp_path_factory.mktemp("cifar")
+    subprocess.run([sys.executable, str(tool), "--out", str(out)], check=True, capture_output=True, timeout=600)
+    return out

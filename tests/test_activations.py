@@ -1,0 +1,114 @@
+"""Activation semantics, gradients (finite differences) and the Kaiming gains (Monte Carlo vs theory)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from rectnet.layers.activations import ACTIVATIONS, make_activation
+
+torch.manual_seed(0)
+
+
+def test_relu_prelu_leaky_avr_match_their_formulas():
+    x = torch.tensor([[-2.0, -0.5, 0.0, 0.5, 3.0]]).view(1, 5, 1, 1)
+    assert torch.equal(make_activation("relu")(5)(x.clone()).flatten(), torch.tensor([0.0, 0.0, 0.0, 0.5, 3.0]))
+    assert torch.allclose(make_activation("prelu")(5)(x).flatten(), torch.tensor([-0.5, -0.125, 0.0, 0.5, 3.0]))
+    assert torch.allclose(
+        make_activation("leaky_relu", slope=0.1)(5)(x.clone()).flatten(), torch.tensor([-0.2, -0.05, 0.0, 0.5, 3.0])
+    )
+    assert torch.equal(make_activation("avr")(5)(x).flatten(), torch.tensor([2.0, 0.5, 0.0, 0.5, 3.0]))
+
+
+def test_prelu_initial_slope_is_a_quarter_and_shapes_are_channelwise_or_shared():
+    channelwise, shared = make_activation("prelu")(7), make_activation("prelu_shared")(7)
+    assert channelwise.weight.shape == (7,) and shared.weight.shape == (1,)
+    assert torch.all(channelwise.weight == 0.25) and torch.all(shared.weight == 0.25)  # He et al. §2.1
+
+
+def test_crelu_concatenates_both_phases_and_doubles_channels():
+    factory = make_activation("crelu")
+    x = torch.randn(2, 3, 4, 4)
+    out = factory(3)(x)
+    assert factory.out_channels(3) == 6 and out.shape == (2, 6, 4, 4)
+    assert torch.equal(out[:, :3], x.clamp(min=0)) and torch.equal(out[:, 3:], (-x).clamp(min=0))
+
+
+@pytest.mark.parametrize("name", ["prelu", "prelu_shared"])
+def test_prelu_slope_gradient_matches_finite_differences(name):
+    act = make_activation(name)(3).double()
+    with torch.no_grad():
+        act.weight.copy_(torch.linspace(0.1, 0.4, act.weight.numel(), dtype=torch.float64))
+    x = torch.randn(4, 3, 5, 5, dtype=torch.float64)
+    upstream = torch.randn(4, 3, 5, 5, dtype=torch.float64)
+    (act(x) * upstream).sum().backward()
+    eps = 1e-6
+    for i in range(act.weight.numel()):
+        with torch.no_grad():
+            act.weight[i] += eps
+            plus = (act(x) * upstream).sum()
+            act.weight[i] -= 2 * eps
+            minus = (act(x) * upstream).sum()
+            act.weight[i] += eps
+        assert act.weight.grad[i].item() == pytest.approx(((plus - minus) / (2 * eps)).item(), rel=1e-6, abs=1e-8)
+    # The paper's closed form (§2.1): dE/da_i = sum over positions of dE/df * y where y <= 0
+    expected = (upstream * x.clamp(max=0)).sum(dim=(0, 2, 3))
+    expected = expected.sum(0, keepdim=True) if name == "prelu_shared" else expected
+    assert torch.allclose(act.weight.grad, expected)
+
+
+@pytest.mark.parametrize("name", ["relu", "prelu", "crelu", "avr", "leaky_relu"])
+def test_input_gradient_matches_finite_differences(name):
+    act = make_activation(name)(3).double()
+    if hasattr(act, "inplace"):
+        act.inplace = False
+    x = torch.randn(2, 3, 4, 4, dtype=torch.float64)
+    x = x + 0.05 * x.sign()  # keep away from the kink at 0, where the derivative is not defined
+    assert torch.autograd.gradcheck(act, (x.requires_grad_(),))
+
+
+def _moments(name: str, params: dict, n: int = 400_000) -> tuple[float, float]:
+    """Monte Carlo q = E[x²]/Var[y] per emitted channel and r = Var[Δy]/Var[Δx] for y, Δx ~ N(0, 1)."""
+    act = make_activation(name, **params)(1)
+    y = torch.randn(n, 1, 1, 1, requires_grad=True)
+    x = act(y.clone() if hasattr(act, "inplace") else y)
+    upstream = torch.randn_like(x)
+    x.backward(upstream)
+    q = (x.detach() ** 2).mean().item()
+    r = y.grad.var().item()
+    return q, r
+
+
+@pytest.mark.parametrize(
+    "name,params,q,r",
+    [  # q, r from the variance argument (He et al. Eq. 8, 12, 15; CReLU/AVR derived in activations.py)
+        ("relu", {}, 0.5, 0.5),
+        ("prelu", {"slope": 0.25}, (1 + 0.25**2) / 2, (1 + 0.25**2) / 2),
+        ("leaky_relu", {"slope": 0.01}, (1 + 0.01**2) / 2, (1 + 0.01**2) / 2),
+        ("avr", {}, 1.0, 1.0),
+        ("crelu", {}, 0.5, 1.0),
+    ],
+)
+def test_gains_equal_the_variance_argument(name, params, q, r):
+    q_mc, r_mc = _moments(name, params)
+    assert q_mc == pytest.approx(q, rel=0.02) and r_mc == pytest.approx(r, rel=0.02)
+    act = make_activation(name, **params)(1)
+    assert act.forward_gain() == pytest.approx(1 / math.sqrt(q)) and act.backward_gain() == pytest.approx(
+        1 / math.sqrt(r)
+    )
+
+
+def test_unknown_activation_lists_the_valid_names():
+    with pytest.raises(KeyError, match="valid: avr, crelu, identity, leaky_relu, prelu, prelu_shared, relu"):
+        make_activation("swish")
+
+
+def test_wrong_activation_parameter_is_refused():
+    with pytest.raises(TypeError, match="relu"):
+        make_activation("relu", slope=0.3)
+
+
+def test_registry_holds_every_activation_the_issue_names():
+    assert {"relu", "prelu", "prelu_shared", "crelu", "avr", "leaky_relu"} <= set(ACTIVATIONS.names())

@@ -1,0 +1,121 @@
+"""Initialization: every layer's empirical std against the closed forms of He et al. §2.2 and Glorot."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from rectnet.layers.activations import make_activation
+from rectnet.layers.init import init_model, weight_layers
+from rectnet.models import create
+
+
+def _conv_stds(model: nn.Module) -> list[float]:
+    return [layer.module.weight.std().item() for layer in weight_layers(model)]
+
+
+# ConvPool-CNN-C filters: 3x(3x3,96), 3x(3x3,192), 3x3,192, 1x1,192, 1x1,10 (papers.md B2).
+CONVPOOL = [
+    (3, 96, 3),
+    (96, 96, 3),
+    (96, 96, 3),
+    (96, 192, 3),
+    (192, 192, 3),
+    (192, 192, 3),
+    (192, 192, 3),
+    (192, 192, 1),
+    (192, 10, 1),
+]  # (c_in, d, k)
+
+
+@pytest.mark.parametrize(
+    "act,mode,expected",
+    [
+        # Eq. 10: std = sqrt(2 / (k² c_in)); the first layer uses it too ("for simplicity", §2.2)
+        ("relu", "fan_in", [math.sqrt(2 / (k * k * c)) for c, d, k in CONVPOOL]),
+        # Eq. 14: std = sqrt(2 / (k² d)); the classifier is followed by no rectifier: gain 1
+        ("relu", "fan_out", [math.sqrt(2 / (k * k * d)) for c, d, k in CONVPOOL[:-1]] + [math.sqrt(1 / 10)]),
+        # Eq. 15: std = sqrt(2 / ((1 + a²) k² c_in)), a = 0.25
+        ("prelu", "fan_in", [math.sqrt(2 / (1.0625 * k * k * c)) for c, d, k in CONVPOOL]),
+        # AVR: q = 1, std = sqrt(1 / (k² c_in))
+        ("avr", "fan_in", [math.sqrt(1 / (k * k * c)) for c, d, k in CONVPOOL]),
+        # CReLU forward: gain sqrt(2) on the doubled fan-in (every layer after the first reads 2c channels)
+        (
+            "crelu",
+            "fan_in",
+            [math.sqrt(2 / (k * k * c * (1 if i == 0 else 2))) for i, (c, d, k) in enumerate(CONVPOOL)],
+        ),
+        # CReLU backward: gain 1 on the layer's own filters
+        ("crelu", "fan_out", [math.sqrt(1 / (k * k * d)) for c, d, k in CONVPOOL]),
+    ],
+)
+def test_kaiming_std_per_layer(act, mode, expected):
+    torch.manual_seed(0)
+    model = create("convpool_cnn_c", act=act, init="kaiming", init_mode=mode)
+    for measured, theory in zip(_conv_stds(model), expected, strict=True):
+        assert measured == pytest.approx(theory, rel=0.05)
+
+
+def test_xavier_is_blind_to_the_rectifier_and_uniform():
+    torch.manual_seed(0)
+    for act in ("relu", "crelu"):
+        model = create("convpool_cnn_c", act=act, init="xavier", init_mode="fan_in", init_distribution="uniform")
+        for layer in weight_layers(model):
+            w = layer.module.weight
+            fan_in = w[0].numel()
+            assert w.std().item() == pytest.approx(1 / math.sqrt(fan_in), rel=0.05)  # n Var[w] = 1
+            assert w.abs().max().item() <= math.sqrt(3 / fan_in) + 1e-7  # U(-b, b), b = sqrt(3/n)
+
+
+def test_xavier_avg_is_glorots_harmonic_fan():
+    torch.manual_seed(0)
+    model = create("convpool_cnn_c", act="relu", init="xavier", init_mode="avg")
+    conv4 = weight_layers(model)[3].module.weight  # 96 -> 192, 3x3
+    assert conv4.std().item() == pytest.approx(math.sqrt(2 / (9 * 96 + 9 * 192)), rel=0.05)
+
+
+def test_biases_are_zero_and_fixed_std_overrides_apply():
+    model = create("convpool_cnn_c", init_std={9: 0.001})
+    layers = weight_layers(model)
+    assert all(torch.all(layer.module.bias == 0) for layer in layers)
+    assert layers[-1].module.weight.std().item() == pytest.approx(0.001, rel=0.2)
+
+
+def _plain_stack(act: str, depth: int = 12, channels: int = 64) -> nn.Sequential:
+    factory = make_activation(act)
+    layers, c_in = [], channels
+    for _ in range(depth):
+        layers += [nn.Conv2d(c_in, channels, 3, padding=1, bias=False), factory(channels)]
+        c_in = factory.out_channels(channels)
+    return nn.Sequential(*layers)
+
+
+def _forward_ratio(model: nn.Sequential) -> float:
+    """Geometric mean of Var[y_{l+1}] / Var[y_l] over consecutive conv responses."""
+    x = torch.randn(8, 64, 16, 16)
+    variances = []
+    with torch.no_grad():
+        for module in model:
+            x = module(x)
+            if isinstance(module, nn.Conv2d):
+                variances.append(x.var().item())
+    ratios = [b / a for a, b in zip(variances[:-1], variances[1:], strict=True)]
+    return math.exp(sum(map(math.log, ratios)) / len(ratios))
+
+
+@pytest.mark.parametrize("act", ["relu", "prelu", "crelu", "avr"])
+def test_kaiming_fan_in_keeps_forward_variance(act):
+    torch.manual_seed(0)
+    model = _plain_stack(act)
+    init_model(model, "kaiming", "fan_in")
+    assert 0.85 < _forward_ratio(model) < 1.15  # Eq. 10: a per-layer factor of 1
+
+
+def test_xavier_halves_forward_variance_per_relu_layer():
+    torch.manual_seed(0)
+    model = _plain_stack("relu")
+    init_model(model, "xavier", "fan_in")
+    assert 0.42 < _forward_ratio(model) < 0.58  # §2.2: n Var[w] = 1 leaves 1/2 per ReLU layer

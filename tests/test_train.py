@@ -1,0 +1,198 @@
+"""End to end: training learns, the run directory is complete, resume is exact, bad input fails clearly."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from helpers import TINY, compose_train, run_cli
+
+from rectnet.engine.checkpoint import CheckpointError
+from rectnet.engine.train import NonFiniteLossError, run
+
+LEARNABLE = [*TINY, "trainer.epochs=8", "dataset.num_train=1024", "model.width=0.25", "dataset.synthetic_noise=0.75"]
+
+
+def _metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def learned(tmp_path_factory) -> tuple[Path, dict]:
+    run_dir = tmp_path_factory.mktemp("learned")
+    return run_dir, run(compose_train([*LEARNABLE, "activation=prelu"], run_dir))
+
+
+def test_training_learns_the_synthetic_task(learned):
+    run_dir, results = learned
+    metrics = _metrics(run_dir)
+    assert [m["epoch"] for m in metrics] == list(range(1, 9))
+    assert metrics[-1]["train/loss"] < 0.8 * metrics[0]["train/loss"]
+    assert results["final"]["top1_acc"] > 40.0  # chance is 10%
+    assert results["final"]["count"] == 200
+
+
+def test_run_directory_holds_everything(learned):
+    run_dir, results = learned
+    assert (run_dir / "checkpoints" / "last.pt").is_file() and (run_dir / "checkpoints" / "best.pt").is_file()
+    assert list((run_dir / "tb").glob("events.out.tfevents.*"))
+    saved = json.loads((run_dir / "results.json").read_text())
+    for key in ("final", "best_top1_err", "config", "git", "versions", "hardware", "params", "train_images_per_s"):
+        assert key in saved
+    assert saved["config"]["activation"]["name"] == "prelu"
+    assert torch.__version__.startswith(saved["versions"]["torch"])
+    for key in ("top1_err", "top5_err", "top1_acc", "top5_acc"):
+        assert key in saved["final"]
+    assert saved["final"]["top1_err"] == pytest.approx(100 - saved["final"]["top1_acc"])
+    assert set(saved["prelu_slopes_mean"]) and not (run_dir / "FAILED").exists()
+
+
+def test_tensorboard_has_scalars_slope_histograms_and_hparams(learned):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run_dir, _ = learned
+    events = EventAccumulator(str(run_dir / "tb"), size_guidance={"histograms": 0, "scalars": 0}).Reload()
+    tags = events.Tags()
+    for tag in ("train/loss", "test/top1_err", "test/top5_err", "lr", "train/images_per_s"):
+        assert tag in tags["scalars"] and len(events.Scalars(tag)) == 8
+    assert any(tag.startswith("prelu_slopes/") for tag in tags["histograms"])
+    # add_hparams writes the hparams plugin's session summary (what TensorBoard's HParams tab reads)
+    assert {"_hparams_/experiment", "_hparams_/session_start_info"} <= set(events.PluginTagToContent("hparams"))
+
+
+def test_checkpoint_loads_weights_only_and_holds_the_state(learned):
+    run_dir, _ = learned
+    state = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
+    for key in ("model", "optimizer", "schedule", "epoch", "rng", "config", "scaler", "step"):
+        assert key in state
+    assert state["epoch"] == 8 and any(k.endswith("weight") for k in state["model"])
+
+
+def test_prelu_slopes_have_no_weight_decay(learned):
+    run_dir, _ = learned
+    state = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
+    groups = state["optimizer"]["param_groups"]
+    assert [g["weight_decay"] for g in groups] == [0.0005, 0.0]
+    n_slopes = sum(1 for k in state["model"] if ".weight" in k and state["model"][k].dim() == 1)
+    assert len(groups[1]["params"]) == n_slopes  # biases keep decay by default: only slopes are exempt
+
+
+def test_resume_continues_bit_for_bit(tmp_path):
+    with_dropout = [*TINY, "model.dropout=0.3", "trainer.epochs=3"]
+    straight = tmp_path / "straight"
+    run(compose_train(with_dropout, straight))
+    interrupted = tmp_path / "interrupted"
+    run(compose_train([*with_dropout, "trainer.epochs=2"], interrupted))
+    run(compose_train([*with_dropout, "trainer.resume=auto"], interrupted))
+    a = torch.load(straight / "checkpoints" / "last.pt", weights_only=True)["model"]
+    b = torch.load(interrupted / "checkpoints" / "last.pt", weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [m["epoch"] for m in _metrics(interrupted)] == [1, 2, 3]
+
+
+def test_resume_auto_without_checkpoint_starts_fresh(tmp_path):
+    results = run(compose_train([*TINY, "trainer.epochs=1", "trainer.resume=auto"], tmp_path))
+    assert results["epochs"] == 1
+
+
+def test_resume_from_missing_or_foreign_files_fails_clearly(tmp_path):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        run(compose_train([*TINY, f"trainer.resume={tmp_path / 'nope.pt'}"], tmp_path / "a"))
+    text = tmp_path / "notes.pt"
+    text.write_text("not a checkpoint")
+    with pytest.raises(CheckpointError, match="not a readable checkpoint"):
+        run(compose_train([*TINY, f"trainer.resume={text}"], tmp_path / "b"))
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"state_dict": {}}, foreign)
+    with pytest.raises(CheckpointError, match="not a rectnet checkpoint"):
+        run(compose_train([*TINY, f"trainer.resume={foreign}"], tmp_path / "c"))
+
+
+def test_resume_with_another_model_is_refused(tmp_path):
+    run(compose_train([*TINY, "trainer.epochs=1"], tmp_path))
+    with pytest.raises(CheckpointError, match="does not fit"):
+        run(compose_train([*TINY, "trainer.epochs=2", "activation=crelu", "trainer.resume=auto"], tmp_path))
+
+
+def test_damaged_last_checkpoint_falls_back_to_the_previous_one(tmp_path):
+    run(compose_train([*TINY, "trainer.epochs=2"], tmp_path))
+    last = tmp_path / "checkpoints" / "last.pt"
+    last.write_bytes(last.read_bytes()[:1000])  # cut short
+    results = run(compose_train([*TINY, "trainer.epochs=3", "trainer.resume=auto"], tmp_path))
+    assert results["epochs"] == 3
+    assert [m["epoch"] for m in _metrics(tmp_path)] == [1, 2, 3]  # epoch 2 was redone from prev.pt (epoch 1)
+
+
+def test_nan_loss_stops_naming_epoch_and_step_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
+    run(compose_train([*TINY, "trainer.epochs=1"], tmp_path))
+    last = tmp_path / "checkpoints" / "last.pt"
+    before = last.read_bytes()
+    real = F.cross_entropy
+
+    def poisoned(logits, labels, reduction="mean"):
+        loss = real(logits, labels, reduction=reduction)
+        return loss * float("nan") if torch.is_grad_enabled() and reduction == "mean" else loss
+
+    monkeypatch.setattr(F, "cross_entropy", poisoned)
+    with pytest.raises(NonFiniteLossError, match="epoch 2, step 1"):
+        run(compose_train([*TINY, "trainer.epochs=2", "trainer.resume=auto"], tmp_path))
+    assert last.read_bytes() == before
+    assert "NonFiniteLossError" in (tmp_path / "FAILED").read_text()
+    assert [m["epoch"] for m in _metrics(tmp_path)] == [1]
+
+
+def test_fp16_on_cpu_fails_clearly(tmp_path):
+    from rectnet.config import ConfigError
+
+    if torch.cuda.is_available():
+        pytest.skip("fp16 is supported here")
+    with pytest.raises(ConfigError, match="fp16 needs a CUDA device"):
+        run(compose_train([*TINY, "trainer.precision=fp16"], tmp_path))
+
+
+def test_cli_run_writes_hydra_config_and_prints_where(tmp_path):
+    proc = run_cli([*TINY, "trainer.epochs=1", f"hydra.run.dir={tmp_path}"])
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / ".hydra" / "config.yaml").is_file() and (tmp_path / "results.json").is_file()
+    assert "top-1 error" in proc.stderr + proc.stdout and str(tmp_path) in proc.stderr + proc.stdout
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["optim.lr=abc"], "optim.lr"),
+        (["optim.lr=-1"], "optim.lr must be > 0"),
+        (["trainer.epochs=-1"], "trainer.epochs must be >= 1"),
+        (["activation=swish"], "Available options"),
+        (["optim.learning_rate=1"], "learning_rate"),
+        (["dataset=cifar10", "dataset.root=/nonexistent/rectnet"], "/nonexistent/rectnet/cifar-10-batches-py"),
+        (["trainer.resume=/nonexistent/last.pt"], "does not exist"),
+    ],
+)
+def test_cli_bad_input_exits_nonzero_with_a_clear_message(tmp_path, args, message):
+    proc = run_cli([*TINY, *args, f"hydra.run.dir={tmp_path}"])
+    assert proc.returncode != 0
+    assert message in proc.stderr + proc.stdout
+
+
+def test_cli_multirun_grid_makes_one_directory_per_job(tmp_path):
+    proc = run_cli(
+        [
+            "-m",
+            *TINY,
+            "trainer.epochs=1",
+            "activation=relu,prelu,crelu,avr",
+            "init=kaiming,xavier",
+            f"hydra.sweep.dir={tmp_path}",
+        ],
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = [json.loads(p.read_text()) for p in sorted(tmp_path.glob("*/results.json"))]
+    grid = {(r["hparams"]["activation"], r["hparams"]["init"]) for r in results}
+    assert len(results) == 8 and grid == {
+        (a, i) for a in ("relu", "prelu", "crelu", "avr") for i in ("kaiming", "xavier")
+    }
