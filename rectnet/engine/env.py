@@ -14,7 +14,10 @@ import torch
 PACKAGES = ("torch", "torchvision", "hydra-core", "omegaconf", "timm", "tensorboard", "numpy", "rectnet")
 
 
-def git_state(folder: Path = Path(__file__).resolve().parent) -> dict[str, str | bool | None]:
+SOURCE_DIR = Path(__file__).resolve().parent
+
+
+def git_state(folder: Path = SOURCE_DIR) -> dict[str, str | bool | None]:
     """Commit of the rectnet checkout and whether it has uncommitted changes (None outside a git checkout)."""
 
     def git(*args: str) -> str | None:

@@ -1,0 +1,120 @@
+"""Batches cut from a tensor-held split and augmented as whole tensors, not image by image through PIL.
+
+Order and augmentation are functions of (seed, epoch, step) only, never of a running RNG: the sequence of
+global batches is the same however many ranks share it (rank r takes its slice of each global batch),
+and a run resumed at any step sees exactly the batches it would have seen.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from rectnet.data.split import Split
+
+
+def derived_seed(*parts: int) -> int:
+    """A well-mixed 63-bit seed from integers (seed, epoch, step, ...)."""
+    digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & (2**63 - 1)
+
+
+def generator(*parts: int) -> torch.Generator:
+    return torch.Generator().manual_seed(derived_seed(*parts))
+
+
+@dataclass
+class BatchAugment:
+    """Random horizontal flip and random shift (pad by `padding`, crop back), then per-channel normalization."""
+
+    mean: torch.Tensor  # (C,) in [0, 1] units
+    std: torch.Tensor
+    flip: bool = False
+    padding: int = 0
+    padding_mode: str = "zeros"
+    channels_last: bool = False
+
+    def draw(self, n: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
+        """Random parameters for `n` images: flip flags and shifts in [-padding, padding]."""
+        return {
+            "flip": torch.rand(n, generator=gen) < 0.5,
+            "shift": torch.randint(-self.padding, self.padding + 1, (n, 2), generator=gen),
+        }
+
+    def __call__(self, images: torch.Tensor, params: dict[str, torch.Tensor] | None) -> torch.Tensor:
+        x = images.float()
+        if params is not None and self.padding > 0:
+            x = shift(x, params["shift"].to(x.device), self.padding, self.padding_mode)
+        if params is not None and self.flip:
+            x = torch.where(params["flip"].to(x.device).view(-1, 1, 1, 1), x.flip(3), x)
+        return self.normalize(x)
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        scale = (1.0 / (255.0 * self.std)).to(x.device).view(1, -1, 1, 1)
+        offset = (-self.mean / self.std).to(x.device).view(1, -1, 1, 1)
+        x = torch.addcmul(offset, x, scale)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+
+def shift(x: torch.Tensor, shifts: torch.Tensor, padding: int, mode: str) -> torch.Tensor:
+    """Translate each image by (dy, dx) in [-padding, padding], filling with zeros or reflections."""
+    n, _, h, w = x.shape
+    padded = F.pad(x, (padding,) * 4, mode="constant" if mode == "zeros" else "reflect")
+    rows = (padding - shifts[:, 0]).view(n, 1) + torch.arange(h, device=x.device).view(1, h)
+    cols = (padding - shifts[:, 1]).view(n, 1) + torch.arange(w, device=x.device).view(1, w)
+    batch = torch.arange(n, device=x.device).view(n, 1, 1)
+    # (n, h, w, c) after advanced indexing over batch, rows, cols; back to (n, c, h, w)
+    return padded.permute(0, 2, 3, 1)[batch, rows.view(n, h, 1), cols.view(n, 1, w)].permute(0, 3, 1, 2)
+
+
+class TrainBatches:
+    """Shuffled global batches of `batch_size * world_size` images; this rank gets its `batch_size` slice.
+
+    The last incomplete global batch of each epoch is dropped, so every step has the same global batch.
+    """
+
+    def __init__(
+        self, split: Split, batch_size: int, augment: BatchAugment, seed: int, rank: int = 0, world_size: int = 1
+    ) -> None:
+        self.split = split
+        self.batch_size = batch_size
+        self.global_batch = batch_size * world_size
+        if len(split) < self.global_batch:
+            raise ValueError(
+                f"the training split has {len(split)} images, fewer than one global batch ({self.global_batch})"
+            )
+        self.augment = augment
+        self.seed = seed
+        self.rank = rank
+
+    def __len__(self) -> int:
+        return len(self.split) // self.global_batch
+
+    def epoch(self, epoch: int, start_step: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        order = torch.randperm(len(self.split), generator=generator(self.seed, epoch))
+        mine = slice(self.rank * self.batch_size, (self.rank + 1) * self.batch_size)
+        for step in range(start_step, len(self)):
+            index = order[step * self.global_batch : (step + 1) * self.global_batch]
+            params = self.augment.draw(self.global_batch, generator(self.seed, epoch, step))
+            index = index[mine].to(self.split.images.device)
+            mine_params = {k: v[mine] for k, v in params.items()}
+            yield self.augment(self.split.images[index], mine_params), self.split.labels[index]
+
+
+def eval_batches(
+    split: Split, batch_size: int, augment: BatchAugment, rank: int = 0, world_size: int = 1
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """This rank's contiguous shard of the split, in order, unpadded: every sample once across ranks."""
+    start, stop = shard_bounds(len(split), rank, world_size)
+    for first in range(start, stop, batch_size):
+        last = min(first + batch_size, stop)
+        yield augment(split.images[first:last], None), split.labels[first:last]
+
+
+def shard_bounds(n: int, rank: int, world_size: int) -> tuple[int, int]:
+    """[start, stop) of rank's shard; shard sizes differ by at most one, and they tile [0, n) exactly."""
+    return n * rank // world_size, n * (rank + 1) // world_size

@@ -1,0 +1,101 @@
+"""CIFAR-10/100 from the python-pickle layout, held as one uint8 tensor per split.
+
+The reader trusts the files' content, not their checksums: a locally re-encoded copy (such as the JPEG
+round trip in ../shared/data) has other MD5s and must still load. Checksums are checked only when
+`dataset.download=true` fetches the archive, by torchvision's download utilities.
+"""
+
+from __future__ import annotations
+
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from rectnet.data.split import ImageSplits, Split
+
+
+class DatasetError(RuntimeError):
+    """The dataset is missing or unreadable; the message says where it looked and what to do."""
+
+
+@dataclass(frozen=True)
+class CifarLayout:
+    folder: str
+    train_files: tuple[str, ...]
+    test_files: tuple[str, ...]
+    label_key: str
+    url: str
+    md5: str
+
+
+CIFAR10 = CifarLayout(
+    folder="cifar-10-batches-py",
+    train_files=tuple(f"data_batch_{i}" for i in range(1, 6)),
+    test_files=("test_batch",),
+    label_key="labels",
+    url="https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+    md5="c58f30108f718f92721af3b95e74349a",
+)
+CIFAR100 = CifarLayout(
+    folder="cifar-100-python",
+    train_files=("train",),
+    test_files=("test",),
+    label_key="fine_labels",
+    url="https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
+    md5="eb9058c3a382ffc7106e4002c42a8d85",
+)
+SHARED_COPY_HINT = (
+    "On rectnet's development machines a real CIFAR-10 copy is in ../shared/data: "
+    "`python ../shared/tools/make_cifar10.py --out <root>` writes cifar-10-batches-py/ there."
+)
+
+
+def _read_batch(path: Path, label_key: str) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        with path.open("rb") as f:
+            entry = pickle.load(f, encoding="latin1")
+        data = np.asarray(entry["data"], dtype=np.uint8)
+        labels = np.asarray(entry[label_key], dtype=np.int64)
+    except FileNotFoundError:
+        raise
+    except Exception as err:  # truncated pickle, wrong file, missing keys: all mean "corrupt"
+        raise DatasetError(f"{path} is not a readable CIFAR batch file ({type(err).__name__}: {err})") from None
+    if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(labels) != len(data):
+        raise DatasetError(f"{path}: expected data of shape (N, 3072) and N labels, got {data.shape}, {len(labels)}")
+    return data.reshape(-1, 3, 32, 32), labels
+
+
+def _read_split(folder: Path, files: tuple[str, ...], label_key: str, num_classes: int) -> Split:
+    parts = [_read_batch(folder / name, label_key) for name in files]
+    images = torch.from_numpy(np.concatenate([p[0] for p in parts]))
+    labels = torch.from_numpy(np.concatenate([p[1] for p in parts]))
+    if labels.min() < 0 or labels.max() >= num_classes:
+        raise DatasetError(f"{folder}: labels outside [0, {num_classes}) - wrong dataset for this config?")
+    return Split(images, labels)
+
+
+def _download(layout: CifarLayout, root: Path) -> None:
+    from torchvision.datasets.utils import download_and_extract_archive
+
+    download_and_extract_archive(layout.url, str(root), md5=layout.md5)
+
+
+def load_cifar(layout: CifarLayout, root: str | Path, num_classes: int, download: bool) -> ImageSplits:
+    root = Path(root).expanduser()
+    folder = root / layout.folder
+    if download and not folder.is_dir():
+        _download(layout, root)
+    missing = [name for name in layout.train_files + layout.test_files if not (folder / name).is_file()]
+    if missing:
+        raise DatasetError(
+            f"CIFAR files not found: looked for {', '.join(missing)} in {folder.resolve()}. "
+            f"Set dataset.root=<dir holding {layout.folder}/> (or env RECTNET_DATA), or add "
+            f"dataset.download=true on a machine that is online. {SHARED_COPY_HINT}"
+        )
+    return ImageSplits(
+        train=_read_split(folder, layout.train_files, layout.label_key, num_classes),
+        test=_read_split(folder, layout.test_files, layout.label_key, num_classes),
+    )
