@@ -149,3 +149,21 @@ def test_real_cifar10_from_shared_has_the_known_statistics(shared_cifar10):
     # CIFAR-10's widely published training-set statistics; JPEG round trip moves them by < 0.01
     assert mean == pytest.approx([0.4914, 0.4822, 0.4465], abs=0.01)
     assert std == pytest.approx([0.2470, 0.2435, 0.2616], abs=0.01)
+
+
+def test_download_is_opt_in_and_checks_the_official_checksum(tmp_path, monkeypatch):
+    import torchvision.datasets.utils as tv_utils
+
+    calls = []
+
+    def fake_download(url, root, md5=None, **kwargs):
+        calls.append((url, md5))
+        _write_cifar(Path(root), CIFAR10, 5, 10)
+
+    monkeypatch.setattr(tv_utils, "download_and_extract_archive", fake_download)
+    with pytest.raises(DatasetError):
+        load_cifar(CIFAR10, tmp_path, 10, download=False)
+    assert calls == []
+    splits = load_cifar(CIFAR10, tmp_path, 10, download=True)
+    assert len(splits.train) == 25
+    assert calls == [("https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz", "c58f30108f718f92721af3b95e74349a")]

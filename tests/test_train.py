@@ -196,3 +196,21 @@ def test_cli_multirun_grid_makes_one_directory_per_job(tmp_path):
     assert len(results) == 8 and grid == {
         (a, i) for a in ("relu", "prelu", "crelu", "avr") for i in ("kaiming", "xavier")
     }
+
+
+def test_compile_without_a_compiler_fails_clearly(tmp_path, monkeypatch):
+    from rectnet.config import ConfigError
+    from rectnet.engine import runtime
+
+    monkeypatch.setattr(runtime.shutil, "which", lambda name: None)
+    with pytest.raises(ConfigError, match="needs a C\\+\\+ compiler"):
+        run(compose_train([*TINY, "trainer.compile=true", "trainer.device=cpu"], tmp_path))
+
+
+def test_cuda_device_without_cuda_fails_clearly(tmp_path):
+    from rectnet.config import ConfigError
+
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    with pytest.raises(ConfigError, match="CUDA is not available"):
+        run(compose_train([*TINY, "trainer.device=cuda"], tmp_path))

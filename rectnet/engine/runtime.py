@@ -6,6 +6,8 @@ import contextlib
 import logging
 import os
 import random
+import shutil
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -73,6 +75,21 @@ def make_runtime(cfg: TrainerConfig) -> Runtime:
         torch.cuda.set_device(device)
     scaler = torch.amp.GradScaler("cuda") if cfg.precision == "fp16" else None
     return Runtime(device, cfg.precision, scaler)
+
+
+def compile_model(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """torch.compile, after checking what it needs here, so a failure reads as a config problem."""
+    if not torch._dynamo.is_dynamo_supported():
+        raise ConfigError(
+            f"trainer.compile=true: torch.compile is not supported on this Python/platform "
+            f"({sys.version.split()[0]}, {sys.platform}); use trainer.compile=false"
+        )
+    if device.type == "cpu" and not any(shutil.which(cc) for cc in (os.environ.get("CXX", "g++"), "g++", "clang++")):
+        raise ConfigError(
+            "trainer.compile=true on a CPU needs a C++ compiler (g++ or clang++, or $CXX) for "
+            "TorchInductor; install one or use trainer.compile=false"
+        )
+    return torch.compile(model)
 
 
 def seed_everything(seed: int) -> None:

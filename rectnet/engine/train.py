@@ -27,7 +27,7 @@ from rectnet.engine.env import git_state, hardware, versions
 from rectnet.engine.logging import Progress, RunLogger, elapsed, prelu_slopes, write_json
 from rectnet.engine.metrics import Counts
 from rectnet.engine.optim import make_optimizer, make_schedule, step_schedule
-from rectnet.engine.runtime import Runtime, make_runtime, rng_state, seed_everything, set_rng_state
+from rectnet.engine.runtime import Runtime, compile_model, make_runtime, rng_state, seed_everything, set_rng_state
 
 log = logging.getLogger("rectnet")
 
@@ -81,7 +81,7 @@ def _train(settings: TrainConfig, config: dict, run_dir: Path) -> dict:
     if resume is not None:
         state = _restore(resume, model, optimizer, schedule, runtime)
         log.info("resumed from epoch %d (best top-1 error %.2f%%)", state.epoch, state.best_top1_err)
-    forward = torch.compile(model) if trainer.compile else model
+    forward = compile_model(model, runtime.device) if trainer.compile else model
 
     n_params = sum(p.numel() for p in model.parameters())
     log.info(

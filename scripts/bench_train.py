@@ -1,0 +1,159 @@
+"""Training throughput of ConvPool-CNN-C per activation, against a plain hand-written PyTorch loop.
+
+    python scripts/bench_train.py [--batch 128] [--steps 3] [--rounds 3] [--width 1.0]
+
+Measured in one process, variants interleaved round by round (a noisy shared machine slows all of them
+alike), median step time per variant. Every variant trains: forward, backward, SGD step, batch 128, fp32,
+32x32 inputs. "rectnet" = rectnet's model (channels_last, in-place ReLU) fed by rectnet's tensor batches
+(uint8 split, flip + normalize on the whole batch). "plain" = the same layers written the way a user
+writes them by hand: nn.Sequential with nn.ReLU, NCHW, fed by a torch DataLoader over PIL images with
+torchvision's per-image RandomHorizontalFlip/ToTensor/Normalize. "plain_model_only" = the plain model on a
+pre-made batch, to separate model speed from input-pipeline speed. The last line is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from collections.abc import Callable, Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+from torchvision import transforms
+
+from rectnet.data.batches import BatchAugment, TrainBatches
+from rectnet.data.split import Split
+from rectnet.models import create
+
+ACTIVATIONS = ["relu", "prelu", "prelu_shared", "leaky_relu", "avr", "crelu"]
+MEAN, STD = (0.49, 0.48, 0.45), (0.25, 0.24, 0.26)
+
+
+def plain_convpool(num_classes: int = 10) -> nn.Sequential:
+    """ConvPool-CNN-C as a user writes it: the layer list of rectnet/models/convpool.py, by hand."""
+
+    def conv(c_in: int, c_out: int, k: int, p: int) -> list[nn.Module]:
+        return [nn.Conv2d(c_in, c_out, k, padding=p), nn.ReLU()]
+
+    return nn.Sequential(
+        nn.Dropout(0.2), *conv(3, 96, 3, 1), *conv(96, 96, 3, 1), *conv(96, 96, 3, 1), nn.MaxPool2d(3, 2, 1),
+        nn.Dropout(0.5), *conv(96, 192, 3, 1), *conv(192, 192, 3, 1), *conv(192, 192, 3, 1), nn.MaxPool2d(3, 2, 1),
+        nn.Dropout(0.5), *conv(192, 192, 3, 0), *conv(192, 192, 1, 0), nn.Conv2d(192, num_classes, 1),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+    )  # fmt: skip
+
+
+class PILImages(torch.utils.data.Dataset):
+    """What torchvision.datasets.CIFAR10 does per item: uint8 array -> PIL image -> transforms."""
+
+    def __init__(self, split: Split, transform: Callable) -> None:
+        self.images = split.images.permute(0, 2, 3, 1).numpy()
+        self.labels = split.labels.tolist()
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int):
+        return self.transform(Image.fromarray(self.images[i])), self.labels[i]
+
+
+def forever(make: Callable[[], Iterator]) -> Iterator:
+    while True:
+        yield from make()
+
+
+def all_epochs(batches: TrainBatches) -> Iterator:
+    epoch = 0
+    while True:
+        epoch += 1
+        yield from batches.epoch(epoch)
+
+
+def stepper(model: nn.Module, batches: Iterator) -> Callable[[], None]:
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=5e-4)
+    model.train()
+
+    def step() -> None:
+        images, labels = next(batches)
+        loss = F.cross_entropy(model(images), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
+def variants(split: Split, batch: int, width: float) -> dict[str, Callable[[], None]]:
+    augment = BatchAugment(torch.tensor(MEAN), torch.tensor(STD), flip=True, channels_last=True)
+    rectnet_batches = TrainBatches(split, batch, augment, seed=0)
+    steps = {}
+    for act in ACTIVATIONS:
+        model = create("convpool_cnn_c", act=act, width=width).to(memory_format=torch.channels_last)
+        steps[f"rectnet_{act}"] = stepper(model, all_epochs(rectnet_batches))
+    if width == 1.0:
+        pipeline = transforms.Compose(
+            [transforms.RandomHorizontalFlip(), transforms.ToTensor(), transforms.Normalize(MEAN, STD)]
+        )
+        loader = torch.utils.data.DataLoader(PILImages(split, pipeline), batch_size=batch, shuffle=True, drop_last=True)
+        steps["plain"] = stepper(plain_convpool(), forever(lambda: iter(loader)))
+        fixed = next(iter(loader))
+        steps["plain_model_only"] = stepper(plain_convpool(), forever(lambda: iter([fixed])))
+    return steps
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=3, help="timed steps per variant per round")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--width", type=float, default=1.0, help="filter multiplier (plain loop only at 1.0)")
+    parser.add_argument("--images", type=int, default=2048, help="size of the random uint8 training split")
+    args = parser.parse_args()
+
+    torch.manual_seed(0)
+    split = Split(
+        torch.randint(0, 256, (args.images, 3, 32, 32), dtype=torch.uint8), torch.randint(0, 10, (args.images,))
+    )
+    steps = variants(split, args.batch, args.width)
+    for step in steps.values():  # warm-up: allocator, oneDNN primitive caches
+        step()
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(args.rounds):
+        for name, step in steps.items():
+            start = time.perf_counter()
+            for _ in range(args.steps):
+                step()
+            times[name].append((time.perf_counter() - start) / args.steps)
+    rate = {name: args.batch / statistics.median(t) for name, t in times.items()}
+    for name, r in rate.items():
+        print(f"{name:>20}: {r:8.1f} images/s  (step {1000 * args.batch / r:7.1f} ms)")
+    result = {
+        "benchmark": "train_step",
+        "model": "convpool_cnn_c",
+        "width": args.width,
+        "batch": args.batch,
+        "precision": "fp32",
+        "images_per_s": {k: round(v, 2) for k, v in rate.items()},
+        "prelu_over_relu_step_time": round(rate["rectnet_relu"] / rate["rectnet_prelu"], 3),
+        "rounds": args.rounds,
+        "steps_per_round": args.steps,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cpu": platform.processor() or platform.machine(),
+        "numpy": np.__version__,
+    }
+    if "plain" in rate:
+        result["rectnet_relu_over_plain"] = round(rate["rectnet_relu"] / rate["plain"], 3)
+        result["rectnet_relu_over_plain_model_only"] = round(rate["rectnet_relu"] / rate["plain_model_only"], 3)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
