@@ -1,9 +1,16 @@
-"""Train and evaluate: python train.py [group=option ...] [key=value ...]  (see README.md)."""
+"""Train and evaluate: python train.py [group=option ...] [key=value ...]  (see README.md).
+
+Under torchrun every rank runs this file. Ranks other than 0 neither write Hydra's .hydra/ nor a log
+file: rank 0 owns the run directory (see rectnet/engine/distributed.py).
+"""
+
+import os
+import sys
 
 import hydra
 from omegaconf import DictConfig
 
-import rectnet.config  # noqa: F401  (registers the typed schema before Hydra composes)
+import rectnet.config  # noqa: F401  (registers the typed schema and the run-directory resolver)
 from rectnet.engine.train import run
 
 
@@ -13,4 +20,6 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    if int(os.environ.get("RANK", "0")) != 0:
+        sys.argv += ["hydra.output_subdir=null", "hydra/job_logging=stdout"]
     main()

@@ -8,7 +8,9 @@ composed config into these objects and runs each section's `validate` (ranges: `
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
@@ -139,6 +141,7 @@ class TrainerConfig:
     log_every_steps: int = 50  # plain progress lines when the output is not a terminal
     progress: str = "auto"  # auto (bar on a terminal, lines otherwise) | bar | lines | none
     max_steps_per_epoch: int | None = None  # cap for quick checks; null = the whole epoch
+    checkpoint_every_steps: int = 0  # also write last.pt every N steps inside an epoch (0: at epoch ends only)
 
     def validate(self) -> None:
         _require(self.epochs >= 1, "trainer.epochs", "must be >= 1", self.epochs)
@@ -147,6 +150,12 @@ class TrainerConfig:
         _one_of("trainer.precision", self.precision, ("fp32", "bf16", "fp16"))
         _one_of("trainer.progress", self.progress, ("auto", "bar", "lines", "none"))
         _require(self.log_every_steps >= 1, "trainer.log_every_steps", "must be >= 1", self.log_every_steps)
+        _require(
+            self.checkpoint_every_steps >= 0,
+            "trainer.checkpoint_every_steps",
+            "must be >= 0",
+            self.checkpoint_every_steps,
+        )
         _require(self.threads is None or self.threads >= 1, "trainer.threads", "must be >= 1", self.threads)
         _require(
             self.max_steps_per_epoch is None or self.max_steps_per_epoch >= 1,
@@ -176,8 +185,18 @@ class TrainConfig:
     run_dir: str = "${hydra:runtime.output_dir}"
 
 
+def default_run_dir() -> str:
+    """outputs/<date>/<time>; under torchrun outputs/torchrun/<run id>, which every rank of a launch shares
+    (each rank composes its own config, and their clocks may straddle a second)."""
+    run_id = os.environ.get("TORCHELASTIC_RUN_ID")
+    if run_id and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return f"outputs/torchrun/{run_id}"
+    return datetime.now().strftime("outputs/%Y-%m-%d/%H-%M-%S")
+
+
 def register_configs() -> None:
     ConfigStore.instance().store(name="train_schema", node=TrainConfig)
+    OmegaConf.register_new_resolver("rectnet_run_dir", default_run_dir, use_cache=True, replace=True)
 
 
 def _reject_unknown_keys(cfg: DictConfig, schema: type, prefix: str = "") -> None:

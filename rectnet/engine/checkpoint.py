@@ -2,8 +2,9 @@
 
 Layout of a checkpoint (all keys always present):
     model, optimizer, schedule, scaler (None unless fp16), epoch (epochs completed), step (steps done in
-    the current epoch; 0 at an epoch boundary), best_top1_err, rng, config (the resolved config dict),
-    format (CHECKPOINT_FORMAT).
+    the next epoch; 0 at an epoch boundary), partial (per rank: that epoch's training counts so far),
+    best_top1_err, best_epoch, rng (per rank: python, numpy, torch CPU and CUDA states), world_size,
+    config (the resolved config dict), format (CHECKPOINT_FORMAT).
 
 `last.pt` is replaced atomically (temporary file, fsync, rename); the checkpoint it replaces is kept as
 `prev.pt`, so a `last.pt` damaged outside our control (disk full, a copy cut short) still leaves a good one.

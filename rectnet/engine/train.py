@@ -1,7 +1,9 @@
-"""The training loop: config in, run directory out. Read top to bottom: `run` is the whole story.
+"""The training loop: config in, run directory out. Read top to bottom: `_train` is the whole story.
 
 The engine knows nothing of activations or architectures: it gets a model from `build_model`, batches
 from `rectnet.data`, and writes the run directory (checkpoints/, tb/, metrics.jsonl, results.json).
+Under torchrun every rank runs this code; only rank 0 writes files, and metrics are sums of exact
+counts over ranks.
 """
 
 from __future__ import annotations
@@ -11,18 +13,20 @@ import logging
 import math
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
-from rectnet.config import TrainConfig, to_settings
+from rectnet.config import ConfigError, TrainConfig, to_settings
 from rectnet.data import BatchAugment, Split, TrainBatches, eval_batches, load_dataset
 from rectnet.engine import checkpoint as ckpt
 from rectnet.engine.build import build_model
+from rectnet.engine.distributed import Dist, init_distributed, label_log_records, shutdown
 from rectnet.engine.env import git_state, hardware, versions
 from rectnet.engine.logging import Progress, RunLogger, elapsed, prelu_slopes, write_json
 from rectnet.engine.metrics import Counts
@@ -38,88 +42,136 @@ class NonFiniteLossError(FloatingPointError):
 
 @dataclass
 class State:
-    """What a checkpoint restores."""
+    """Where the run is: what a checkpoint restores besides model, optimizer and RNG."""
 
     epoch: int = 0  # epochs completed
+    step: int = 0  # steps completed inside epoch + 1 (mid-epoch checkpoints)
+    partial: Counts = field(default_factory=Counts)  # training counts of those steps
     best_top1_err: float = math.inf
     best_epoch: int = 0
 
 
+@dataclass
+class Job:
+    """Everything one training run holds, so the loop's functions take one argument, not ten."""
+
+    settings: TrainConfig
+    config: dict
+    run_dir: Path
+    runtime: Runtime
+    ranks: Dist
+    model: nn.Module  # the bare model: state_dict, PReLU slopes
+    forward: nn.Module  # what computes: the model, or its DDP / compiled wrapper
+    optimizer: torch.optim.Optimizer
+    schedule: object
+    state: State
+
+    def save(self, is_best: bool = False) -> None:
+        """Rank 0 writes last.pt (and best.pt); every rank contributes its RNG state first."""
+        rng = self.ranks.gather(rng_state())
+        partial = self.ranks.gather(self.state.partial.as_tensor())
+        if self.ranks.is_main:
+            s = self.state
+            payload = {
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "schedule": self.schedule.state_dict(),
+                "scaler": self.runtime.scaler.state_dict() if self.runtime.scaler else None,
+                "epoch": s.epoch,
+                "step": s.step,
+                "partial": partial,
+                "best_top1_err": s.best_top1_err,
+                "best_epoch": s.best_epoch,
+                "rng": rng,
+                "world_size": self.ranks.world_size,
+                "config": self.config,
+                "format": ckpt.CHECKPOINT_FORMAT,
+            }
+            ckpt.save_last(payload, self.run_dir / "checkpoints")
+            if is_best:
+                ckpt.atomic_save(payload, self.run_dir / "checkpoints" / "best.pt")
+        self.ranks.barrier()
+
+
 def run(cfg: DictConfig) -> dict:
-    """Train and evaluate as `cfg` says; returns (and writes) results.json's content."""
+    """Train and evaluate as `cfg` says; returns (and rank 0 writes) results.json's content."""
     settings = to_settings(cfg)
+    runtime = make_runtime(settings.trainer)
+    ranks = init_distributed(runtime.device)
+    label_log_records(ranks)
     run_dir = Path(settings.run_dir)
+    if ranks.gather(str(run_dir.resolve())) != [str(run_dir.resolve())] * ranks.world_size:
+        raise ConfigError("ranks disagree on the run directory; pin it with hydra.run.dir=... or RECTNET_RUN_DIR")
     run_dir.mkdir(parents=True, exist_ok=True)
     try:
-        results = _train(settings, OmegaConf.to_container(cfg, resolve=True), run_dir)
+        results = _train(settings, OmegaConf.to_container(cfg, resolve=True), run_dir, runtime, ranks)
     except Exception as err:
-        (run_dir / "FAILED").write_text(f"{type(err).__name__}: {err}\n\n{traceback.format_exc()}")
+        if ranks.is_main:
+            (run_dir / "FAILED").write_text(f"{type(err).__name__}: {err}\n\n{traceback.format_exc()}")
         raise
-    (run_dir / "FAILED").unlink(missing_ok=True)
+    finally:
+        shutdown()
+    if ranks.is_main:
+        (run_dir / "FAILED").unlink(missing_ok=True)
     return results
 
 
-def _train(settings: TrainConfig, config: dict, run_dir: Path) -> dict:
+def _train(settings: TrainConfig, config: dict, run_dir: Path, runtime: Runtime, ranks: Dist) -> dict:
     trainer = settings.trainer
-    runtime = make_runtime(trainer)
     resume = ckpt.resolve_resume(trainer.resume, run_dir / "checkpoints")  # fail fast on a bad path
 
-    seed_everything(settings.seed)
+    seed_everything(settings.seed)  # the same on every rank: identical initial weights
     splits = load_dataset(settings.dataset, settings.seed)
     if settings.dataset.on_device:
         splits.train, splits.test = splits.train.to(runtime.device), splits.test.to(runtime.device)
     augment = _augment(settings, splits.channel_stats())
-    batches = TrainBatches(splits.train, trainer.batch_size, augment, settings.seed)
-
-    model = build_model(settings, settings.dataset.num_classes, in_chans=splits.train.images.shape[1])
-    model = model.to(
-        runtime.device, memory_format=torch.channels_last if trainer.channels_last else torch.preserve_format
-    )
-    optimizer = make_optimizer(model, settings.optim)
-    schedule = make_schedule(optimizer, settings.schedule)
-    state = State()
+    batches = TrainBatches(splits.train, trainer.batch_size, augment, settings.seed, ranks.rank, ranks.world_size)
+    job = _build_job(settings, config, run_dir, runtime, ranks, splits.train.images.shape[1])
+    seed_everything(settings.seed + ranks.rank)  # dropout masks differ between ranks
     if resume is not None:
-        state = _restore(resume, model, optimizer, schedule, runtime)
-        log.info("resumed from epoch %d (best top-1 error %.2f%%)", state.epoch, state.best_top1_err)
-    forward = compile_model(model, runtime.device) if trainer.compile else model
+        _restore(resume, job)
+        log.info("resumed at epoch %d, step %d", job.state.epoch + (job.state.step > 0), job.state.step)
 
-    n_params = sum(p.numel() for p in model.parameters())
+    n_params = sum(p.numel() for p in job.model.parameters())
     log.info(
-        "model %s: %.3fM parameters; %d training / %d test images on %s",
+        "model %s: %.3fM parameters; %d training / %d test images; %d rank(s) on %s",
         settings.model.name,
         n_params / 1e6,
         len(splits.train),
         len(splits.test),
+        ranks.world_size,
         runtime.device,
     )
-    logger = RunLogger(run_dir, settings.logger.tensorboard, settings.logger.slope_histograms, state.epoch)
-    progress = Progress(trainer.progress, trainer.log_every_steps)
-    steps = min(len(batches), trainer.max_steps_per_epoch or len(batches))
+    logger = (
+        RunLogger(run_dir, settings.logger.tensorboard, settings.logger.slope_histograms, job.state.epoch)
+        if ranks.is_main
+        else None
+    )
+    progress = Progress(trainer.progress if ranks.is_main else "none", trainer.log_every_steps)
     started = time.perf_counter()
     record: dict = {}
 
-    for epoch in range(state.epoch + 1, trainer.epochs + 1):
-        lr = optimizer.param_groups[0]["lr"]
-        train, seconds = _train_epoch(
-            forward, model, batches, steps, optimizer, runtime, epoch, trainer.epochs, progress
-        )
-        test = evaluate(forward, model, splits.test, trainer.eval_batch_size, augment, runtime).summary()
-        step_schedule(schedule, test["top1_err"])
+    for epoch in range(job.state.epoch + 1, trainer.epochs + 1):
+        lr = job.optimizer.param_groups[0]["lr"]
+        train, images_per_s = _train_epoch(job, batches, epoch, progress)
+        test = evaluate(job, splits.test, augment).summary()
+        step_schedule(job.schedule, test["top1_err"])
 
         record = {
             "epoch": epoch,
             "lr": lr,
             "time_s": round(time.perf_counter() - started, 3),
-            "train/images_per_s": train.n / seconds,
+            "train/images_per_s": images_per_s,
             **{f"train/{k}": v for k, v in train.summary().items() if k != "count"},
             **{f"test/{k}": v for k, v in test.items()},
         }
-        is_best = test["top1_err"] < state.best_top1_err
+        is_best = test["top1_err"] < job.state.best_top1_err
         if is_best:
-            state.best_top1_err, state.best_epoch = test["top1_err"], epoch
-        state.epoch = epoch
-        logger.epoch(record, model)
-        _save(run_dir / "checkpoints", model, optimizer, schedule, runtime, state, config, is_best)
+            job.state.best_top1_err, job.state.best_epoch = test["top1_err"], epoch
+        job.state.epoch, job.state.step, job.state.partial = epoch, 0, Counts()
+        if logger:
+            logger.epoch(record, job.model)
+        job.save(is_best)
         log.info(
             "epoch %d/%d: train loss %.4f, test top-1 err %.2f%%, top-5 err %.2f%%, %.0f img/s",
             epoch,
@@ -130,28 +182,44 @@ def _train(settings: TrainConfig, config: dict, run_dir: Path) -> dict:
             record["train/images_per_s"],
         )
 
-    results = _results(
-        settings, config, run_dir, model, runtime, state, record, n_params, time.perf_counter() - started
-    )
-    write_json(run_dir / "results.json", results)
-    logger.hparams(
-        _hparams(settings),
-        {k: results["final"][k] for k in ("top1_err", "top5_err")} | {"best_top1_err": state.best_top1_err},
-    )
-    logger.close()
-    final = results["final"]
-    log.info(
-        "finished: test top-1 error %.2f%% (accuracy %.2f%%), top-5 error %.2f%% (accuracy %.2f%%) on %d images",
-        final["top1_err"],
-        final["top1_acc"],
-        final["top5_err"],
-        final["top5_acc"],
-        final["count"],
-    )
-    log.info("run directory: %s", run_dir.resolve())
-    if settings.logger.tensorboard:
-        log.info("TensorBoard: tensorboard --logdir %s", (run_dir / "tb").resolve())
+    results = _results(job, record, n_params, time.perf_counter() - started)
+    if logger:
+        write_json(run_dir / "results.json", results)
+        logger.hparams(
+            results["hparams"],
+            {k: results["final"][k] for k in ("top1_err", "top5_err")} | {"best_top1_err": job.state.best_top1_err},
+        )
+        logger.close()
+        _announce(results, run_dir, settings.logger.tensorboard)
     return results
+
+
+def _build_job(settings: TrainConfig, config: dict, run_dir: Path, runtime: Runtime, ranks: Dist, in_chans: int) -> Job:
+    trainer = settings.trainer
+    model = build_model(settings, settings.dataset.num_classes, in_chans)
+    memory_format = torch.channels_last if trainer.channels_last else torch.preserve_format
+    model = model.to(runtime.device, memory_format=memory_format)
+    forward: nn.Module = model
+    if ranks.enabled:
+        # DDP averages gradients over ranks: with per-rank batch b this is the gradient of the global batch N*b.
+        forward = DistributedDataParallel(
+            model, device_ids=[runtime.device.index] if runtime.device.type == "cuda" else None
+        )
+    if trainer.compile:
+        forward = compile_model(forward, runtime.device)
+    optimizer = make_optimizer(model, settings.optim)
+    return Job(
+        settings,
+        config,
+        run_dir,
+        runtime,
+        ranks,
+        model,
+        forward,
+        optimizer,
+        make_schedule(optimizer, settings.schedule),
+        State(),
+    )
 
 
 def _augment(settings: TrainConfig, stats: tuple[list[float], list[float]]) -> BatchAugment:
@@ -165,103 +233,101 @@ def _augment(settings: TrainConfig, stats: tuple[list[float], list[float]]) -> B
     return BatchAugment(mean, std, data.flip, data.crop_padding, data.padding_mode, settings.trainer.channels_last)
 
 
-def _train_epoch(
-    forward: nn.Module,
-    model: nn.Module,
-    batches: TrainBatches,
-    steps: int,
-    optimizer: torch.optim.Optimizer,
-    runtime: Runtime,
-    epoch: int,
-    epochs: int,
-    progress: Progress,
-) -> tuple[Counts, float]:
-    model.train()
-    counts = Counts()
+def _train_epoch(job: Job, batches: TrainBatches, epoch: int, progress: Progress) -> tuple[Counts, float]:
+    """One epoch from the step the state says (0, or where a mid-epoch checkpoint stopped).
+
+    Returns the epoch's training counts summed over ranks, and the global images/s of this attempt.
+    """
+    trainer, runtime = job.settings.trainer, job.runtime
+    steps = min(len(batches), trainer.max_steps_per_epoch or len(batches))
+    counts, first = job.state.partial, job.state.step + 1
+    already = counts.n  # images counted before a mid-epoch resume
+    job.forward.train()
     start = time.perf_counter()
-    for step, (images, labels) in enumerate(batches.epoch(epoch), start=1):
+    for step, (images, labels) in enumerate(batches.epoch(epoch, start_step=job.state.step), start=first):
+        if step > steps:
+            break
         with runtime.autocast():
-            logits = forward(images)
+            logits = job.forward(images)
         loss = F.cross_entropy(logits.float(), labels)
         if not torch.isfinite(loss):
             raise NonFiniteLossError(
                 f"training loss is {loss.item()} at epoch {epoch}, step {step}: stopped before writing anything; "
-                "checkpoints/last.pt still holds the last good epoch. Lower optim.lr or check the data."
+                "checkpoints/last.pt still holds the last good state. Lower optim.lr or check the data."
             )
-        optimizer.zero_grad(set_to_none=True)
+        job.optimizer.zero_grad(set_to_none=True)
         if runtime.scaler is None:
             loss.backward()
-            optimizer.step()
+            job.optimizer.step()
         else:
             runtime.scaler.scale(loss).backward()
-            runtime.scaler.step(optimizer)
+            runtime.scaler.step(job.optimizer)
             runtime.scaler.update()
         counts.add(loss.item() * len(labels), logits.detach(), labels)
-        rate = counts.n / (time.perf_counter() - start)
+        rate = (counts.n - already) / max(time.perf_counter() - start, 1e-9)  # this rank's images/s
         progress.update(
-            epoch, epochs, step, steps, counts.loss_sum / counts.n, rate, (steps - step) * len(labels) / rate
+            epoch,
+            trainer.epochs,
+            step,
+            steps,
+            counts.loss_sum / counts.n,
+            rate * job.ranks.world_size,
+            (steps - step) * len(labels) / rate,
         )
-        if step == steps:
-            break
+        if trainer.checkpoint_every_steps and step % trainer.checkpoint_every_steps == 0 and step < steps:
+            job.state.epoch, job.state.step, job.state.partial = epoch - 1, step, counts
+            job.save()
     progress.end_epoch()
-    return counts, elapsed(start, runtime.device)
+    images_per_s = (counts.n - already) * job.ranks.world_size / elapsed(start, runtime.device)
+    return Counts.from_tensor(job.ranks.sum(counts.as_tensor())), images_per_s
 
 
 @torch.inference_mode()
-def evaluate(
-    forward: nn.Module, model: nn.Module, split: Split, batch_size: int, augment: BatchAugment, runtime: Runtime
-) -> Counts:
-    """Loss and top-1/top-5 hits over every sample of `split`, each exactly once."""
-    model.eval()
+def evaluate(job: Job, split: Split, augment: BatchAugment) -> Counts:
+    """Loss and top-1/top-5 hits over every sample of `split`, each exactly once across ranks."""
+    job.forward.eval()
     counts = Counts()
-    for images, labels in eval_batches(split, batch_size, augment):
-        with runtime.autocast():
-            logits = forward(images).float()
+    for images, labels in eval_batches(
+        split, job.settings.trainer.eval_batch_size, augment, job.ranks.rank, job.ranks.world_size
+    ):
+        with job.runtime.autocast():
+            logits = job.forward(images).float()
         counts.add(F.cross_entropy(logits, labels, reduction="sum").item(), logits, labels)
-    if counts.n != len(split):
-        raise RuntimeError(f"evaluated {counts.n} samples, the split has {len(split)}")
-    return counts
+    total = Counts.from_tensor(job.ranks.sum(counts.as_tensor()))
+    if total.n != len(split):
+        raise RuntimeError(
+            f"evaluated {total.n} samples over {job.ranks.world_size} rank(s); the split has {len(split)}"
+        )
+    return total
 
 
-def _save(
-    folder: Path, model: nn.Module, optimizer, schedule, runtime: Runtime, state: State, config: dict, is_best: bool
-) -> None:
-    payload = {
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "schedule": schedule.state_dict(),
-        "scaler": runtime.scaler.state_dict() if runtime.scaler else None,
-        "epoch": state.epoch,
-        "step": 0,
-        "best_top1_err": state.best_top1_err,
-        "best_epoch": state.best_epoch,
-        "rng": rng_state(),
-        "config": config,
-        "format": ckpt.CHECKPOINT_FORMAT,
-    }
-    last = ckpt.save_last(payload, folder)
-    if is_best:
-        ckpt.atomic_save(payload, folder / "best.pt")
-    log.debug("saved %s", last)
-
-
-def _restore(payload: dict, model: nn.Module, optimizer, schedule, runtime: Runtime) -> State:
+def _restore(payload: dict, job: Job) -> None:
     try:
-        model.load_state_dict(payload["model"])
-        optimizer.load_state_dict(payload["optimizer"])
+        job.model.load_state_dict(payload["model"])
+        job.optimizer.load_state_dict(payload["optimizer"])
     except (RuntimeError, ValueError, KeyError) as err:
         raise ckpt.CheckpointError(
             f"the checkpoint does not fit this model/optimizer (was it trained with another model, activation "
             f"or width?): {err}"
         ) from None
-    schedule.load_state_dict(payload["schedule"])
-    if runtime.scaler is not None and payload["scaler"] is not None:
-        runtime.scaler.load_state_dict(payload["scaler"])
-    set_rng_state(payload["rng"])
-    return State(payload["epoch"], payload["best_top1_err"], payload.get("best_epoch", 0))
+    job.schedule.load_state_dict(payload["schedule"])
+    if job.runtime.scaler is not None and payload["scaler"] is not None:
+        job.runtime.scaler.load_state_dict(payload["scaler"])
+    rng, partial = payload["rng"], Counts()
+    if len(rng) == job.ranks.world_size:
+        set_rng_state(rng[job.ranks.rank])
+        partial = Counts.from_tensor(payload["partial"][job.ranks.rank])
+    else:  # batches and augmentation do not depend on it; dropout masks and partial-epoch metrics do
+        log.warning(
+            "checkpoint written by %d rank(s), resuming on %d: RNG streams restart and the interrupted "
+            "epoch's training metrics count only its remaining steps",
+            len(rng),
+            job.ranks.world_size,
+        )
+    job.state = State(payload["epoch"], payload["step"], partial, payload["best_top1_err"], payload["best_epoch"])
 
 
-def _hparams(settings: TrainConfig) -> dict:
+def _hparams(settings: TrainConfig, world_size: int) -> dict:
     return {
         "dataset": settings.dataset.name,
         "model": settings.model.name,
@@ -271,43 +337,34 @@ def _hparams(settings: TrainConfig) -> dict:
         "init_mode": settings.init.mode,
         "lr": settings.optim.lr,
         "weight_decay": settings.optim.weight_decay,
-        "batch_size": settings.trainer.batch_size,
+        "global_batch": settings.trainer.batch_size * world_size,
         "epochs": settings.trainer.epochs,
         "seed": settings.seed,
     }
 
 
-def _results(
-    settings: TrainConfig,
-    config: dict,
-    run_dir: Path,
-    model: nn.Module,
-    runtime: Runtime,
-    state: State,
-    last: dict,
-    n_params: int,
-    seconds: float,
-) -> dict:
+def _results(job: Job, last: dict, n_params: int, seconds: float) -> dict:
     final = {k.removeprefix("test/"): v for k, v in last.items() if k.startswith("test/")}
-    if not final:  # resumed a finished run: nothing trained now, report the checkpoint's epoch from metrics.jsonl
-        final = _last_logged(run_dir)
+    if not final:  # resumed a finished run: nothing trained now, report the last logged epoch
+        final = _last_logged(job.run_dir)
     results = {
         "status": "completed",
-        "epochs": state.epoch,
+        "epochs": job.state.epoch,
         "final": final,
-        "best_top1_err": state.best_top1_err,
-        "best_epoch": state.best_epoch,
+        "best_top1_err": job.state.best_top1_err,
+        "best_epoch": job.state.best_epoch,
         "train_images_per_s": last.get("train/images_per_s"),
         "wall_time_s": round(seconds, 3),
         "params": n_params,
-        "run_dir": str(run_dir.resolve()),
-        "hparams": _hparams(settings),
-        "config": config,
+        "world_size": job.ranks.world_size,
+        "run_dir": str(job.run_dir.resolve()),
+        "hparams": _hparams(job.settings, job.ranks.world_size),
+        "config": job.config,
         "git": git_state(),
         "versions": versions(),
-        "hardware": hardware(runtime.device),
+        "hardware": hardware(job.runtime.device),
     }
-    slopes = prelu_slopes(model)
+    slopes = prelu_slopes(job.model)
     if slopes:
         results["prelu_slopes_mean"] = {name: sum(v) / len(v) for name, v in slopes.items()}
     return results
@@ -317,3 +374,18 @@ def _last_logged(run_dir: Path) -> dict:
     lines = (run_dir / "metrics.jsonl").read_text().splitlines()
     last = json.loads(lines[-1])
     return {k.removeprefix("test/"): v for k, v in last.items() if k.startswith("test/")}
+
+
+def _announce(results: dict, run_dir: Path, tensorboard: bool) -> None:
+    final = results["final"]
+    log.info(
+        "finished: test top-1 error %.2f%% (accuracy %.2f%%), top-5 error %.2f%% (accuracy %.2f%%) on %d images",
+        final["top1_err"],
+        final["top1_acc"],
+        final["top5_err"],
+        final["top5_acc"],
+        final["count"],
+    )
+    log.info("run directory: %s", run_dir.resolve())
+    if tensorboard:
+        log.info("TensorBoard: tensorboard --logdir %s", (run_dir / "tb").resolve())

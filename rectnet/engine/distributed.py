@@ -1,0 +1,115 @@
+"""torch.distributed under torchrun (or srun): ranks from the environment, one process per device.
+
+NCCL on CUDA, gloo on CPU. A single process (no RANK/WORLD_SIZE in the environment) runs the same code
+with world size 1 and no process group. Only rank 0 writes files; `Dist.sum` makes counts global.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Dist:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def sum(self, t: torch.Tensor) -> torch.Tensor:
+        """Sum a tensor over ranks (in place on a copy; returned on its original device)."""
+        if not self.enabled:
+            return t
+        out = t.clone()
+        dist.all_reduce(out, op=dist.ReduceOp.SUM)
+        return out
+
+    def gather(self, obj: Any) -> list[Any]:
+        """Every rank's `obj` (tensors and plain containers), in rank order, on every rank.
+
+        Objects travel as torch.save bytes and come back through torch.load(weights_only=True): CPU tensors
+        inside plain pickles do not survive all_gather_object on every torch release.
+        """
+        if not self.enabled:
+            return [obj]
+        buffer = io.BytesIO()
+        torch.save(obj, buffer)
+        out: list[Any] = [None] * self.world_size
+        dist.all_gather_object(out, buffer.getvalue())
+        return [torch.load(io.BytesIO(b), weights_only=True) for b in out]
+
+    def broadcast(self, obj: Any) -> Any:
+        """Rank 0's `obj` on every rank."""
+        if not self.enabled:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def barrier(self) -> None:
+        if self.enabled:
+            dist.barrier()
+
+
+def env_ranks() -> Dist:
+    """Ranks from torchrun's variables, else from SLURM's (srun without torchrun), else a single process."""
+    env = os.environ
+    if "RANK" in env and "WORLD_SIZE" in env:
+        return Dist(int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0)))
+    if "SLURM_PROCID" in env and int(env.get("SLURM_NTASKS", 1)) > 1:
+        return Dist(int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), int(env.get("SLURM_LOCALID", 0)))
+    return Dist()
+
+
+def init_distributed(device: torch.device) -> Dist:
+    """Join the process group when there is more than one rank."""
+    ranks = env_ranks()
+    if ranks.enabled and not dist.is_initialized():
+        if "MASTER_ADDR" not in os.environ:
+            raise RuntimeError(
+                f"rank {ranks.rank} of {ranks.world_size}: MASTER_ADDR/MASTER_PORT are not set; launch with "
+                "torchrun (it sets them) or export them for srun"
+            )
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(backend, rank=ranks.rank, world_size=ranks.world_size)
+        log.info("joined the %s process group as rank %d of %d", backend, ranks.rank, ranks.world_size)
+    return ranks
+
+
+def shutdown() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+class RankFilter(logging.Filter):
+    """Prefix log records with the rank that speaks (only when there are several)."""
+
+    def __init__(self, ranks: Dist) -> None:
+        super().__init__()
+        self.prefix = f"[rank {ranks.rank}/{ranks.world_size}] " if ranks.enabled else ""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.prefix and not str(record.msg).startswith(self.prefix):
+            record.msg = self.prefix + str(record.msg)
+        return True
+
+
+def label_log_records(ranks: Dist) -> None:
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(RankFilter(ranks))
