@@ -135,7 +135,7 @@ class TrainerConfig:
     precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast; fp16 adds a gradient scaler, CUDA only)
     channels_last: bool = True
     compile: bool = False  # torch.compile the model
-    resume: str | None = None  # a checkpoint path, or "auto" for <run_dir>/checkpoints/last.pt
+    resume: str | None = "auto"  # "auto": <run_dir>/checkpoints/last.pt if it exists; a path; null: never
     threads: int | None = None  # CPU intra-op threads (torch default when null)
     deterministic: bool = False  # torch.use_deterministic_algorithms + cudnn.benchmark off
     log_every_steps: int = 50  # plain progress lines when the output is not a terminal

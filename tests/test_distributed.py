@@ -86,3 +86,67 @@ def test_kill_9_mid_epoch_then_resume_is_bitwise_exact(tmp_path):
     assert [m["epoch"] for m in lines] == [1, 2, 3]
     expected = [json.loads(x) for x in (straight / "metrics.jsonl").read_text().splitlines()]
     assert [m["train/loss"] for m in lines] == pytest.approx([m["train/loss"] for m in expected], rel=1e-12)
+
+
+def test_sigterm_writes_a_checkpoint_and_the_resumed_run_is_exact(tmp_path):
+    args = [*TINY, "model.dropout=0.3", "trainer.epochs=3", "trainer.batch_size=16"]
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    assert run_cli([*args, f"hydra.run.dir={straight}"]).returncode == 0
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "train.py"), *args, f"hydra.run.dir={stopped}"],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    metrics = stopped / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None and not (metrics.exists() and metrics.read_text()):
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)  # during epoch 2: finish the step, save, exit 128 + 15
+    assert proc.wait(timeout=60) in (128 + signal.SIGTERM, 0)
+    if proc.returncode == 0:
+        pytest.skip("the run finished before the signal arrived")
+    assert torch.load(stopped / "checkpoints" / "last.pt", weights_only=True)["step"] > 0
+    assert run_cli([*args, f"hydra.run.dir={stopped}"]).returncode == 0  # trainer.resume=auto by default
+    a, b = _weights(straight), _weights(stopped)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _submitit_local_tasks(folder: Path) -> list[int]:
+    """PIDs of submitit's local task processes (not their controller) whose job folder is under `folder`."""
+    pids = []
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            data = environ.read_bytes()
+        except OSError:
+            continue
+        if b"SUBMITIT_LOCAL_GLOBALID=" in data and str(folder).encode() in data:
+            pids.append(int(environ.parent.name))
+    return pids
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds submitit's tasks through /proc")
+def test_submitit_local_two_tasks_preempted_requeue_and_finish(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    args = [*TINY, "trainer.batch_size=32", "trainer.epochs=6", "trainer.threads=1"]
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "train.py"), "-m", "hydra/launcher=local", *args, f"hydra.sweep.dir={tmp_path}"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    metrics, deadline = tmp_path / "0" / "metrics.jsonl", time.time() + 300
+    while time.time() < deadline and proc.poll() is None:  # preempt (SIGUSR2, as SLURM would) after epoch 2
+        if metrics.exists() and metrics.read_text().count("\n") >= 2:
+            tasks = _submitit_local_tasks(tmp_path)
+            assert len(tasks) == 2
+            for pid in tasks:
+                os.kill(pid, signal.SIGUSR2)
+            break
+        time.sleep(0.02)
+    output, _ = proc.communicate(timeout=400)
+    assert proc.returncode == 0, output[-3000:]
+    run_dir = tmp_path / "0"
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["world_size"] == 2 and results["epochs"] == 6
+    epochs = [json.loads(line)["epoch"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == list(range(1, 7))
+    logs = "".join(p.read_text() for p in tmp_path.glob(".submitit/*/*.out")) + (run_dir / "train.log").read_text()
+    assert "stopping on SIGUSR2 after writing a checkpoint" in logs and "resumed at epoch" in logs
+    assert len(list(tmp_path.glob("*/results.json"))) == 1  # both tasks, one run directory

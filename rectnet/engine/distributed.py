@@ -40,6 +40,13 @@ class Dist:
         dist.all_reduce(out, op=dist.ReduceOp.SUM)
         return out
 
+    def max(self, t: torch.Tensor) -> torch.Tensor:
+        if not self.enabled:
+            return t
+        out = t.clone()
+        dist.all_reduce(out, op=dist.ReduceOp.MAX)
+        return out
+
     def gather(self, obj: Any) -> list[Any]:
         """Every rank's `obj` (tensors and plain containers), in rank order, on every rank.
 
@@ -68,8 +75,14 @@ class Dist:
 
 
 def env_ranks() -> Dist:
-    """Ranks from torchrun's variables, else from SLURM's (srun without torchrun), else a single process."""
+    """Ranks from torchrun's variables, else from submitit's job environment (SLURM or local tasks, through
+    the Hydra submitit launcher), else from SLURM's (srun), else a single process."""
     env = os.environ
+    if "RANK" not in env and env.get("SUBMITIT_EXECUTOR"):
+        import submitit
+
+        # Sets MASTER_ADDR/PORT, RANK, WORLD_SIZE, LOCAL_RANK; device choice stays ours (cuda:LOCAL_RANK).
+        submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
     if "RANK" in env and "WORLD_SIZE" in env:
         return Dist(int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0)))
     if "SLURM_PROCID" in env and int(env.get("SLURM_NTASKS", 1)) > 1:
@@ -77,9 +90,8 @@ def env_ranks() -> Dist:
     return Dist()
 
 
-def init_distributed(device: torch.device) -> Dist:
+def init_distributed(ranks: Dist, device: torch.device) -> None:
     """Join the process group when there is more than one rank."""
-    ranks = env_ranks()
     if ranks.enabled and not dist.is_initialized():
         if "MASTER_ADDR" not in os.environ:
             raise RuntimeError(
@@ -89,7 +101,6 @@ def init_distributed(device: torch.device) -> Dist:
         backend = "nccl" if device.type == "cuda" else "gloo"
         dist.init_process_group(backend, rank=ranks.rank, world_size=ranks.world_size)
         log.info("joined the %s process group as rank %d of %d", backend, ranks.rank, ranks.world_size)
-    return ranks
 
 
 def shutdown() -> None:

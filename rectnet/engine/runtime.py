@@ -33,13 +33,10 @@ class Runtime:
         return torch.autocast(self.device.type, dtype=AUTOCAST_DTYPES[self.precision])
 
 
-def select_device(name: str) -> torch.device:
+def select_device(name: str, local_rank: int = 0) -> torch.device:
+    """`auto`: this rank's GPU (cuda:LOCAL_RANK) when CUDA is available, else the CPU."""
     if name == "auto":
-        return (
-            torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-            if torch.cuda.is_available()
-            else torch.device("cpu")
-        )
+        return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
     try:
         device = torch.device(name)
     except RuntimeError as err:
@@ -59,8 +56,8 @@ def check_precision(precision: str, device: torch.device) -> None:
         log.warning("trainer.precision=bf16 on a CPU: supported, but often far slower than fp32 on CPUs without AMX")
 
 
-def make_runtime(cfg: TrainerConfig) -> Runtime:
-    device = select_device(cfg.device)
+def make_runtime(cfg: TrainerConfig, local_rank: int = 0) -> Runtime:
+    device = select_device(cfg.device, local_rank)
     check_precision(cfg.precision, device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)

@@ -26,11 +26,12 @@ from rectnet.config import ConfigError, TrainConfig, to_settings
 from rectnet.data import BatchAugment, Split, TrainBatches, eval_batches, load_dataset
 from rectnet.engine import checkpoint as ckpt
 from rectnet.engine.build import build_model
-from rectnet.engine.distributed import Dist, init_distributed, label_log_records, shutdown
+from rectnet.engine.distributed import Dist, env_ranks, init_distributed, label_log_records, shutdown
 from rectnet.engine.env import git_state, hardware, versions
 from rectnet.engine.logging import Progress, RunLogger, elapsed, prelu_slopes, write_json
 from rectnet.engine.metrics import Counts
 from rectnet.engine.optim import make_optimizer, make_schedule, step_schedule
+from rectnet.engine.preemption import StopSignals
 from rectnet.engine.runtime import Runtime, compile_model, make_runtime, rng_state, seed_everything, set_rng_state
 
 log = logging.getLogger("rectnet")
@@ -65,6 +66,7 @@ class Job:
     optimizer: torch.optim.Optimizer
     schedule: object
     state: State
+    stop: StopSignals = field(default_factory=StopSignals)
 
     def save(self, is_best: bool = False) -> None:
         """Rank 0 writes last.pt (and best.pt); every rank contributes its RNG state first."""
@@ -96,27 +98,32 @@ class Job:
 def run(cfg: DictConfig) -> dict:
     """Train and evaluate as `cfg` says; returns (and rank 0 writes) results.json's content."""
     settings = to_settings(cfg)
-    runtime = make_runtime(settings.trainer)
-    ranks = init_distributed(runtime.device)
+    ranks = env_ranks()
+    runtime = make_runtime(settings.trainer, ranks.local_rank)
+    init_distributed(ranks, runtime.device)
     label_log_records(ranks)
     run_dir = Path(settings.run_dir)
     if ranks.gather(str(run_dir.resolve())) != [str(run_dir.resolve())] * ranks.world_size:
         raise ConfigError("ranks disagree on the run directory; pin it with hydra.run.dir=... or RECTNET_RUN_DIR")
     run_dir.mkdir(parents=True, exist_ok=True)
+    stop = StopSignals().install()
     try:
-        results = _train(settings, OmegaConf.to_container(cfg, resolve=True), run_dir, runtime, ranks)
+        results = _train(settings, OmegaConf.to_container(cfg, resolve=True), run_dir, runtime, ranks, stop)
     except Exception as err:
         if ranks.is_main:
             (run_dir / "FAILED").write_text(f"{type(err).__name__}: {err}\n\n{traceback.format_exc()}")
         raise
     finally:
+        stop.uninstall()
         shutdown()
     if ranks.is_main:
         (run_dir / "FAILED").unlink(missing_ok=True)
     return results
 
 
-def _train(settings: TrainConfig, config: dict, run_dir: Path, runtime: Runtime, ranks: Dist) -> dict:
+def _train(
+    settings: TrainConfig, config: dict, run_dir: Path, runtime: Runtime, ranks: Dist, stop: StopSignals
+) -> dict:
     trainer = settings.trainer
     resume = ckpt.resolve_resume(trainer.resume, run_dir / "checkpoints")  # fail fast on a bad path
 
@@ -127,6 +134,7 @@ def _train(settings: TrainConfig, config: dict, run_dir: Path, runtime: Runtime,
     augment = _augment(settings, splits.channel_stats())
     batches = TrainBatches(splits.train, trainer.batch_size, augment, settings.seed, ranks.rank, ranks.world_size)
     job = _build_job(settings, config, run_dir, runtime, ranks, splits.train.images.shape[1])
+    job.stop = stop
     seed_everything(settings.seed + ranks.rank)  # dropout masks differ between ranks
     if resume is not None:
         _restore(resume, job)
@@ -274,9 +282,12 @@ def _train_epoch(job: Job, batches: TrainBatches, epoch: int, progress: Progress
             rate * job.ranks.world_size,
             (steps - step) * len(labels) / rate,
         )
-        if trainer.checkpoint_every_steps and step % trainer.checkpoint_every_steps == 0 and step < steps:
+        stopping = job.stop.requested(job.ranks, runtime.device)
+        if stopping or (trainer.checkpoint_every_steps and step % trainer.checkpoint_every_steps == 0 and step < steps):
             job.state.epoch, job.state.step, job.state.partial = epoch - 1, step, counts
             job.save()
+        if stopping:
+            job.stop.hand_over()
     progress.end_epoch()
     images_per_s = (counts.n - already) * job.ranks.world_size / elapsed(start, runtime.device)
     return Counts.from_tensor(job.ranks.sum(counts.as_tensor())), images_per_s
