@@ -150,3 +150,23 @@ def test_submitit_local_two_tasks_preempted_requeue_and_finish(tmp_path):
     logs = "".join(p.read_text() for p in tmp_path.glob(".submitit/*/*.out")) + (run_dir / "train.log").read_text()
     assert "stopping on SIGUSR2 after writing a checkpoint" in logs and "resumed at epoch" in logs
     assert len(list(tmp_path.glob("*/results.json"))) == 1  # both tasks, one run directory
+
+
+def test_two_node_rendezvous_on_one_machine(tmp_path):
+    """Two torchrun agents (--nnodes=2, c10d rendezvous) as two nodes would run them."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    run_dir = tmp_path / "run"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1",
+               "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}", "--rdzv-id=rectnet-test",
+               str(ROOT / "train.py"), *DDP_RUN, "trainer.batch_size=32", f"hydra.run.dir={run_dir}"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    nodes = [subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              stdin=subprocess.DEVNULL, text=True) for _ in range(2)]  # fmt: skip
+    outputs = [node.communicate(timeout=300)[0] for node in nodes]
+    assert all(node.returncode == 0 for node in nodes), outputs[0][-2000:] + outputs[1][-2000:]
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["world_size"] == 2 and results["final"]["count"] == 201

@@ -32,6 +32,7 @@ def _lrs(schedule_cfg: ScheduleConfig, errors: list[float]) -> list[float]:
     lrs = []
     for err in errors:
         lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()  # an epoch of training happens between schedule steps
         step_schedule(schedule, err)
     return lrs
 
