@@ -30,6 +30,15 @@ def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
     return torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["model"]
 
 
+def _straight_then_background(args: list[str], straight: Path, interrupted: Path) -> subprocess.Popen:
+    """Run `args` to the end in `straight`, then start the same run in `interrupted` in the background."""
+    assert run_cli([*args, f"hydra.run.dir={straight}"]).returncode == 0
+    return subprocess.Popen(
+        [sys.executable, str(ROOT / "train.py"), *args, f"hydra.run.dir={interrupted}"],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
 # 201 test images: not divisible by 2 ranks, so padding or dropping would show in the counts
 DDP_RUN = [*TINY, "dataset.num_test=201", "trainer.epochs=2"]
 
@@ -57,12 +66,7 @@ def test_two_ranks_follow_the_one_rank_run(tmp_path):
 def test_kill_9_mid_epoch_then_resume_is_bitwise_exact(tmp_path):
     args = [*TINY, "model.dropout=0.3", "trainer.epochs=3", "trainer.batch_size=16", "trainer.checkpoint_every_steps=4"]
     straight, killed = tmp_path / "straight", tmp_path / "killed"
-    assert run_cli([*args, f"hydra.run.dir={straight}"]).returncode == 0
-
-    proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "train.py"), *args, f"hydra.run.dir={killed}"],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
-    )  # fmt: skip
+    proc = _straight_then_background(args, straight, killed)
     last = killed / "checkpoints" / "last.pt"
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:  # kill at the first mid-epoch save of epoch 2
@@ -91,11 +95,7 @@ def test_kill_9_mid_epoch_then_resume_is_bitwise_exact(tmp_path):
 def test_sigterm_writes_a_checkpoint_and_the_resumed_run_is_exact(tmp_path):
     args = [*TINY, "model.dropout=0.3", "trainer.epochs=3", "trainer.batch_size=16"]
     straight, stopped = tmp_path / "straight", tmp_path / "stopped"
-    assert run_cli([*args, f"hydra.run.dir={straight}"]).returncode == 0
-    proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "train.py"), *args, f"hydra.run.dir={stopped}"],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
-    )  # fmt: skip
+    proc = _straight_then_background(args, straight, stopped)
     metrics = stopped / "metrics.jsonl"
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None and not (metrics.exists() and metrics.read_text()):

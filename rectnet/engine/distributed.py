@@ -33,18 +33,17 @@ class Dist:
         return self.rank == 0
 
     def sum(self, t: torch.Tensor) -> torch.Tensor:
-        """Sum a tensor over ranks (in place on a copy; returned on its original device)."""
-        if not self.enabled:
-            return t
-        out = t.clone()
-        dist.all_reduce(out, op=dist.ReduceOp.SUM)
-        return out
+        """`t` summed over ranks (a new tensor; `t` itself is left alone)."""
+        return self._all_reduce(t, dist.ReduceOp.SUM)
 
     def max(self, t: torch.Tensor) -> torch.Tensor:
+        return self._all_reduce(t, dist.ReduceOp.MAX)
+
+    def _all_reduce(self, t: torch.Tensor, op: dist.ReduceOp) -> torch.Tensor:
         if not self.enabled:
             return t
         out = t.clone()
-        dist.all_reduce(out, op=dist.ReduceOp.MAX)
+        dist.all_reduce(out, op=op)
         return out
 
     def gather(self, obj: Any) -> list[Any]:
