@@ -26,8 +26,10 @@ paddings are fixed by the table's 112/56/28/14 maps, so the gap is not a layout 
 from (rounding, or a counting convention that differs for C) is not known; A and B match to 0.3%.
 
 fc initialisation (§3): Gaussian std 0.01 for fc1/fc2 and 0.001 for fc3, through `model.init_std`
-(weight-layer index -> std). configs/model/prelu_{a,b,c}.yaml set it (fc = layers 17-19 of A, 20-22 of
-B/C); for the 14/30-layer models it is a documented override in their yaml files.
+(weight-layer index -> std; fc1-fc3 are layers 12-14 of the 14-layer model, 28-30 of the 30-layer one, 17-19
+of A, 20-22 of B/C). The paper-recipe experiments (configs/experiment/prelu_{a,b,c}_*.yaml, fig2_b_*.yaml)
+set it; elsewhere add it on the command line, e.g. '+model.init_std={17: 0.01, 18: 0.01, 19: 0.001}' (the
+model yaml files show each model's indices).
 """
 
 from rectnet.layers.spp import SPP

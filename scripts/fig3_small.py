@@ -1,0 +1,98 @@
+"""He et al. 2015 Fig. 3 in a few CPU minutes: the 30-layer plain net with ReLU on real CIFAR-10, initialised
+"ours" (Kaiming, Eq. 10) vs "Xavier" (n·Var[w] = 1). The paper (ImageNet, full width): ours converges,
+Xavier "completely stalls" because every layer halves the signal's variance (Eq. 8), 2^-27 over its 27 convs.
+
+    python /work/shared/tools/make_cifar10.py --out data     # once: real CIFAR-10 (or dataset.download=true)
+    .venv/bin/python scripts/fig3_small.py --data data       # 2-6 min on 2 CPU cores
+
+Each run is `python train.py experiment=fig3_plain30_<init> ...` with the same overrides (printed), so the two
+differ only in the init policy (both mode fan_in; Xavier uniform as in Caffe, Kaiming normal). The demo is
+scaled down, not a reproduction of the figure's numbers:
+
+* `model.width` 1/8 (8..32 filters, fc 512) and 32x32 inputs, on which the net's last stage works on 2x2 maps;
+* `model.dropout=0`: the question is whether optimisation starts, not generalisation;
+* short "epochs" of `--steps` steps (trainer.max_steps_per_epoch), each followed by a test on `--num-test` images.
+
+It prints the train loss and test error of both runs after every short epoch, then one JSON line. With ReLU and
+10 classes, a stalled net sits at the chance loss ln 10 = 2.303 and 90% error. With the defaults (8 x 100 steps
+of 64 images, about one pass over the training set) one run gave:
+
+    steps          100   200   300   400   500   600   700   800
+    Kaiming loss  2.244 2.024 1.974 1.952 1.908 1.914 1.891 1.864   test error 72.6% at 800
+    Xavier loss   2.303 2.303 2.303 2.303 2.303 2.303 2.303 2.304   test error 90.1% at 800 (chance)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+INITS = ("kaiming", "xavier")
+CHANCE_LOSS = 2.302585  # ln 10
+
+
+def train_overrides(args: argparse.Namespace, init: str) -> list[str]:
+    return [
+        f"experiment=fig3_plain30_{init}",
+        f"dataset.root={args.data}",
+        f"dataset.num_test={args.num_test}",
+        f"model.width={args.width}",
+        "model.dropout=0",
+        f"optim.lr={args.lr}",
+        "schedule=constant",
+        f"trainer.epochs={args.epochs}",
+        f"trainer.max_steps_per_epoch={args.steps}",
+        f"trainer.batch_size={args.batch_size}",
+        "trainer.device=cpu",
+        "trainer.progress=none",
+        "logger=none",
+        f"seed={args.seed}",
+        f"hydra.run.dir={Path(args.out) / init}",
+    ]
+
+
+def run(args: argparse.Namespace, init: str) -> list[dict]:
+    """Train one init; returns its metrics.jsonl records (one per short epoch)."""
+    overrides = train_overrides(args, init)
+    print("python train.py " + " ".join(overrides), flush=True)
+    subprocess.run([sys.executable, str(ROOT / "train.py"), *overrides], cwd=ROOT, check=True)
+    lines = (Path(args.out) / init / "metrics.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines]
+
+
+def report(curves: dict[str, list[dict]], steps: int) -> dict:
+    print(f"\n{'steps':>6}  " + "  ".join(f"{init + ' loss':>13} {init + ' err%':>13}" for init in curves))
+    for i, records in enumerate(zip(*curves.values(), strict=True)):
+        cells = "  ".join(f"{r['train/loss']:>13.4f} {r['test/top1_err']:>13.2f}" for r in records)
+        print(f"{(i + 1) * steps:>6}  {cells}")
+    return {
+        init: {
+            "train_loss": [round(r["train/loss"], 4) for r in records],
+            "test_top1_err": [round(r["test/top1_err"], 2) for r in records],
+        }
+        for init, records in curves.items()
+    } | {"steps_per_point": steps, "chance_loss": CHANCE_LOSS}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", required=True, help="folder holding cifar-10-batches-py/")
+    parser.add_argument("--out", default="outputs/fig3_small", help="run directories: <out>/kaiming, <out>/xavier")
+    parser.add_argument("--width", type=float, default=0.125)
+    parser.add_argument("--lr", type=float, default=0.01)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--epochs", type=int, default=8, help="short epochs per run")
+    parser.add_argument("--steps", type=int, default=100, help="SGD steps per short epoch")
+    parser.add_argument("--num-test", type=int, default=2000, help="test images evaluated after each short epoch")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    curves = {init: run(args, init) for init in INITS}
+    print(json.dumps(report(curves, args.steps)))
+
+
+if __name__ == "__main__":
+    main()
