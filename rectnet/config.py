@@ -45,12 +45,21 @@ class DatasetConfig:
     normalize: bool = True  # per-channel mean/std of the training split (CReLU paper §3.1)
     on_device: bool = True  # hold the uint8 split on the training device (GPU-resident CIFAR)
     synthetic_noise: float = 1.5  # synthetic only: noise std relative to the class patterns
+    num_folds: int = 0  # k-fold cross-validation (CReLU paper: 10): train on k-1 folds; 0 = off
+    fold: int = 0  # the held-out fold, 0..num_folds-1: evaluated every epoch as val/...
 
     def validate(self) -> None:
         _one_of("dataset.padding_mode", self.padding_mode, ("zeros", "reflect"))
         _require(self.num_classes >= 2, "dataset.num_classes", "must be >= 2", self.num_classes)
         _require(self.image_size >= 8, "dataset.image_size", "must be >= 8", self.image_size)
         _require(self.crop_padding >= 0, "dataset.crop_padding", "must be >= 0", self.crop_padding)
+        _require(self.num_folds == 0 or self.num_folds >= 2, "dataset.num_folds", "must be 0 or >= 2", self.num_folds)
+        _require(
+            self.num_folds == 0 or 0 <= self.fold < self.num_folds,
+            "dataset.fold",
+            "must be in [0, num_folds)",
+            self.fold,
+        )
         for key in ("num_train", "num_test"):
             value = getattr(self, key)
             _require(value is None or value >= 1, f"dataset.{key}", "must be >= 1 or null", value)

@@ -69,13 +69,14 @@ def test_kill_9_mid_epoch_then_resume_is_bitwise_exact(tmp_path):
     proc = _straight_then_background(args, straight, killed)
     last = killed / "checkpoints" / "last.pt"
     deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:  # kill at the first mid-epoch save of epoch 2
+    while time.time() < deadline and proc.poll() is None:  # kill -9 while last.pt holds a mid-epoch state
         metrics = killed / "metrics.jsonl"
         if metrics.exists() and metrics.read_text().count("\n") >= 1 and last.exists():
-            state = torch.load(last, weights_only=True) if last.stat().st_size else None
-            if state and state["step"] > 0:
+            os.kill(proc.pid, signal.SIGSTOP)  # freeze it, so what we read is what it is killed with
+            if last.exists() and torch.load(last, weights_only=True)["step"] > 0:  # (absent between 2 renames)
                 os.kill(proc.pid, signal.SIGKILL)
                 break
+            os.kill(proc.pid, signal.SIGCONT)
         time.sleep(0.01)
     proc.wait(timeout=60)
     if proc.returncode == 0:

@@ -214,3 +214,24 @@ def test_cuda_device_without_cuda_fails_clearly(tmp_path):
         pytest.skip("CUDA is available here")
     with pytest.raises(ConfigError, match="CUDA is not available"):
         run(compose_train([*TINY, "trainer.device=cuda"], tmp_path))
+
+
+def test_k_fold_holds_out_one_fold_and_saves_test_logits(tmp_path):
+    results = run(compose_train([*TINY, "trainer.epochs=1", "dataset.num_folds=4", "dataset.fold=1"], tmp_path))
+    record = _metrics(tmp_path)[0]
+    assert record["val/count"] == 128 and record["test/count"] == 200  # 512 / 4 folds held out
+    assert results["selected_on"] == "val" and results["final_val"]["count"] == 128
+    logits = torch.load(tmp_path / "test_logits.pt", weights_only=True)
+    assert logits["logits"].shape == (200, 10) and logits["labels"].shape == (200,)
+    top1 = (logits["logits"].argmax(1) == logits["labels"]).float().mean().item() * 100
+    assert top1 == pytest.approx(results["final"]["top1_acc"])
+
+
+def test_folds_partition_the_training_split():
+    from rectnet.data.split import Split
+
+    split = Split(torch.zeros(103, 1, 1, 1, dtype=torch.uint8), torch.arange(103))
+    held = [split.folds(10, k)[1].labels for k in range(10)]
+    assert sorted(torch.cat(held).tolist()) == list(range(103))  # every image in exactly one fold
+    kept, out = split.folds(10, 3)
+    assert set(kept.labels.tolist()).isdisjoint(out.labels.tolist()) and len(kept) + len(out) == 103

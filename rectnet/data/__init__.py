@@ -24,9 +24,14 @@ DATASETS.register("synthetic")(
 
 
 def load_dataset(cfg: DatasetConfig, seed: int) -> ImageSplits:
-    """Load `cfg.name` and keep the first num_train / num_test samples when those are set."""
+    """Load `cfg.name`, keep the first num_train / num_test samples when those are set, and with
+    `num_folds` > 0 hold fold `fold` of the training split out as a validation split."""
     splits = DATASETS.get(cfg.name)(cfg, seed)
-    return ImageSplits(splits.train.head(cfg.num_train), splits.test.head(cfg.num_test))
+    train, test = splits.train.head(cfg.num_train), splits.test.head(cfg.num_test)
+    if cfg.num_folds:
+        train, val = train.folds(cfg.num_folds, cfg.fold)
+        return ImageSplits(train, test, val)
+    return ImageSplits(train, test)
 
 
 __all__ = [

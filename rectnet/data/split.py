@@ -22,11 +22,27 @@ class Split:
     def to(self, device: torch.device) -> Split:
         return Split(self.images.to(device), self.labels.to(device))
 
+    def take(self, index: torch.Tensor) -> Split:
+        return Split(self.images[index], self.labels[index])
+
+    def folds(self, num_folds: int, fold: int, seed: int = 0) -> tuple[Split, Split]:
+        """(the other folds, fold `fold`) of a fixed partition into `num_folds` near-equal folds.
+
+        The partition depends on `seed` only (default 0, not the run's seed), so the 10 networks of the
+        CReLU paper's 10-fold protocol (§3.1: train on 9 folds, validate on 1) see complementary folds.
+        """
+        order = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))
+        start, stop = len(self) * fold // num_folds, len(self) * (fold + 1) // num_folds
+        held_out = order[start:stop].sort().values
+        kept = torch.cat([order[:start], order[stop:]]).sort().values
+        return self.take(kept), self.take(held_out)
+
 
 @dataclass
 class ImageSplits:
     train: Split
     test: Split
+    val: Split | None = None  # the held-out fold under k-fold cross-validation
 
     def channel_stats(self) -> tuple[list[float], list[float]]:
         """Per-channel mean and std of the training images, in [0, 1] units (CReLU paper §3.1)."""

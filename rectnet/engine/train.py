@@ -162,8 +162,12 @@ def _train(
     for epoch in range(job.state.epoch + 1, trainer.epochs + 1):
         lr = job.optimizer.param_groups[0]["lr"]
         train, images_per_s = _train_epoch(job, batches, epoch, progress)
-        test = evaluate(job, splits.test, augment).summary()
-        step_schedule(job.schedule, test["top1_err"])
+        val = evaluate(job, splits.val, augment)[0].summary() if splits.val else {}
+        test_counts, test_logits = evaluate(job, splits.test, augment, keep_logits=epoch == trainer.epochs)
+        test = test_counts.summary()
+        # The schedule and best.pt watch the held-out fold when there is one, so the test split stays unseen.
+        watched = (val or test)["top1_err"]
+        step_schedule(job.schedule, watched)
 
         record = {
             "epoch": epoch,
@@ -171,11 +175,12 @@ def _train(
             "time_s": round(time.perf_counter() - started, 3),
             "train/images_per_s": images_per_s,
             **{f"train/{k}": v for k, v in train.summary().items() if k != "count"},
+            **{f"val/{k}": v for k, v in val.items()},
             **{f"test/{k}": v for k, v in test.items()},
         }
-        is_best = test["top1_err"] < job.state.best_top1_err
+        is_best = watched < job.state.best_top1_err
         if is_best:
-            job.state.best_top1_err, job.state.best_epoch = test["top1_err"], epoch
+            job.state.best_top1_err, job.state.best_epoch = watched, epoch
         job.state.epoch, job.state.step, job.state.partial = epoch, 0, Counts()
         if logger:
             logger.epoch(record, job.model)
@@ -192,6 +197,8 @@ def _train(
 
     results = _results(job, record, n_params, time.perf_counter() - started)
     if logger:
+        if record:  # the final model's test logits: ensembles ("Vote", CReLU paper §3.1) average these
+            ckpt.atomic_save(test_logits, run_dir / "test_logits.pt")
         write_json(run_dir / "results.json", results)
         logger.hparams(
             results["hparams"],
@@ -294,22 +301,29 @@ def _train_epoch(job: Job, batches: TrainBatches, epoch: int, progress: Progress
 
 
 @torch.inference_mode()
-def evaluate(job: Job, split: Split, augment: BatchAugment) -> Counts:
-    """Loss and top-1/top-5 hits over every sample of `split`, each exactly once across ranks."""
+def evaluate(job: Job, split: Split, augment: BatchAugment, keep_logits: bool = False) -> tuple[Counts, dict | None]:
+    """Loss and top-1/top-5 hits over every sample of `split`, each exactly once across ranks; with
+    `keep_logits`, also {"logits", "labels"} of the whole split in its order (every rank gets them)."""
     job.forward.eval()
-    counts = Counts()
+    counts, kept = Counts(), []
     for images, labels in eval_batches(
         split, job.settings.trainer.eval_batch_size, augment, job.ranks.rank, job.ranks.world_size
     ):
         with job.runtime.autocast():
             logits = job.forward(images).float()
         counts.add(F.cross_entropy(logits, labels, reduction="sum").item(), logits, labels)
+        if keep_logits:
+            kept.append((logits.cpu(), labels.cpu()))
     total = Counts.from_tensor(job.ranks.sum(counts.as_tensor()))
     if total.n != len(split):
         raise RuntimeError(
             f"evaluated {total.n} samples over {job.ranks.world_size} rank(s); the split has {len(split)}"
         )
-    return total
+    if not keep_logits:
+        return total, None
+    mine = {"logits": [k[0] for k in kept], "labels": [k[1] for k in kept]}
+    shards = job.ranks.gather(mine)  # contiguous shards in rank order: concatenated, they are the split's order
+    return total, {key: torch.cat([part for shard in shards for part in shard[key]]) for key in mine}
 
 
 def _restore(payload: dict, job: Job) -> None:
@@ -358,12 +372,15 @@ def _results(job: Job, last: dict, n_params: int, seconds: float) -> dict:
     final = {k.removeprefix("test/"): v for k, v in last.items() if k.startswith("test/")}
     if not final:  # resumed a finished run: nothing trained now, report the last logged epoch
         final = _last_logged(job.run_dir)
+    final_val = {k.removeprefix("val/"): v for k, v in last.items() if k.startswith("val/")}
     results = {
         "status": "completed",
         "epochs": job.state.epoch,
         "final": final,
-        "best_top1_err": job.state.best_top1_err,
+        **({"final_val": final_val} if final_val else {}),
+        "best_top1_err": job.state.best_top1_err,  # on the held-out fold when there is one, else on test
         "best_epoch": job.state.best_epoch,
+        "selected_on": "val" if job.settings.dataset.num_folds else "test",
         "train_images_per_s": last.get("train/images_per_s"),
         "wall_time_s": round(seconds, 3),
         "params": n_params,
