@@ -234,4 +234,10 @@ def to_settings(cfg: DictConfig) -> TrainConfig:
     return settings
 
 
+def settings_from_dict(config: dict) -> TrainConfig:
+    """A saved, resolved config (a checkpoint's `config`, results.json's `config`) back into TrainConfig."""
+    saved = {**config, "run_dir": config.get("run_dir", ".")}  # outside Hydra ${hydra:...} cannot resolve
+    return to_settings(OmegaConf.merge(OmegaConf.structured(TrainConfig), saved))
+
+
 register_configs()

@@ -1,0 +1,273 @@
+"""rectnet.tables on run directories fabricated here: grouping, mean ± std (n), the CReLU paper's Average and
+Vote computed by hand from fabricated logits, and failed / missing runs shown as missing, never as zeros."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import statistics
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from rectnet.tables import (
+    crelu_table1,
+    crelu_table4,
+    fill_table,
+    find_run_dirs,
+    group_runs,
+    main,
+    make_variant,
+    other_runs,
+    prelu_table2,
+    read_runs,
+    vote_error,
+)
+
+TEST_SIZE, CLASSES = 60, 10
+
+
+def _config(model: str, activation: str, dataset: str, seed: int, **extra) -> dict:
+    return {
+        "dataset": {
+            "name": dataset,
+            "num_classes": extra.get("num_classes", CLASSES),
+            "num_folds": extra.get("num_folds", 0),
+            "fold": extra.get("fold", 0),
+        },
+        "model": {
+            "name": model,
+            "width": extra.get("width", 1.0),
+            "act_at": extra.get("act_at"),
+            "halve_at": extra.get("halve_at", []),
+            "base_act": "relu",
+        },
+        "activation": {"name": activation, "slope": None},
+        "init": {"name": extra.get("init", "kaiming"), "mode": "fan_in"},
+        "trainer": {"epochs": extra.get("epochs", 3)},
+        "optim": {"lr": 0.1},
+        "seed": seed,
+    }
+
+
+def make_run(
+    folder: Path,
+    model: str = "convpool_cnn_c",
+    activation: str = "relu",
+    dataset: str = "cifar10",
+    seed: int = 0,
+    status: str = "completed",
+    top1: float = 10.0,
+    logits: torch.Tensor | None = None,
+    labels: torch.Tensor | None = None,
+    evals: dict[str, dict] | None = None,
+    **extra,
+) -> Path:
+    """A run directory as train.py leaves it: .hydra/config.yaml always, then results.json and the rest
+    (completed), FAILED (failed) or nothing more (missing: interrupted)."""
+    config = _config(model, activation, dataset, seed, **extra)
+    (folder / ".hydra").mkdir(parents=True)
+    OmegaConf.save(OmegaConf.create(config), folder / ".hydra" / "config.yaml")
+    if status == "failed":
+        (folder / "FAILED").write_text("NonFiniteLossError: training loss is nan\n\nTraceback ...")
+    if status != "completed":
+        return folder
+    final = {"top1_err": top1, "top5_err": top1 / 4, "loss": 1.0, "count": TEST_SIZE}
+    results = {"status": "completed", "final": final, "params": 1_370_000, "config": config}
+    (folder / "results.json").write_text(json.dumps(results))
+    epoch = {"epoch": 3, "train/top1_err": top1 / 2, "test/top1_err": top1}
+    (folder / "metrics.jsonl").write_text(json.dumps(epoch) + "\n")
+    if logits is not None:
+        torch.save({"logits": logits, "labels": labels}, folder / "test_logits.pt")
+    for protocol, values in (evals or {}).items():
+        (folder / f"eval_{protocol}.json").write_text(json.dumps({**values, "protocol": protocol}))
+    return folder
+
+
+def _rows(table, root: Path) -> dict:
+    lines = fill_table(table, group_runs(read_runs([root])), set())
+    return {(line.label, line.init): line for line in lines}
+
+
+def _fold_logits(folds: int, seed: int = 0) -> tuple[list[torch.Tensor], torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    labels = torch.randint(CLASSES, (TEST_SIZE,), generator=generator)
+    # Each net: the right class gets a noisy boost, so single nets err often and the vote less.
+    logits = []
+    for _ in range(folds):
+        x = torch.randn(TEST_SIZE, CLASSES, generator=generator) * 2
+        x[torch.arange(TEST_SIZE), labels] += 1.5
+        logits.append(x)
+    return logits, labels
+
+
+def _error(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    return 100.0 * (logits.argmax(1) != labels).float().mean().item()
+
+
+def test_single_is_mean_std_over_seeds_with_failed_and_missing_counted(tmp_path):
+    for seed, top1 in enumerate([9.0, 10.0, 11.0]):
+        make_run(tmp_path / f"s{seed}", seed=seed, top1=top1)
+    make_run(tmp_path / "s3", seed=3, status="failed")
+    make_run(tmp_path / "s4", seed=4, status="missing")
+    line = _rows(crelu_table1(), tmp_path)[("Baseline", "kaiming/fan_in")]
+    cell = line.cells["C10 Single"]
+    assert (cell.mean, cell.spread, cell.n, cell.failed, cell.missing) == (10.0, 1.0, 3, 1, 1)
+    assert cell.text() == "10.00 ± 1.00 (n=3; 1 failed, 1 missing)"
+    assert line.cells["C10 Single train"].mean == pytest.approx(5.0)  # last metrics.jsonl line
+    assert line.paper["C10 Single"] == (9.17, None) and line.paper["C10 Average"] == (10.20, 0.09)
+    assert line.counts == (3, 1, 1)
+
+
+def test_rows_without_runs_and_failed_only_cells_are_dashes_never_zeros(tmp_path):
+    make_run(tmp_path / "a", activation="avr", seed=0, status="failed")
+    make_run(tmp_path / "b", activation="avr", seed=1, status="missing")
+    rows = _rows(crelu_table1(), tmp_path)
+    avr = rows[("AVR", "kaiming/fan_in")]
+    assert avr.cells["C10 Single"].mean is None
+    assert avr.cells["C10 Single"].text() == "— (1 failed, 1 missing)"
+    assert rows[("CReLU", None)].cells["C10 Vote"].text() == "—"  # no run at all: one line of dashes
+
+    out = tmp_path / "out"
+    main([str(tmp_path), "--out", str(out)])
+    with (out / "crelu_table1.csv").open() as f:
+        by_label = {row["model"]: row for row in csv.DictReader(f)}
+    assert by_label["AVR"]["C10 Single"] == "" and by_label["AVR"]["C10 Single failed"] == "1"
+    assert by_label["CReLU"]["C10 Vote"] == "" and by_label["CReLU"]["C10 Vote paper"] == "7.09"
+
+
+def test_average_and_vote_of_ten_folds_match_a_hand_computation(tmp_path):
+    logits, labels = _fold_logits(10)
+    errors = [_error(x, labels) for x in logits]
+    for fold, x in enumerate(logits):
+        make_run(
+            tmp_path / f"f{fold}",
+            activation="crelu",
+            dataset="cifar100",
+            top1=errors[fold],
+            logits=x,
+            labels=labels,
+            num_folds=10,
+            fold=fold,
+            num_classes=CLASSES,
+        )
+    line = _rows(crelu_table1(), tmp_path)[("CReLU", "kaiming/fan_in")]
+
+    average = line.cells["C100 Average"]
+    assert average.mean == pytest.approx(statistics.fmean(errors))
+    assert average.spread == pytest.approx(statistics.stdev(errors) / math.sqrt(10))  # standard error
+    assert average.n == 10
+
+    mean_softmax = torch.stack([torch.softmax(x.double(), 1) for x in logits]).mean(0)
+    by_hand = 100.0 * (mean_softmax.argmax(1) != labels).double().mean().item()
+    vote = line.cells["C100 Vote"]
+    assert (vote.mean, vote.n) == (pytest.approx(by_hand), 1)
+    assert by_hand < min(errors)  # the ensemble beats every member here, as in the paper
+    assert line.cells["C100 Single"].mean is None  # fold runs are not Single runs
+
+
+def test_an_incomplete_fold_set_has_no_vote_and_counts_its_absent_folds(tmp_path):
+    logits, labels = _fold_logits(10)
+    statuses = {3: "failed", 7: None}  # fold 3 failed, fold 7 was never launched
+    for fold, x in enumerate(logits):
+        status = statuses.get(fold, "completed")
+        if status is None:
+            continue
+        folds = {"num_folds": 10, "fold": fold}
+        make_run(tmp_path / f"f{fold}", activation="crelu", status=status, logits=x, labels=labels, **folds)
+    line = _rows(crelu_table1(), tmp_path)[("CReLU", "kaiming/fan_in")]
+    vote, average = line.cells["C10 Vote"], line.cells["C10 Average"]
+    assert vote.mean is None and (vote.failed, vote.missing) == (1, 1)
+    assert any("needs all 10 folds" in note for note in line.notes)
+    assert average.n == 8 and (average.failed, average.missing) == (1, 1)
+
+
+def test_a_failed_run_that_was_rerun_is_not_counted_as_failed(tmp_path):
+    make_run(tmp_path / "first", seed=0, status="failed")
+    make_run(tmp_path / "rerun", seed=0, top1=9.5)
+    cell = _rows(crelu_table1(), tmp_path)[("Baseline", "kaiming/fan_in")].cells["C10 Single"]
+    assert (cell.mean, cell.n, cell.failed, cell.missing) == (9.5, 1, 0, 0)
+
+
+def test_vote_rejects_nets_evaluated_on_different_test_sets(tmp_path):
+    a, b = tmp_path / "a.pt", tmp_path / "b.pt"
+    torch.save({"logits": torch.zeros(4, 3), "labels": torch.tensor([0, 1, 2, 0])}, a)
+    torch.save({"logits": torch.zeros(4, 3), "labels": torch.tensor([0, 1, 2, 1])}, b)
+    with pytest.raises(ValueError, match="labels differ"):
+        vote_error([a, b])
+
+
+def test_equivalent_placements_are_one_variant():
+    # CReLU (all): halving the classifier changes nothing, so halve_at 1..12 == 1..11 (allcnn_b has 12 convs)
+    assert make_variant("allcnn_b", "crelu", halve_at=range(1, 13)) == make_variant(
+        "allcnn_b", "crelu", halve_at=range(1, 12)
+    )
+    # act_at listing every layer that takes the activation is act_at=null; ConvPool's classifier takes none
+    assert make_variant("convpool_cnn_c", "crelu", act_at=range(1, 10)) == make_variant("convpool_cnn_c", "crelu")
+    assert make_variant("vgg_cifar", "relu", act_at=[1]) == make_variant("vgg_cifar", "relu")
+    assert make_variant("vgg_cifar", "crelu", act_at=[1]) != make_variant("vgg_cifar", "crelu")
+    assert make_variant("prelu_small14", "prelu").slope == 0.25  # prelu's default initial slope
+
+
+def test_imagenet_columns_come_from_eval_files(tmp_path):
+    layers = [1, 2, 3, 4]
+    evals = {"center": {"top1_err": 40.0, "top5_err": 18.0}, "ten_view": {"top1_err": 36.0, "top5_err": 15.0}}
+    make_run(tmp_path / "a", "allcnn_b", "crelu", "imagenet", seed=0, act_at=layers, evals=evals)
+    make_run(tmp_path / "b", "allcnn_b", "crelu", "imagenet", seed=1, act_at=layers)  # not evaluated yet
+    line = _rows(crelu_table4(), tmp_path)[("CReLU (conv1-4)", "kaiming/fan_in")]
+    assert line.cells["top-1"].mean == 40.0 and line.cells["top-5 (10 patches)"].mean == 15.0
+    assert line.cells["top-1"].text() == "40.00 (n=1; 1 missing)"
+    assert line.paper["top-1"] == (39.82, None) and line.paper["params (M)"] == (10.1, None)
+
+
+def test_a_row_that_fixes_the_init_takes_only_that_init(tmp_path):
+    evals = {"ten_view": {"top1_err": 34.0, "top5_err": 13.5}}
+    make_run(tmp_path / "x", "prelu_small14", "relu", "imagenet", init="xavier", evals=evals)
+    rows = _rows(prelu_table2(), tmp_path)
+    assert rows[("ReLU, Xavier init (§2.2)", "xavier/fan_in")].cells["top-1"].mean == 34.0
+    assert ("ReLU", None) in rows  # the Kaiming row has no run
+
+
+def test_runs_outside_every_paper_cell_are_listed_as_other_runs(tmp_path):
+    make_run(tmp_path / "syn", dataset="synthetic", top1=80.0, width=0.25)
+    groups, used = group_runs(read_runs([tmp_path])), set()
+    fill_table(crelu_table1(), groups, used)
+    (line,) = other_runs(groups, used)
+    assert line.label == "synthetic" and line.cells["top-1"].mean == 80.0
+
+
+def test_run_directories_are_found_without_descending_into_them(tmp_path):
+    run = make_run(tmp_path / "sweep" / "0")
+    (run / "checkpoints" / "nested").mkdir(parents=True)
+    (run / "checkpoints" / "nested" / "results.json").write_text("{}")
+    (tmp_path / "sweep" / ".submitit" / "x").mkdir(parents=True)
+    (tmp_path / "sweep" / ".submitit" / "x" / "FAILED").write_text("")
+    assert find_run_dirs([tmp_path]) == [run]
+
+
+def test_cli_writes_markdown_and_csv_and_says_where(tmp_path, capsys):
+    make_run(tmp_path / "runs" / "0", top1=9.0)
+    out = tmp_path / "tables"
+    main([str(tmp_path / "runs"), "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert str(out / "tables.md") in printed and str(out / "crelu_table1.csv") in printed
+    markdown = (out / "tables.md").read_text()
+    assert (
+        "| Baseline | `convpool_cnn_c relu` | kaiming/fan_in | 1 ok | 4.50 (n=1) | 1.09 | 9.00 (n=1) | 9.17 |"
+        in markdown
+    )
+    for name in ("crelu_table2", "crelu_table4", "prelu_table2", "prelu_table4", "prelu_table5", "prelu_table6"):
+        assert (out / f"{name}.csv").is_file()
+    assert "completed" in (out / "runs.csv").read_text()
+
+
+def test_a_failed_run_without_any_config_is_inventoried_but_in_no_table(tmp_path):
+    (tmp_path / "crashed").mkdir()
+    (tmp_path / "crashed" / "FAILED").write_text("")  # died before Hydra wrote .hydra/
+    out = tmp_path / "out"
+    main([str(tmp_path), "--out", str(out)])
+    assert "1 run directories have no readable config" in (out / "tables.md").read_text()
+    assert "crashed,failed" in (out / "runs.csv").read_text()
