@@ -10,6 +10,17 @@ import pytest
 from helpers import SHARED
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread: small tensors gain nothing from two, and lose a lot on a shared, busy CPU."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def shared_cifar10(tmp_path_factory) -> Path:
     """Real CIFAR-10 converted from ../shared/data (skips when ../shared is absent)."""

@@ -17,14 +17,7 @@ from rectnet.analysis.slopes import TABLE1
 from rectnet.layers.activations import PReLU, make_activation
 from rectnet.models.spec import CLASSES, Conv, GlobalAvgPool, Linear, build
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: the CPU is small and shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _config(model: str, activation: str, width: float, **model_extra) -> dict:

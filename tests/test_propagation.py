@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from rectnet.analysis.propagation import LayerRecord, analyse, factors, main
 
@@ -19,13 +18,7 @@ from rectnet.analysis.propagation import LayerRecord, analyse, factors, main
 SMALL = ["model=prelu_plain30", "model.width=0.25", "dataset.image_size=128", "trainer.batch_size=8", "init=kaiming"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: these small tensors gain nothing from two, and lose a lot on a shared, busy CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _factors(*overrides: str) -> tuple[float, float]:
