@@ -31,6 +31,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from rectnet.analysis.plotting import pyplot
 from rectnet.tables import Run, read_metrics, read_runs
 
 
@@ -136,12 +137,8 @@ def write_outputs(curves: Sequence[Curve], summaries: Sequence[dict], metric: st
 
 
 def _plot(curves: Sequence[Curve], metric: str, path: Path) -> bool:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return False
     fig, ax = plt.subplots(figsize=(7, 4))
     for curve in curves:

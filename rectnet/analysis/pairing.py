@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 
 from rectnet.analysis.checkpoint import load_model, weight_layers
+from rectnet.analysis.plotting import pyplot
 
 
 def unit_filters(weight: torch.Tensor) -> torch.Tensor:
@@ -146,12 +147,8 @@ def write_outputs(results: Sequence[LayerPairing], out: Path, title: str) -> lis
 
 
 def _plot(results: Sequence[LayerPairing], path: Path, title: str) -> bool:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return False
     fig, axes = plt.subplots(1, len(results), figsize=(3 * len(results), 2.8), squeeze=False)
     for ax, r in zip(axes[0], results, strict=True):

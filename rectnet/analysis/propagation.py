@@ -58,6 +58,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rectnet.analysis.plotting import pyplot
 from rectnet.engine.build import build_model
 from rectnet.layers.spp import SpatialPyramidPool
 from rectnet.summary import compose_settings
@@ -136,12 +137,8 @@ def format_table(records: Sequence[LayerRecord]) -> str:
 
 
 def _plot(records: Sequence[LayerRecord], title: str, path: str) -> None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         print("matplotlib is not installed: no plot written", file=sys.stderr)
         return
     index = range(1, len(records) + 1)
