@@ -32,12 +32,14 @@ def _one_of(key: str, value: Any, valid: tuple[str, ...]) -> None:
 
 @dataclass
 class DatasetConfig:
-    name: str = MISSING  # cifar10 | cifar100 | synthetic
+    name: str = MISSING  # cifar10 | cifar100 | synthetic | imagenet
     root: str = "${oc.env:RECTNET_DATA,./data}"
     num_classes: int = MISSING
     image_size: int = 32
     download: bool = False  # opt-in download through torchvision's utilities (checksums checked there)
-    num_train: int | None = None  # first N training images (all when null); synthetic: how many to make
+    # first N training / test images (all when null); synthetic: how many to make; imagenet: a fixed random
+    # sample of N (seed 0, the same in every run: He et al. Fig. 2 tests on 3,000 validation images)
+    num_train: int | None = None
     num_test: int | None = None
     flip: bool = True  # random horizontal flip (CReLU paper §3.1)
     crop_padding: int = 0  # random shifts of up to this many pixels (pad, then crop back); 0 = off
@@ -47,6 +49,32 @@ class DatasetConfig:
     synthetic_noise: float = 1.5  # synthetic only: noise std relative to the class patterns
     num_folds: int = 0  # k-fold cross-validation (CReLU paper: 10): train on k-1 folds; 0 = off
     fold: int = 0  # the held-out fold, 0..num_folds-1: evaluated every epoch as val/...
+    # ImageFolder datasets (imagenet) only; image_size is the training crop (224).
+    train_split: str = "train"  # <root>/<train_split>/<class>/*.JPEG ("" = root itself)
+    test_split: str = "val"  # the papers report ImageNet's validation set; it is this run's test/ split
+    scale_min: int = 256  # shorter side s ~ U{scale_min..scale_max} (He et al. §3; 14-layer net: 256..256)
+    scale_max: int = 512
+    lighting_std: float = 0.0  # AlexNet PCA colour augmentation, alpha ~ N(0, std) (papers use 0.1); 0 = off
+    per_pixel_mean: bool = False  # subtract the mean image (He et al.) instead of per-channel mean/std
+    stats_images: int = 10000  # training images (a fixed sample) that estimate the mean/std or mean image
+    skip_corrupt: bool = False  # skip, count and report undecodable images instead of stopping
+    workers: int = 8  # decoding processes per rank (persistent); 0 decodes in the training process
+    prefetch_factor: int = 2  # batches each worker prepares ahead
+    draft_gap: float = 1.0  # reduced-size JPEG decoding when the source is >= 2*draft_gap times the target
+
+    def image_folder_checks(self) -> None:
+        _require(
+            self.image_size <= self.scale_min <= self.scale_max,
+            "dataset.scale_min/scale_max",
+            f"must satisfy image_size ({self.image_size}) <= scale_min <= scale_max",
+            (self.scale_min, self.scale_max),
+        )
+        _require(self.num_folds == 0, "dataset.num_folds", "is for tensor datasets (CIFAR) only", self.num_folds)
+        _require(self.lighting_std >= 0, "dataset.lighting_std", "must be >= 0", self.lighting_std)
+        _require(self.stats_images >= 1, "dataset.stats_images", "must be >= 1", self.stats_images)
+        _require(self.workers >= 0, "dataset.workers", "must be >= 0", self.workers)
+        _require(self.prefetch_factor >= 1, "dataset.prefetch_factor", "must be >= 1", self.prefetch_factor)
+        _require(self.draft_gap >= 1, "dataset.draft_gap", "must be >= 1", self.draft_gap)
 
     def validate(self) -> None:
         _one_of("dataset.padding_mode", self.padding_mode, ("zeros", "reflect"))
@@ -175,6 +203,24 @@ class TrainerConfig:
 
 
 @dataclass
+class EvalConfig:
+    """Test protocols (papers.md A4, B5): how every epoch's test split is scored, and eval.py's default."""
+
+    protocol: str = "center"  # center | ten_view | dense (ImageFolder datasets); tensor datasets: whole images
+    size: int = 256  # center / ten_view: shorter side before the crop (dataset.image_size) is cut
+    scales: list[int] = field(default_factory=lambda: [256, 384, 480])  # dense: shorter sides (He et al. Table 4)
+    dense_stride: int = 1  # dense: step between windows on the last feature map (not given in the paper)
+    average: str = "softmax"  # how views are combined: mean of softmax scores | mean of logits
+
+    def validate(self) -> None:
+        _one_of("eval.protocol", self.protocol, ("center", "ten_view", "dense"))
+        _one_of("eval.average", self.average, ("softmax", "logits"))
+        _require(self.size >= 1, "eval.size", "must be >= 1", self.size)
+        _require(bool(self.scales) and min(self.scales) >= 1, "eval.scales", "must list sizes >= 1", self.scales)
+        _require(self.dense_stride >= 1, "eval.dense_stride", "must be >= 1", self.dense_stride)
+
+
+@dataclass
 class LoggerConfig:
     tensorboard: bool = True
     slope_histograms: bool = True  # PReLU slopes per layer as TensorBoard histograms, every epoch
@@ -190,6 +236,7 @@ class TrainConfig:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     seed: int = 0
     run_dir: str = "${hydra:runtime.output_dir}"
 

@@ -112,6 +112,18 @@ class ImageIndex:
     def path(self, i: int) -> str:
         return os.path.join(self.root, os.fsdecode(self.relative_paths[i]))
 
+    def take(self, indices: np.ndarray) -> ImageIndex:
+        """The images at `indices` (in that order), with the same classes."""
+        return ImageIndex(self.root, self.classes, self.relative_paths[indices], self.labels[indices])
+
+    def sample(self, n: int | None, seed: int = 0) -> ImageIndex:
+        """A fixed random sample of n images, kept in index order (all when n is None or >= len): images are
+        sorted by class, so the first n would cover only the first classes."""
+        if n is None or n >= len(self):
+            return self
+        chosen = torch.randperm(len(self), generator=generator(seed)).numpy()[:n]
+        return self.take(np.sort(chosen))
+
 
 def index_image_folder(root: str | Path, split: str | None = None) -> ImageIndex:
     """Index `root/split/<class>/*.(JPEG|jpg|jpeg|png)` (or `root/<class>/...` without a split)."""
@@ -631,11 +643,12 @@ class ShardSampler(Sampler[int]):
 # ------------------------------------------------------------------------------------------- loaders
 
 
-def loader_options(workers: int, prefetch_factor: int = 2) -> dict:
-    """DataLoader keywords: `workers` processes kept alive across epochs; pinned memory only with CUDA."""
+def loader_options(workers: int, prefetch_factor: int = 2, persistent: bool = True) -> dict:
+    """DataLoader keywords: `workers` processes (kept alive across epochs when `persistent`); pinned memory
+    only with CUDA."""
     options: dict = {"num_workers": workers, "pin_memory": torch.cuda.is_available()}
     if workers > 0:
-        options |= {"persistent_workers": True, "prefetch_factor": prefetch_factor}
+        options |= {"persistent_workers": persistent, "prefetch_factor": prefetch_factor}
     return options
 
 
@@ -675,8 +688,9 @@ def eval_loader(
     world_size: int = 1,
     workers: int = 0,
     prefetch_factor: int = 2,
+    persistent: bool = True,
 ) -> DataLoader:
     """This rank's contiguous shard of `dataset`, in order, unpadded, as EvalBatches (batch_size 1 for dense)."""
     sampler = ShardSampler(len(dataset), rank, world_size)
-    options = loader_options(workers, prefetch_factor)
+    options = loader_options(workers, prefetch_factor, persistent)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate_views, **options)

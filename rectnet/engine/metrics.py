@@ -16,12 +16,14 @@ def topk_correct(logits: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...]
 
 @dataclass
 class Counts:
-    """Summed loss and top-1/top-5 hits over `n` samples."""
+    """Summed loss and top-1/top-5 hits over `n` samples, and how many samples were `skipped` (corrupt files,
+    dataset.skip_corrupt=true): n + skipped is the number of samples the split offered."""
 
     loss_sum: float = 0.0
     top1: int = 0
     top5: int = 0
     n: int = 0
+    skipped: int = 0
 
     def add(self, loss_sum: float, logits: torch.Tensor, labels: torch.Tensor) -> None:
         top1, top5 = topk_correct(logits, labels)
@@ -31,12 +33,12 @@ class Counts:
         self.n += len(labels)
 
     def as_tensor(self) -> torch.Tensor:
-        return torch.tensor([self.loss_sum, self.top1, self.top5, self.n], dtype=torch.float64)
+        return torch.tensor([self.loss_sum, self.top1, self.top5, self.n, self.skipped], dtype=torch.float64)
 
     @classmethod
     def from_tensor(cls, t: torch.Tensor) -> Counts:
-        loss_sum, top1, top5, n = t.tolist()
-        return cls(loss_sum, round(top1), round(top5), round(n))
+        loss_sum, top1, top5, n, skipped = t.tolist()
+        return cls(loss_sum, round(top1), round(top5), round(n), round(skipped))
 
     def summary(self) -> dict[str, float]:
         """Errors (as the papers report them) and accuracies in percent, plus the mean loss and the count."""
@@ -50,4 +52,5 @@ class Counts:
             "top1_acc": top1_acc,
             "top5_acc": top5_acc,
             "count": self.n,
+            **({"skipped": self.skipped} if self.skipped else {}),
         }

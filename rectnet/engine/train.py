@@ -23,11 +23,12 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from rectnet.config import ConfigError, TrainConfig, to_settings
-from rectnet.data import BatchAugment, Split, TrainBatches, eval_batches, load_dataset
+from rectnet.data.sources import Source, SourceContext, make_source
 from rectnet.engine import checkpoint as ckpt
 from rectnet.engine.build import build_model
 from rectnet.engine.distributed import Dist, env_ranks, init_distributed, label_log_records, shutdown
 from rectnet.engine.env import git_state, hardware, versions
+from rectnet.engine.evaluate import Evaluator
 from rectnet.engine.logging import Progress, RunLogger, elapsed, prelu_slopes, write_json
 from rectnet.engine.metrics import Counts
 from rectnet.engine.optim import make_optimizer, make_schedule, step_schedule
@@ -66,6 +67,8 @@ class Job:
     optimizer: torch.optim.Optimizer
     schedule: object
     state: State
+    evaluate: Evaluator
+    data_state: dict  # the source's preprocessing constants (mean/std or mean image), kept in checkpoints
     stop: StopSignals = field(default_factory=StopSignals)
 
     def save(self, is_best: bool = False) -> None:
@@ -87,6 +90,7 @@ class Job:
                 "rng": rng,
                 "world_size": self.ranks.world_size,
                 "config": self.config,
+                "data": self.data_state,
                 "format": ckpt.CHECKPOINT_FORMAT,
             }
             ckpt.save_last(payload, self.run_dir / "checkpoints")
@@ -128,12 +132,9 @@ def _train(
     resume = ckpt.resolve_resume(trainer.resume, run_dir / "checkpoints")  # fail fast on a bad path
 
     seed_everything(settings.seed)  # the same on every rank: identical initial weights
-    splits = load_dataset(settings.dataset, settings.seed)
-    if settings.dataset.on_device:
-        splits.train, splits.test = splits.train.to(runtime.device), splits.test.to(runtime.device)
-    augment = _augment(settings, splits.channel_stats())
-    batches = TrainBatches(splits.train, trainer.batch_size, augment, settings.seed, ranks.rank, ranks.world_size)
-    job = _build_job(settings, config, run_dir, runtime, ranks, splits.train.images.shape[1])
+    where = SourceContext(runtime.device, ranks.rank, ranks.world_size, ranks.sum)
+    source = make_source(settings, where, resume.get("data") if resume else None)
+    job = _build_job(settings, config, run_dir, runtime, ranks, source)
     job.stop = stop
     seed_everything(settings.seed + ranks.rank)  # dropout masks differ between ranks
     if resume is not None:
@@ -145,8 +146,8 @@ def _train(
         "model %s: %.3fM parameters; %d training / %d test images; %d rank(s) on %s",
         settings.model.name,
         n_params / 1e6,
-        len(splits.train),
-        len(splits.test),
+        source.num_train,
+        len(source.eval_sets["test"]),
         ranks.world_size,
         runtime.device,
     )
@@ -161,9 +162,10 @@ def _train(
 
     for epoch in range(job.state.epoch + 1, trainer.epochs + 1):
         lr = job.optimizer.param_groups[0]["lr"]
-        train, images_per_s = _train_epoch(job, batches, epoch, progress)
-        val = evaluate(job, splits.val, augment)[0].summary() if splits.val else {}
-        test_counts, test_logits = evaluate(job, splits.test, augment, keep_logits=epoch == trainer.epochs)
+        train, images_per_s = _train_epoch(job, source, epoch, progress)
+        held_out = source.eval_sets.get("val")
+        val = job.evaluate(held_out)[0].summary() if held_out else {}
+        test_counts, test_logits = job.evaluate(source.eval_sets["test"], keep_logits=epoch == trainer.epochs)
         test = test_counts.summary()
         # The schedule and best.pt watch the held-out fold when there is one, so the test split stays unseen.
         watched = (val or test)["top1_err"]
@@ -209,9 +211,11 @@ def _train(
     return results
 
 
-def _build_job(settings: TrainConfig, config: dict, run_dir: Path, runtime: Runtime, ranks: Dist, in_chans: int) -> Job:
+def _build_job(
+    settings: TrainConfig, config: dict, run_dir: Path, runtime: Runtime, ranks: Dist, source: Source
+) -> Job:
     trainer = settings.trainer
-    model = build_model(settings, settings.dataset.num_classes, in_chans)
+    model = build_model(settings, settings.dataset.num_classes, source.in_chans)
     memory_format = torch.channels_last if trainer.channels_last else torch.preserve_format
     model = model.to(runtime.device, memory_format=memory_format)
     forward: nn.Module = model
@@ -234,34 +238,28 @@ def _build_job(settings: TrainConfig, config: dict, run_dir: Path, runtime: Runt
         optimizer,
         make_schedule(optimizer, settings.schedule),
         State(),
+        Evaluator(model, forward, runtime, ranks, settings.eval, settings.dataset.image_size),
+        source.state,
     )
 
 
-def _augment(settings: TrainConfig, stats: tuple[list[float], list[float]]) -> BatchAugment:
-    data = settings.dataset
-    channels = len(stats[0])
-    mean, std = (
-        (torch.tensor(stats[0]), torch.tensor(stats[1]))
-        if data.normalize
-        else (torch.zeros(channels), torch.ones(channels))
-    )
-    return BatchAugment(mean, std, data.flip, data.crop_padding, data.padding_mode, settings.trainer.channels_last)
-
-
-def _train_epoch(job: Job, batches: TrainBatches, epoch: int, progress: Progress) -> tuple[Counts, float]:
+def _train_epoch(job: Job, source: Source, epoch: int, progress: Progress) -> tuple[Counts, float]:
     """One epoch from the step the state says (0, or where a mid-epoch checkpoint stopped).
 
     Returns the epoch's training counts summed over ranks, and the global images/s of this attempt.
     """
     trainer, runtime = job.settings.trainer, job.runtime
-    steps = min(len(batches), trainer.max_steps_per_epoch or len(batches))
+    steps = min(len(source), trainer.max_steps_per_epoch or len(source))
     counts, first = job.state.partial, job.state.step + 1
     already = counts.n  # images counted before a mid-epoch resume
     job.forward.train()
     start = time.perf_counter()
-    for step, (images, labels) in enumerate(batches.epoch(epoch, start_step=job.state.step), start=first):
+    for step, (images, labels, skipped) in enumerate(source.train_epoch(epoch, job.state.step), start=first):
         if step > steps:
             break
+        counts.skipped += skipped
+        if len(labels) == 0:  # every file of this batch was corrupt and skipped
+            continue
         with runtime.autocast():
             logits = job.forward(images)
         loss = F.cross_entropy(logits.float(), labels)
@@ -298,32 +296,6 @@ def _train_epoch(job: Job, batches: TrainBatches, epoch: int, progress: Progress
     progress.end_epoch()
     images_per_s = (counts.n - already) * job.ranks.world_size / elapsed(start, runtime.device)
     return Counts.from_tensor(job.ranks.sum(counts.as_tensor())), images_per_s
-
-
-@torch.inference_mode()
-def evaluate(job: Job, split: Split, augment: BatchAugment, keep_logits: bool = False) -> tuple[Counts, dict | None]:
-    """Loss and top-1/top-5 hits over every sample of `split`, each exactly once across ranks; with
-    `keep_logits`, also {"logits", "labels"} of the whole split in its order (every rank gets them)."""
-    job.forward.eval()
-    counts, kept = Counts(), []
-    for images, labels in eval_batches(
-        split, job.settings.trainer.eval_batch_size, augment, job.ranks.rank, job.ranks.world_size
-    ):
-        with job.runtime.autocast():
-            logits = job.forward(images).float()
-        counts.add(F.cross_entropy(logits, labels, reduction="sum").item(), logits, labels)
-        if keep_logits:
-            kept.append((logits.cpu(), labels.cpu()))
-    total = Counts.from_tensor(job.ranks.sum(counts.as_tensor()))
-    if total.n != len(split):
-        raise RuntimeError(
-            f"evaluated {total.n} samples over {job.ranks.world_size} rank(s); the split has {len(split)}"
-        )
-    if not keep_logits:
-        return total, None
-    mine = {"logits": [k[0] for k in kept], "labels": [k[1] for k in kept]}
-    shards = job.ranks.gather(mine)  # contiguous shards in rank order: concatenated, they are the split's order
-    return total, {key: torch.cat([part for shard in shards for part in shard[key]]) for key in mine}
 
 
 def _restore(payload: dict, job: Job) -> None:

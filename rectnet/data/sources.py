@@ -1,0 +1,279 @@
+"""What the training loop and eval.py read: one data source per dataset kind, behind one interface.
+
+A source turns a dataset config into network inputs on the training device:
+
+* `train_epoch(epoch, start_step)`: this rank's training batches (`TrainInput`) of one epoch, from a step on,
+  a pure function of (seed, epoch, step) (exact mid-epoch resume, independent of the number of ranks);
+* `eval_sets`: "test" (and "val" under k-fold cross-validation), each yielding this rank's contiguous shard
+  of its split as `EvalInput`s: every image once across ranks, with all the views its protocol asks for;
+* `state`: the preprocessing constants (per-channel mean/std, or the mean image), computed from the training
+  split once and then carried in checkpoints, so a resumed run and eval.py preprocess exactly as training did.
+
+Two kinds: tensor-held splits (CIFAR, synthetic: the whole split is one uint8 tensor, augmented batch-wise
+on the device) and ImageFolder trees (ImageNet: JPEGs decoded by worker processes, see imagenet.py).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from typing import NamedTuple, Protocol
+
+import torch
+
+from rectnet.config import ConfigError, TrainConfig
+from rectnet.data import DATASETS, load_dataset
+from rectnet.data.batches import BatchAugment, TrainBatches, eval_batches
+from rectnet.data.imagenet import (
+    ImageFolderError,
+    ImageIndex,
+    Preprocess,
+    ScaleJitterCrop,
+    TrainDataset,
+    TrainLoader,
+    ViewDataset,
+    eval_loader,
+    index_image_folder,
+)
+from rectnet.data.split import Split
+from rectnet.registry import Registry
+
+log = logging.getLogger("rectnet")
+Reduce = Callable[[torch.Tensor], torch.Tensor]  # a sum over ranks (identity on one process)
+
+
+class TrainInput(NamedTuple):
+    images: torch.Tensor  # float network input on the device
+    labels: torch.Tensor  # int64 on the device
+    skipped: int = 0  # images of this batch dropped as corrupt (dataset.skip_corrupt)
+
+
+class EvalInput(NamedTuple):
+    # Float network inputs on the device, one tensor (B*V, C, h, w) per view size: each image's V views are
+    # consecutive rows. One view per image for whole-image and centre-crop tests.
+    views: list[torch.Tensor]
+    labels: torch.Tensor  # (B,)
+    skipped: int = 0
+
+
+class EvalSet(Protocol):
+    def __len__(self) -> int: ...  # images in the split (the exact count every evaluation must reach)
+
+    def batches(self) -> Iterator[EvalInput]: ...  # this rank's shard
+
+
+class Source(Protocol):
+    in_chans: int
+    num_train: int
+    eval_sets: dict[str, EvalSet]
+    state: dict[str, torch.Tensor]
+
+    def __len__(self) -> int: ...  # training steps per epoch
+
+    def train_epoch(self, epoch: int, start_step: int = 0) -> Iterator[TrainInput]: ...
+
+
+class SourceContext(NamedTuple):
+    """Where a source runs: the device, this process's rank, the rank count and a sum over ranks."""
+
+    device: torch.device
+    rank: int = 0
+    world_size: int = 1
+    reduce: Reduce = lambda t: t
+
+
+# ------------------------------------------------------------------------------------- tensor splits
+
+
+class TensorEvalSet:
+    def __init__(self, split: Split, batch_size: int, augment: BatchAugment, where: SourceContext) -> None:
+        self.split, self.batch_size, self.augment, self.where = split, batch_size, augment, where
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def batches(self) -> Iterator[EvalInput]:
+        for images, labels in eval_batches(
+            self.split, self.batch_size, self.augment, self.where.rank, self.where.world_size
+        ):
+            yield EvalInput([images], labels)
+
+
+class TensorSource:
+    """CIFAR-10/100 and the synthetic set: uint8 splits held whole (on the device with dataset.on_device),
+    flipped/shifted/normalized as batches (CReLU paper §3.1); tested on whole images."""
+
+    def __init__(self, settings: TrainConfig, where: SourceContext, state: dict | None = None) -> None:
+        data, trainer = settings.dataset, settings.trainer
+        if settings.eval.protocol != "center":
+            raise ConfigError(
+                f"eval.protocol={settings.eval.protocol} is for ImageFolder datasets (dataset=imagenet); "
+                f"{data.name} is tested on whole images (eval.protocol=center)"
+            )
+        splits = load_dataset(data, settings.seed)
+        if data.on_device:
+            splits.train, splits.test = splits.train.to(where.device), splits.test.to(where.device)
+            splits.val = splits.val.to(where.device) if splits.val else None
+        self.state = state or _channel_state(*splits.channel_stats())
+        channels = len(self.state["mean"])
+        mean, std = (
+            (self.state["mean"].float(), self.state["std"].float())
+            if data.normalize
+            else (torch.zeros(channels), torch.ones(channels))
+        )
+        augment = BatchAugment(mean, std, data.flip, data.crop_padding, data.padding_mode, trainer.channels_last)
+        self.batches = TrainBatches(
+            splits.train, trainer.batch_size, augment, settings.seed, where.rank, where.world_size
+        )
+        self.in_chans, self.num_train = splits.train.images.shape[1], len(splits.train)
+        named = {"test": splits.test, "val": splits.val}
+        self.eval_sets = {
+            name: TensorEvalSet(split, trainer.eval_batch_size, augment, where)
+            for name, split in named.items()
+            if split is not None
+        }
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def train_epoch(self, epoch: int, start_step: int = 0) -> Iterator[TrainInput]:
+        for images, labels in self.batches.epoch(epoch, start_step):
+            yield TrainInput(images, labels)
+
+
+def _channel_state(mean: Sequence[float], std: Sequence[float]) -> dict[str, torch.Tensor]:
+    return {"mean": torch.tensor(mean, dtype=torch.float64), "std": torch.tensor(std, dtype=torch.float64)}
+
+
+# ------------------------------------------------------------------------------------- ImageFolder trees
+
+
+class ImageFolderEvalSet:
+    """The test split under `eval.protocol`: decoded by worker processes (kept alive between evaluations),
+    views normalized on the device. `eval_batch_size` counts network inputs, so a ten_view batch holds a
+    tenth as many images; dense runs one image (and its mirror image, at one scale per forward) at a time."""
+
+    def __init__(self, index: ImageIndex, settings: TrainConfig, preprocess: Preprocess, where: SourceContext) -> None:
+        data, protocol = settings.dataset, settings.eval
+        dataset = ViewDataset(
+            index, protocol.protocol, protocol.size, data.image_size, protocol.scales, data.skip_corrupt, data.draft_gap
+        )
+        views_per_image = {"center": 1, "ten_view": 10, "dense": None}[protocol.protocol]
+        images = max(1, settings.trainer.eval_batch_size // views_per_image) if views_per_image else 1
+        self.size, self.preprocess, self.device = len(index), preprocess, where.device
+        self.loader = eval_loader(
+            dataset, images, where.rank, where.world_size, data.workers, data.prefetch_factor, persistent=True
+        )
+
+    def __len__(self) -> int:
+        return self.size
+
+    def batches(self) -> Iterator[EvalInput]:
+        for batch in self.loader:
+            views = [self.preprocess(group.flatten(0, 1).to(self.device, non_blocking=True)) for group in batch.views]
+            yield EvalInput(views, batch.labels.to(self.device, non_blocking=True), len(batch.skipped))
+
+
+class ImageFolderSource:
+    """ImageNet-style trees (`<root>/<train_split>/<class>/*.JPEG`, `<root>/<test_split>/...`): the papers'
+    training crops (imagenet.py) decoded by `dataset.workers` processes per rank, sent to the device as uint8
+    and lit/normalized there; tests under `eval.protocol`."""
+
+    def __init__(self, settings: TrainConfig, where: SourceContext, state: dict | None = None) -> None:
+        data, trainer = settings.dataset, settings.trainer
+        data.image_folder_checks()
+        train, test = _image_folder_splits(settings)
+        self.state = state or image_statistics(train.sample(data.stats_images), settings, where)
+        preprocess = make_preprocess(self.state, data.normalize, data.per_pixel_mean, trainer.channels_last, where)
+        spec = ScaleJitterCrop(data.scale_min, data.scale_max, data.image_size, data.flip)
+        dataset = TrainDataset(train, settings.seed, spec, data.lighting_std, data.skip_corrupt, data.draft_gap)
+        self.loader = TrainLoader(
+            dataset, trainer.batch_size, where.rank, where.world_size, data.workers, data.prefetch_factor
+        )
+        self.preprocess, self.lighting, self.device = preprocess, data.lighting_std > 0, where.device
+        self.in_chans, self.num_train = 3, len(train)
+        self.eval_sets = {"test": ImageFolderEvalSet(test, settings, preprocess, where)}
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def train_epoch(self, epoch: int, start_step: int = 0) -> Iterator[TrainInput]:
+        for batch in self.loader.epoch(epoch, start_step):
+            images = batch.images.to(self.device, non_blocking=True)
+            lighting = batch.lighting.to(self.device, non_blocking=True) if self.lighting else None
+            labels = batch.labels.to(self.device, non_blocking=True)
+            yield TrainInput(self.preprocess(images, lighting), labels, len(batch.skipped))
+
+
+def _image_folder_splits(settings: TrainConfig) -> tuple[ImageIndex, ImageIndex]:
+    data = settings.dataset
+    train = index_image_folder(data.root, data.train_split or None)
+    test = index_image_folder(data.root, data.test_split or None)
+    if train.classes != test.classes:
+        extra = sorted(set(test.classes) ^ set(train.classes))
+        raise ImageFolderError(
+            f"{train.root} and {test.root} have different class folders ({len(train.classes)} vs "
+            f"{len(test.classes)}; e.g. {extra[:5]}): both splits need the same classes for the labels to agree"
+        )
+    if len(train.classes) != data.num_classes:
+        raise ImageFolderError(
+            f"{train.root} has {len(train.classes)} class folders but dataset.num_classes={data.num_classes}; "
+            f"set dataset.num_classes={len(train.classes)} to train on this tree"
+        )
+    return train.sample(data.num_train), test.sample(data.num_test)
+
+
+def image_statistics(index: ImageIndex, settings: TrainConfig, where: SourceContext) -> dict[str, torch.Tensor]:
+    """Per-channel mean/std ([0, 1] units) and the mean image ([0, 255] units, crop x crop) of the centre
+    crops (shorter side eval.size) of `index`'s images; the ranks split the work and sum exact totals."""
+    data, crop = settings.dataset, settings.dataset.image_size
+    dataset = ViewDataset(index, "center", settings.eval.size, crop, skip_corrupt=data.skip_corrupt)
+    channel_sum = torch.zeros(3, dtype=torch.float64)
+    channel_squares = torch.zeros(3, dtype=torch.float64)
+    image_sum = torch.zeros(3, crop, crop, dtype=torch.float64)
+    count = torch.zeros((), dtype=torch.float64)
+    shard = eval_loader(dataset, 64, where.rank, where.world_size, data.workers, data.prefetch_factor, False)
+    for batch in shard:
+        if not batch.views:
+            continue
+        x = batch.views[0].flatten(0, 1).double()  # (B, 3, crop, crop)
+        channel_sum += x.sum((0, 2, 3))
+        channel_squares += x.square().sum((0, 2, 3))
+        image_sum += x.sum(0)
+        count += len(x)
+    totals = where.reduce(torch.cat([channel_sum, channel_squares, image_sum.flatten(), count.view(1)]))
+    n = totals[-1].item()
+    if n == 0:
+        raise ImageFolderError(f"no readable image among the {len(index)} sampled from {index.root}")
+    pixels = n * crop * crop
+    mean = totals[:3] / pixels
+    std = (totals[3:6] / pixels - mean.square()).clamp_min(0).sqrt()
+    log.info("preprocessing statistics from %d training images (centre crops)", int(n))
+    return {"mean": mean / 255.0, "std": std / 255.0, "mean_image": (totals[6:-1] / n).view(3, crop, crop).float()}
+
+
+def make_preprocess(
+    state: dict[str, torch.Tensor], normalize: bool, per_pixel: bool, channels_last: bool, where: SourceContext
+) -> Preprocess:
+    """He et al.: subtract the mean image; Shang et al.: per-channel mean/std; normalize=false: x / 255."""
+    if normalize and per_pixel:
+        return Preprocess(mean_image=state["mean_image"].to(where.device), channels_last=channels_last)
+    mean, std = (state["mean"], state["std"]) if normalize else (torch.zeros(3), torch.ones(3))
+    return Preprocess(mean.float().to(where.device), std.float().to(where.device), channels_last=channels_last)
+
+
+# ------------------------------------------------------------------------------------------ registry
+
+SourceFactory = Callable[[TrainConfig, SourceContext, dict | None], Source]
+SOURCES: Registry[SourceFactory] = Registry("dataset")
+for _name in DATASETS:
+    SOURCES.register(_name)(TensorSource)
+SOURCES.register("imagenet")(ImageFolderSource)
+
+
+def make_source(settings: TrainConfig, where: SourceContext, state: dict | None = None) -> Source:
+    """The source for `settings.dataset.name`; `state` (from a checkpoint) skips recomputing statistics."""
+    return SOURCES.get(settings.dataset.name)(settings, where, state)
+
+
+__all__ = ["SOURCES", "EvalInput", "EvalSet", "Source", "SourceContext", "TrainInput", "make_source"]
