@@ -103,7 +103,9 @@ class TensorSource:
     """CIFAR-10/100 and the synthetic set: uint8 splits held whole (on the device with dataset.on_device),
     flipped/shifted/normalized as batches (CReLU paper §3.1); tested on whole images."""
 
-    def __init__(self, settings: TrainConfig, where: SourceContext, state: dict | None = None) -> None:
+    def __init__(
+        self, settings: TrainConfig, where: SourceContext, state: dict | None = None, train: bool = True
+    ) -> None:
         data, trainer = settings.dataset, settings.trainer
         if settings.eval.protocol != "center":
             raise ConfigError(
@@ -122,8 +124,10 @@ class TensorSource:
             else (torch.zeros(channels), torch.ones(channels))
         )
         augment = BatchAugment(mean, std, data.flip, data.crop_padding, data.padding_mode, trainer.channels_last)
-        self.batches = TrainBatches(
-            splits.train, trainer.batch_size, augment, settings.seed, where.rank, where.world_size
+        self.batches = (
+            TrainBatches(splits.train, trainer.batch_size, augment, settings.seed, where.rank, where.world_size)
+            if train
+            else None
         )
         self.in_chans, self.num_train = splits.train.images.shape[1], len(splits.train)
         named = {"test": splits.test, "val": splits.val}
@@ -134,9 +138,11 @@ class TensorSource:
         }
 
     def __len__(self) -> int:
-        return len(self.batches)
+        return len(self.batches) if self.batches else 0
 
     def train_epoch(self, epoch: int, start_step: int = 0) -> Iterator[TrainInput]:
+        if self.batches is None:
+            raise RuntimeError("this source was made for evaluation only (train=False)")
         for images, labels in self.batches.epoch(epoch, start_step):
             yield TrainInput(images, labels)
 
@@ -179,25 +185,35 @@ class ImageFolderSource:
     training crops (imagenet.py) decoded by `dataset.workers` processes per rank, sent to the device as uint8
     and lit/normalized there; tests under `eval.protocol`."""
 
-    def __init__(self, settings: TrainConfig, where: SourceContext, state: dict | None = None) -> None:
+    def __init__(
+        self, settings: TrainConfig, where: SourceContext, state: dict | None = None, train: bool = True
+    ) -> None:
         data, trainer = settings.dataset, settings.trainer
         data.image_folder_checks()
-        train, test = _image_folder_splits(settings)
-        self.state = state or image_statistics(train.sample(data.stats_images), settings, where)
+        test = _index_split(settings, data.test_split, data.num_test)
+        # eval.py with a checkpoint's statistics never reads the training tree (1.28M files on ImageNet)
+        train_index = _index_split(settings, data.train_split, data.num_train, test) if train or not state else None
+        self.state = state or image_statistics(train_index.sample(data.stats_images), settings, where)
         preprocess = make_preprocess(self.state, data.normalize, data.per_pixel_mean, trainer.channels_last, where)
-        spec = ScaleJitterCrop(data.scale_min, data.scale_max, data.image_size, data.flip)
-        dataset = TrainDataset(train, settings.seed, spec, data.lighting_std, data.skip_corrupt, data.draft_gap)
-        self.loader = TrainLoader(
-            dataset, trainer.batch_size, where.rank, where.world_size, data.workers, data.prefetch_factor
-        )
+        self.loader = None
+        if train:
+            spec = ScaleJitterCrop(data.scale_min, data.scale_max, data.image_size, data.flip)
+            dataset = TrainDataset(
+                train_index, settings.seed, spec, data.lighting_std, data.skip_corrupt, data.draft_gap
+            )
+            self.loader = TrainLoader(
+                dataset, trainer.batch_size, where.rank, where.world_size, data.workers, data.prefetch_factor
+            )
         self.preprocess, self.lighting, self.device = preprocess, data.lighting_std > 0, where.device
-        self.in_chans, self.num_train = 3, len(train)
+        self.in_chans, self.num_train = 3, len(train_index) if train_index else 0
         self.eval_sets = {"test": ImageFolderEvalSet(test, settings, preprocess, where)}
 
     def __len__(self) -> int:
-        return len(self.loader)
+        return len(self.loader) if self.loader else 0
 
     def train_epoch(self, epoch: int, start_step: int = 0) -> Iterator[TrainInput]:
+        if self.loader is None:
+            raise RuntimeError("this source was made for evaluation only (train=False)")
         for batch in self.loader.epoch(epoch, start_step):
             images = batch.images.to(self.device, non_blocking=True)
             lighting = batch.lighting.to(self.device, non_blocking=True) if self.lighting else None
@@ -205,22 +221,23 @@ class ImageFolderSource:
             yield TrainInput(self.preprocess(images, lighting), labels, len(batch.skipped))
 
 
-def _image_folder_splits(settings: TrainConfig) -> tuple[ImageIndex, ImageIndex]:
+def _index_split(settings: TrainConfig, split: str, n: int | None, other: ImageIndex | None = None) -> ImageIndex:
+    """Index <root>/<split> and keep a fixed sample of n images; its classes must be the dataset's (and
+    `other` split's: a label means the same class in both)."""
     data = settings.dataset
-    train = index_image_folder(data.root, data.train_split or None)
-    test = index_image_folder(data.root, data.test_split or None)
-    if train.classes != test.classes:
-        extra = sorted(set(test.classes) ^ set(train.classes))
+    index = index_image_folder(data.root, split or None)
+    if other is not None and index.classes != other.classes:
+        extra = sorted(set(index.classes) ^ set(other.classes))
         raise ImageFolderError(
-            f"{train.root} and {test.root} have different class folders ({len(train.classes)} vs "
-            f"{len(test.classes)}; e.g. {extra[:5]}): both splits need the same classes for the labels to agree"
+            f"{index.root} and {other.root} have different class folders ({len(index.classes)} vs "
+            f"{len(other.classes)}; e.g. {extra[:5]}): both splits need the same classes for the labels to agree"
         )
-    if len(train.classes) != data.num_classes:
+    if len(index.classes) != data.num_classes:
         raise ImageFolderError(
-            f"{train.root} has {len(train.classes)} class folders but dataset.num_classes={data.num_classes}; "
-            f"set dataset.num_classes={len(train.classes)} to train on this tree"
+            f"{index.root} has {len(index.classes)} class folders but dataset.num_classes={data.num_classes}; "
+            f"set dataset.num_classes={len(index.classes)} to use this tree"
         )
-    return train.sample(data.num_train), test.sample(data.num_test)
+    return index.sample(n)
 
 
 def image_statistics(index: ImageIndex, settings: TrainConfig, where: SourceContext) -> dict[str, torch.Tensor]:
@@ -264,16 +281,17 @@ def make_preprocess(
 
 # ------------------------------------------------------------------------------------------ registry
 
-SourceFactory = Callable[[TrainConfig, SourceContext, dict | None], Source]
+SourceFactory = Callable[[TrainConfig, SourceContext, dict | None, bool], Source]
 SOURCES: Registry[SourceFactory] = Registry("dataset")
 for _name in DATASETS:
     SOURCES.register(_name)(TensorSource)
 SOURCES.register("imagenet")(ImageFolderSource)
 
 
-def make_source(settings: TrainConfig, where: SourceContext, state: dict | None = None) -> Source:
-    """The source for `settings.dataset.name`; `state` (from a checkpoint) skips recomputing statistics."""
-    return SOURCES.get(settings.dataset.name)(settings, where, state)
+def make_source(settings: TrainConfig, where: SourceContext, state: dict | None = None, train: bool = True) -> Source:
+    """The source for `settings.dataset.name`; `state` (from a checkpoint) skips recomputing statistics;
+    `train=False` prepares only the test split's evaluation (eval.py)."""
+    return SOURCES.get(settings.dataset.name)(settings, where, state, train)
 
 
 __all__ = ["SOURCES", "EvalInput", "EvalSet", "Source", "SourceContext", "TrainInput", "make_source"]

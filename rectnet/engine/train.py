@@ -196,6 +196,9 @@ def _train(
             test["top5_err"],
             record["train/images_per_s"],
         )
+        skipped = {k: v for k, v in record.items() if k.endswith("/skipped")}
+        if skipped:
+            log.warning("corrupt images skipped (dataset.skip_corrupt=true) in epoch %d: %s", epoch, skipped)
 
     results = _results(job, record, n_params, time.perf_counter() - started)
     if logger:
