@@ -1,6 +1,6 @@
 """Training throughput of ConvPool-CNN-C per activation, against a plain hand-written PyTorch loop.
 
-    python scripts/bench_train.py [--batch 128] [--steps 3] [--rounds 3] [--width 1.0]
+    python scripts/bench_train.py [--batch 128] [--steps 3] [--rounds 3] [--width 1.0] [--threads N]
 
 Measured in one process, variants interleaved round by round (a noisy shared machine slows all of them
 alike), median step time per variant. Every variant trains: forward, backward, SGD step, batch 128, fp32,
@@ -115,7 +115,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--width", type=float, default=1.0, help="filter multiplier (plain loop only at 1.0)")
     parser.add_argument("--images", type=int, default=2048, help="size of the random uint8 training split")
+    parser.add_argument(
+        "--threads", type=int, help="intra-op threads (default: torch's); on a shared machine, no more than free cores"
+    )
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     torch.manual_seed(0)
     split = Split(
