@@ -49,6 +49,9 @@ class DatasetConfig:
     synthetic_noise: float = 1.5  # synthetic only: noise std relative to the class patterns
     num_folds: int = 0  # k-fold cross-validation (CReLU paper: 10): train on k-1 folds; 0 = off
     fold: int = 0  # the held-out fold, 0..num_folds-1: evaluated every epoch as val/...
+    # Train on every fold, the held-out one included, and still report it as val/: the retraining stage of
+    # the CReLU paper's "Single" protocol (papers.md B3, after Goodfellow et al. 2013); see scripts/single.sh
+    holdout_in_train: bool = False
     # ImageFolder datasets (imagenet) only; image_size is the training crop (224).
     train_split: str = "train"  # <root>/<train_split>/<class>/*.JPEG ("" = root itself)
     test_split: str = "val"  # the papers report ImageNet's validation set; it is this run's test/ split
@@ -87,6 +90,12 @@ class DatasetConfig:
             "dataset.fold",
             "must be in [0, num_folds)",
             self.fold,
+        )
+        _require(
+            not self.holdout_in_train or self.num_folds >= 2,
+            "dataset.holdout_in_train",
+            "needs a held-out fold (dataset.num_folds >= 2)",
+            self.holdout_in_train,
         )
         for key in ("num_train", "num_test"):
             value = getattr(self, key)
@@ -179,6 +188,10 @@ class TrainerConfig:
     progress: str = "auto"  # auto (bar on a terminal, lines otherwise) | bar | lines | none
     max_steps_per_epoch: int | None = None  # cap for quick checks; null = the whole epoch
     checkpoint_every_steps: int = 0  # also write last.pt every N steps inside an epoch (0: at epoch ends only)
+    # "Single" protocol (CReLU paper, papers.md B3): stage 1 measures the training loss (eval mode, whole
+    # training split) at each new best held-out error; stage 2 stops once the held-out loss reaches it.
+    record_train_loss_at_best: bool = False
+    stop_at_val_loss: float | None = None
 
     def validate(self) -> None:
         _require(self.epochs >= 1, "trainer.epochs", "must be >= 1", self.epochs)

@@ -30,13 +30,13 @@ Tables written (paper values from /work/shared/docs/papers.md, which cites each 
 
 How each measured number is made:
 
-* Single (CReLU Tables 1-2): the final-epoch test top-1 error (results.json "final") of the runs trained
-  without folds (`dataset.num_folds=0`), mean ± sample std over seeds. The paper's protocol (Goodfellow et
-  al. 2013: train on part of the training set, then retrain on all of it until the held-out loss equals the
-  training loss at the early-stopping point) is NOT implemented: a Single run here trains on the full
-  training split for its configured schedule, and that schedule's length is the approximation of the
-  paper's stopping point. results.json's "best_top1_err" of such a run is selected on the test split, so it
-  is never used. "Single train" is the last epoch's running training error from metrics.jsonl (measured
+* Single (CReLU Tables 1-2): the final test top-1 error (results.json "final"), mean ± sample std over
+  seeds, of the retraining runs of the paper's protocol (Goodfellow et al. 2013, `scripts/single.sh`: stage 1
+  trains on all folds but one and records the training loss at its best held-out error; stage 2 retrains
+  from scratch on the whole training split until the held-out fold's loss reaches that value). Where a
+  group has no such run, the runs trained without folds for their configured schedule stand in (an
+  approximation of the stopping point). results.json's "best_top1_err" of a run without folds is selected
+  on the test split, so it is never used. "Single train" is the last epoch's running training error from metrics.jsonl (measured
   during the epoch, with augmentation and dropout on), not a separate pass over the training set.
 * Average: mean over the 10-fold runs (`dataset.num_folds>0`, any fold, any seed) of their final test
   top-1 error, ± standard error (sample std / sqrt(n)), as the paper reports it.
@@ -140,6 +140,15 @@ class Run:
     @property
     def fold(self) -> int:
         return int(self.config["dataset"].get("fold") or 0) if self.config else 0
+
+    @property
+    def single_stage(self) -> int:
+        """1 or 2 for the two runs of the "Single" protocol (scripts/single.sh), 0 for any other run."""
+        if not self.config:
+            return 0
+        if self.config["dataset"].get("holdout_in_train"):
+            return 2
+        return 1 if self.config.get("trainer", {}).get("record_train_loss_at_best") else 0
 
     @property
     def init(self) -> str | None:
@@ -372,21 +381,26 @@ def _last_train_err(run: Run) -> float | None:
     return records[-1].get("train/top1_err") if records else None
 
 
+def _single_runs(runs: Sequence[Run]) -> list[Run]:
+    """The retrained runs of the "Single" protocol when there are any, else the runs without folds."""
+    return [r for r in runs if r.single_stage == 2] or [r for r in runs if not r.num_folds]
+
+
 def single_test(runs: Sequence[Run]) -> Cell:
-    """CReLU Tables 1-2 "Single" (test): runs without folds, final test top-1 error (approximation, see top)."""
-    return _per_run([r for r in runs if not r.num_folds], _final_test_err)
+    """CReLU Tables 1-2 "Single" (test): final test top-1 error of the Single runs (see top)."""
+    return _per_run(_single_runs(runs), _final_test_err)
 
 
 def single_train(runs: Sequence[Run]) -> Cell:
     """CReLU Table 1 "Single" train error: the last epoch's running training top-1 error."""
-    return _per_run([r for r in runs if not r.num_folds], _last_train_err)
+    return _per_run(_single_runs(runs), _last_train_err)
 
 
 def _fold_sets(runs: Sequence[Run]) -> dict[tuple[int | None, int], list[Run]]:
     """Fold runs by (seed, num_folds): each key is one k-fold cross-validation."""
     sets: dict[tuple[int | None, int], list[Run]] = {}
     for run in runs:
-        if run.num_folds:
+        if run.num_folds and not run.single_stage:  # the Single protocol's runs are not a cross-validation
             sets.setdefault((run.seed, run.num_folds), []).append(run)
     return sets
 
@@ -885,8 +899,8 @@ Measured cells: mean ± sample std over seeds (n = runs), except Average: mean �
 nets, as the CReLU paper reports it, and Vote: one value per complete 10-fold set (± std over sets when there
 are several). "—" = no completed run; "(k failed, m missing)" counts seeds (and folds) that no completed
 run fills; the "runs" column counts the row's run directories as they are.
-Single = final-epoch test error of runs trained without folds on the full training split; the paper's
-retrain-until-the-same-held-out-loss protocol is not implemented (see `python -m rectnet.tables --help`).
+Single = final test error of the retraining runs of the paper's protocol (scripts/single.sh), or where a
+row has none, of runs trained without folds for their configured schedule (see `python -m rectnet.tables --help`).
 Single train = last epoch's running training error (augmentation and dropout on). ImageNet columns come from
 eval_center.json / eval_ten_view.json / eval_dense.json. Paper values: /work/shared/docs/papers.md."""
 

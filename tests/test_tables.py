@@ -37,6 +37,7 @@ def _config(model: str, activation: str, dataset: str, seed: int, **extra) -> di
             "num_classes": extra.get("num_classes", CLASSES),
             "num_folds": extra.get("num_folds", 0),
             "fold": extra.get("fold", 0),
+            "holdout_in_train": extra.get("holdout_in_train", False),
         },
         "model": {
             "name": model,
@@ -47,7 +48,10 @@ def _config(model: str, activation: str, dataset: str, seed: int, **extra) -> di
         },
         "activation": {"name": activation, "slope": None},
         "init": {"name": extra.get("init", "kaiming"), "mode": "fan_in"},
-        "trainer": {"epochs": extra.get("epochs", 3)},
+        "trainer": {
+            "epochs": extra.get("epochs", 3),
+            "record_train_loss_at_best": extra.get("record_train_loss_at_best", False),
+        },
         "optim": {"lr": 0.1},
         "seed": seed,
     }
@@ -120,6 +124,18 @@ def test_single_is_mean_std_over_seeds_with_failed_and_missing_counted(tmp_path)
     assert line.cells["C10 Single train"].mean == pytest.approx(5.0)  # last metrics.jsonl line
     assert line.paper["C10 Single"] == (9.17, None) and line.paper["C10 Average"] == (10.20, 0.09)
     assert line.counts == (3, 1, 1)
+
+
+def test_single_takes_the_retrained_runs_and_keeps_both_stages_out_of_fold_sets(tmp_path):
+    make_run(tmp_path / "no_folds", top1=20.0)  # stands in for Single only where no retrained run exists
+    make_run(tmp_path / "stage1", top1=30.0, num_folds=5, record_train_loss_at_best=True)
+    for seed, top1 in enumerate([8.0, 12.0]):
+        make_run(tmp_path / f"stage2_{seed}", seed=seed, top1=top1, num_folds=5, holdout_in_train=True)
+    line = _rows(crelu_table1(), tmp_path)[("Baseline", "kaiming/fan_in")]
+    single = line.cells["C10 Single"]
+    assert (single.mean, single.spread, single.n) == (10.0, pytest.approx(statistics.stdev([8.0, 12.0])), 2)
+    average = line.cells["C10 Average"]
+    assert (average.mean, average.n, average.missing) == (None, 0, 0)
 
 
 def test_rows_without_runs_and_failed_only_cells_are_dashes_never_zeros(tmp_path):

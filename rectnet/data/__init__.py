@@ -25,12 +25,13 @@ DATASETS.register("synthetic")(
 
 def load_dataset(cfg: DatasetConfig, seed: int) -> ImageSplits:
     """Load `cfg.name`, keep the first num_train / num_test samples when those are set, and with
-    `num_folds` > 0 hold fold `fold` of the training split out as a validation split."""
+    `num_folds` > 0 hold fold `fold` of the training split out as a validation split (which stays in the
+    training split too with `holdout_in_train`)."""
     splits = DATASETS.get(cfg.name)(cfg, seed)
     train, test = splits.train.head(cfg.num_train), splits.test.head(cfg.num_test)
     if cfg.num_folds:
-        train, val = train.folds(cfg.num_folds, cfg.fold)
-        return ImageSplits(train, test, val)
+        rest, val = train.folds(cfg.num_folds, cfg.fold)
+        return ImageSplits(train if cfg.holdout_in_train else rest, test, val)
     return ImageSplits(train, test)
 
 

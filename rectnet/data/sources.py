@@ -131,6 +131,8 @@ class TensorSource:
         )
         self.in_chans, self.num_train = splits.train.images.shape[1], len(splits.train)
         named = {"test": splits.test, "val": splits.val}
+        if trainer.record_train_loss_at_best:  # the whole training split, unaugmented ("Single" stage 1)
+            named["train"] = splits.train
         self.eval_sets = {
             name: TensorEvalSet(split, trainer.eval_batch_size, augment, where)
             for name, split in named.items()

@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from rectnet.config import ConfigError, TrainConfig, to_settings
+from rectnet.config import ConfigError, TrainConfig, TrainerConfig, to_settings
 from rectnet.data.sources import Source, SourceContext, make_source
 from rectnet.engine import checkpoint as ckpt
 from rectnet.engine.build import build_model
@@ -51,6 +51,8 @@ class State:
     partial: Counts = field(default_factory=Counts)  # training counts of those steps
     best_top1_err: float = math.inf
     best_epoch: int = 0
+    train_loss_at_best: float | None = None  # "Single" stage 1 (trainer.record_train_loss_at_best)
+    stopped_at: int = 0  # the epoch at which trainer.stop_at_val_loss was reached ("Single" stage 2)
 
 
 @dataclass
@@ -87,6 +89,8 @@ class Job:
                 "partial": partial,
                 "best_top1_err": s.best_top1_err,
                 "best_epoch": s.best_epoch,
+                "train_loss_at_best": s.train_loss_at_best,
+                "stopped_at": s.stopped_at,
                 "rng": rng,
                 "world_size": self.ranks.world_size,
                 "config": self.config,
@@ -134,6 +138,7 @@ def _train(
     seed_everything(settings.seed)  # the same on every rank: identical initial weights
     where = SourceContext(runtime.device, ranks.rank, ranks.world_size, ranks.sum)
     source = make_source(settings, where, resume.get("data") if resume else None)
+    _check_single_protocol(trainer, source)
     job = _build_job(settings, config, run_dir, runtime, ranks, source)
     job.stop = stop
     seed_everything(settings.seed + ranks.rank)  # dropout masks differ between ranks
@@ -160,7 +165,8 @@ def _train(
     started = time.perf_counter()
     record: dict = {}
 
-    for epoch in range(job.state.epoch + 1, trainer.epochs + 1):
+    first_epoch = trainer.epochs + 1 if job.state.stopped_at else job.state.epoch + 1
+    for epoch in range(first_epoch, trainer.epochs + 1):
         lr = job.optimizer.param_groups[0]["lr"]
         train, images_per_s = _train_epoch(job, source, epoch, progress)
         held_out = source.eval_sets.get("val")
@@ -183,6 +189,10 @@ def _train(
         is_best = watched < job.state.best_top1_err
         if is_best:
             job.state.best_top1_err, job.state.best_epoch = watched, epoch
+            if trainer.record_train_loss_at_best:  # "Single" stage 1: the loss stage 2 trains down to
+                job.state.train_loss_at_best = job.evaluate(source.eval_sets["train"])[0].summary()["loss"]
+        if trainer.stop_at_val_loss is not None and val["loss"] <= trainer.stop_at_val_loss:
+            job.state.stopped_at = epoch
         job.state.epoch, job.state.step, job.state.partial = epoch, 0, Counts()
         if logger:
             logger.epoch(record, job.model)
@@ -199,6 +209,9 @@ def _train(
         skipped = {k: v for k, v in record.items() if k.endswith("/skipped")}
         if skipped:
             log.warning("corrupt images skipped (dataset.skip_corrupt=true) in epoch %d: %s", epoch, skipped)
+        if job.state.stopped_at:
+            log.info("held-out loss %.4f <= trainer.stop_at_val_loss: stopped after epoch %d", val["loss"], epoch)
+            break
 
     results = _results(job, record, n_params, time.perf_counter() - started)
     if logger:
@@ -212,6 +225,13 @@ def _train(
         logger.close()
         _announce(results, run_dir, settings.logger.tensorboard)
     return results
+
+
+def _check_single_protocol(trainer: TrainerConfig, source: Source) -> None:
+    if trainer.stop_at_val_loss is not None and "val" not in source.eval_sets:
+        raise ConfigError("trainer.stop_at_val_loss needs a held-out fold (dataset.num_folds, dataset.fold)")
+    if trainer.record_train_loss_at_best and "train" not in source.eval_sets:
+        raise ConfigError("trainer.record_train_loss_at_best is for tensor datasets (CIFAR, synthetic)")
 
 
 def _build_job(
@@ -324,7 +344,15 @@ def _restore(payload: dict, job: Job) -> None:
             len(rng),
             job.ranks.world_size,
         )
-    job.state = State(payload["epoch"], payload["step"], partial, payload["best_top1_err"], payload["best_epoch"])
+    job.state = State(
+        payload["epoch"],
+        payload["step"],
+        partial,
+        payload["best_top1_err"],
+        payload["best_epoch"],
+        payload.get("train_loss_at_best"),
+        payload.get("stopped_at", 0),
+    )
 
 
 def _hparams(settings: TrainConfig, world_size: int) -> dict:
@@ -355,6 +383,8 @@ def _results(job: Job, last: dict, n_params: int, seconds: float) -> dict:
         **({"final_val": final_val} if final_val else {}),
         "best_top1_err": job.state.best_top1_err,  # on the held-out fold when there is one, else on test
         "best_epoch": job.state.best_epoch,
+        **({"train_loss_at_best": job.state.train_loss_at_best} if job.state.train_loss_at_best is not None else {}),
+        **({"stopped_at_epoch": job.state.stopped_at} if job.state.stopped_at else {}),
         "selected_on": "val" if job.settings.dataset.num_folds else "test",
         "train_images_per_s": last.get("train/images_per_s"),
         "wall_time_s": round(seconds, 3),
