@@ -181,6 +181,7 @@ class TrainerConfig:
     precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast; fp16 adds a gradient scaler, CUDA only)
     channels_last: bool = True
     compile: bool = False  # torch.compile the model
+    fused_prelu: bool = True  # PReLU's one-pass CPU backward (rectnet/layers/fused.py); false: F.prelu's own
     resume: str | None = "auto"  # "auto": <run_dir>/checkpoints/last.pt if it exists; a path; null: never
     threads: int | None = None  # CPU intra-op threads (torch default when null)
     deterministic: bool = False  # torch.use_deterministic_algorithms + cudnn.benchmark off

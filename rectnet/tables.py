@@ -36,8 +36,9 @@ How each measured number is made:
   from scratch on the whole training split until the held-out fold's loss reaches that value). Where a
   group has no such run, the runs trained without folds for their configured schedule stand in (an
   approximation of the stopping point). results.json's "best_top1_err" of a run without folds is selected
-  on the test split, so it is never used. "Single train" is the last epoch's running training error from metrics.jsonl (measured
-  during the epoch, with augmentation and dropout on), not a separate pass over the training set.
+  on the test split, so it is never used. "Single train" is the last epoch's running training error from
+  metrics.jsonl (measured during the epoch, with augmentation and dropout on), not a separate pass over the
+  training set.
 * Average: mean over the 10-fold runs (`dataset.num_folds>0`, any fold, any seed) of their final test
   top-1 error, ± standard error (sample std / sqrt(n)), as the paper reports it.
 * Vote: for each complete fold set (one seed, folds 0..k-1 all completed with test_logits.pt) the test

@@ -8,7 +8,11 @@ alike), median step time per variant. Every variant trains: forward, backward, S
 (uint8 split, flip + normalize on the whole batch). "plain" = the same layers written the way a user
 writes them by hand: nn.Sequential with nn.ReLU, NCHW, fed by a torch DataLoader over PIL images with
 torchvision's per-image RandomHorizontalFlip/ToTensor/Normalize. "plain_model_only" = the plain model on a
-pre-made batch, to separate model speed from input-pipeline speed. The last line is one JSON object.
+pre-made batch, to separate model speed from input-pipeline speed. "rectnet_prelu_unfused" = PReLU with
+F.prelu's own CPU backward instead of the fused one (rectnet/layers/fused.py). The last line is one JSON object.
+
+On a shared machine pass --threads with no more threads than free cores: oversubscribed OpenMP threads
+spin against each other and single steps then vary by several times.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from torchvision import transforms
 
 from rectnet.data.batches import BatchAugment, TrainBatches
 from rectnet.data.split import Split
+from rectnet.layers import fused
 from rectnet.models import create
 
 ACTIVATIONS = ["relu", "prelu", "prelu_shared", "leaky_relu", "avr", "crelu"]
@@ -90,6 +95,19 @@ def stepper(model: nn.Module, batches: Iterator) -> Callable[[], None]:
     return step
 
 
+def unfused(step: Callable[[], None]) -> Callable[[], None]:
+    """`step` with PReLU's fused CPU backward off (F.prelu's own kernels), to show what fusing buys."""
+
+    def run() -> None:
+        fused.set_enabled(False)
+        try:
+            step()
+        finally:
+            fused.set_enabled(True)
+
+    return run
+
+
 def variants(split: Split, batch: int, width: float) -> dict[str, Callable[[], None]]:
     augment = BatchAugment(torch.tensor(MEAN), torch.tensor(STD), flip=True, channels_last=True)
     rectnet_batches = TrainBatches(split, batch, augment, seed=0)
@@ -97,6 +115,8 @@ def variants(split: Split, batch: int, width: float) -> dict[str, Callable[[], N
     for act in ACTIVATIONS:
         model = create("convpool_cnn_c", act=act, width=width).to(memory_format=torch.channels_last)
         steps[f"rectnet_{act}"] = stepper(model, all_epochs(rectnet_batches))
+    model = create("convpool_cnn_c", act="prelu", width=width).to(memory_format=torch.channels_last)
+    steps["rectnet_prelu_unfused"] = unfused(stepper(model, all_epochs(rectnet_batches)))
     if width == 1.0:
         pipeline = transforms.Compose(
             [transforms.RandomHorizontalFlip(), transforms.ToTensor(), transforms.Normalize(MEAN, STD)]
@@ -147,6 +167,7 @@ def main() -> None:
         "precision": "fp32",
         "images_per_s": {k: round(v, 2) for k, v in rate.items()},
         "prelu_over_relu_step_time": round(rate["rectnet_relu"] / rate["rectnet_prelu"], 3),
+        "unfused_prelu_over_relu_step_time": round(rate["rectnet_relu"] / rate["rectnet_prelu_unfused"], 3),
         "rounds": args.rounds,
         "steps_per_round": args.steps,
         "torch": torch.__version__,

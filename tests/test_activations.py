@@ -6,7 +6,9 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
+from rectnet.layers import fused
 from rectnet.layers.activations import ACTIVATIONS, make_activation
 
 torch.manual_seed(0)
@@ -112,3 +114,46 @@ def test_wrong_activation_parameter_is_refused():
 
 def test_registry_holds_every_activation_the_issue_names():
     assert {"relu", "prelu", "prelu_shared", "crelu", "avr", "leaky_relu"} <= set(ACTIVATIONS.names())
+
+
+# ------------------------------------------------------------------ PReLU's fused CPU backward (fused.py)
+
+
+def _prelu_grads(y: torch.Tensor, slope: torch.Tensor, upstream: torch.Tensor, use_fused: bool):
+    y, slope = y.clone().requires_grad_(), slope.clone().requires_grad_()
+    out = fused.prelu(y, slope) if use_fused else F.prelu(y, slope)
+    out.backward(upstream)
+    return out.detach(), y.grad, slope.grad
+
+
+@pytest.mark.parametrize(
+    ("shape", "channels_last", "slopes"),
+    [((8, 6, 5, 7), True, 6), ((8, 6, 5, 7), False, 6), ((8, 6, 5, 7), True, 1), ((16, 10), False, 10)],
+)
+def test_fused_prelu_backward_equals_pytorchs(shape, channels_last, slopes):
+    gen = torch.Generator().manual_seed(0)
+    y = torch.randn(shape, generator=gen)
+    y[0, 0] = 0.0  # at y == 0 both take the slope branch
+    upstream = torch.randn(shape, generator=gen)
+    if channels_last:
+        y, upstream = (t.contiguous(memory_format=torch.channels_last) for t in (y, upstream))
+    slope = torch.linspace(0.05, 0.5, slopes)
+    out, grad_y, grad_slope = _prelu_grads(y, slope, upstream, use_fused=True)
+    ref_out, ref_y, ref_slope = _prelu_grads(y, slope, upstream, use_fused=False)
+    assert fused._compiled is not None and fused._enabled  # the compiled kernel ran, not the fallback
+    assert torch.equal(out, ref_out) and torch.equal(grad_y, ref_y)
+    assert torch.allclose(grad_slope, ref_slope, rtol=1e-5, atol=1e-5)  # sums in another order
+
+
+def test_fused_prelu_falls_back_with_a_warning_and_the_same_numbers(monkeypatch, caplog):
+    def broken(*args):
+        raise RuntimeError("no compiler today")
+
+    monkeypatch.setattr(fused, "_compiled", broken)
+    monkeypatch.setattr(fused, "_enabled", True)
+    y, upstream, slope = torch.randn(4, 3, 5, 5), torch.randn(4, 3, 5, 5), torch.full((3,), 0.25)
+    with caplog.at_level("WARNING", logger="rectnet"):
+        _, grad_y, grad_slope = _prelu_grads(y, slope, upstream, use_fused=True)
+    _, ref_y, ref_slope = _prelu_grads(y, slope, upstream, use_fused=False)
+    assert "failed to compile" in caplog.text and not fused._enabled
+    assert torch.equal(grad_y, ref_y) and torch.allclose(grad_slope, ref_slope, atol=1e-6)

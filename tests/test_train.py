@@ -200,9 +200,9 @@ def test_cli_multirun_grid_makes_one_directory_per_job(tmp_path):
 
 def test_compile_without_a_compiler_fails_clearly(tmp_path, monkeypatch):
     from rectnet.config import ConfigError
-    from rectnet.engine import runtime
+    from rectnet.layers import fused
 
-    monkeypatch.setattr(runtime.shutil, "which", lambda name: None)
+    monkeypatch.setattr(fused.shutil, "which", lambda name: None)
     with pytest.raises(ConfigError, match="needs a C\\+\\+ compiler"):
         run(compose_train([*TINY, "trainer.compile=true", "trainer.device=cpu"], tmp_path))
 

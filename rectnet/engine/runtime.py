@@ -6,7 +6,6 @@ import contextlib
 import logging
 import os
 import random
-import shutil
 import sys
 from dataclasses import dataclass
 
@@ -14,6 +13,7 @@ import numpy as np
 import torch
 
 from rectnet.config import ConfigError, TrainerConfig
+from rectnet.layers import fused
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +61,7 @@ def make_runtime(cfg: TrainerConfig, local_rank: int = 0) -> Runtime:
     check_precision(cfg.precision, device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    fused.set_enabled(cfg.fused_prelu)
     if cfg.deterministic:
         # cuBLAS needs this before its first use for deterministic matmuls (PyTorch reproducibility notes).
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -81,7 +82,7 @@ def compile_model(model: torch.nn.Module, device: torch.device) -> torch.nn.Modu
             f"trainer.compile=true: torch.compile is not supported on this Python/platform "
             f"({sys.version.split()[0]}, {sys.platform}); use trainer.compile=false"
         )
-    if device.type == "cpu" and not any(shutil.which(cc) for cc in (os.environ.get("CXX", "g++"), "g++", "clang++")):
+    if device.type == "cpu" and not fused.cpu_compiler_available():
         raise ConfigError(
             "trainer.compile=true on a CPU needs a C++ compiler (g++ or clang++, or $CXX) for "
             "TorchInductor; install one or use trainer.compile=false"
