@@ -49,3 +49,25 @@ def run_cli(args: list[str], script: str = "train.py", timeout: int = 300) -> su
         timeout=timeout,
         stdin=subprocess.DEVNULL,
     )
+
+
+def make_image_folder(
+    root: Path, classes: int = 2, train: int = 4, val: int = 2, size: tuple[int, int] = (48, 40)
+) -> Path:
+    """A tiny ImageNet-style tree of JPEGs: <root>/train/<class>/*.JPEG and <root>/val/<class>/*.JPEG.
+
+    Each class is its own smooth colour pattern plus noise (numpy seed 0), so the files differ; returns root."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[0 : size[1], 0 : size[0]].astype(np.float64)
+    for c in range(classes):
+        base = np.stack([128 + 60 * np.sin((x * (c + 1) + y * k) / 9 + k) for k in range(3)], -1)
+        for split, count in (("train", train), ("val", val)):
+            folder = root / split / f"n{c:08d}"
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                pixels = np.clip(base + rng.normal(0, 20, base.shape), 0, 255).astype(np.uint8)
+                Image.fromarray(pixels).save(folder / f"{split}_{c}_{i}.JPEG", "JPEG", quality=90)
+    return root

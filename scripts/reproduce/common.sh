@@ -1,0 +1,172 @@
+# shellcheck shell=bash
+# Shared by scripts/reproduce/<paper>_<table>.sh (sourced, not run): options, the re-runnable sweep, evaluation
+# with eval.py, tables. Every script accepts
+#
+#   [--dry-run] [--sweep-dir DIR] [OVERRIDE ...]
+#
+# and these environment variables:
+#
+#   SWEEP_DIR   the sweep directory (default: sweeps/<script name>, under the current directory)
+#   DRY_RUN=1   print the commands instead of running them (same as --dry-run)
+#   SEEDS       seeds of the grid (each script has its default)
+#   LAUNCHER    basic (default: Hydra's, the jobs one after another in this process), local (submitit on this
+#               machine: GPUS processes per job) or slurm (one SLURM job per run: add hydra.launcher.partition=...
+#               and other configs/hydra/launcher/slurm.yaml settings as overrides)
+#   GPUS        processes (= GPUs) per run, default 1. The recipes' global mini-batch (128) is kept: each
+#               process gets trainer.batch_size=128/GPUS. Keep GPUS the same for every invocation on one sweep
+#               directory (trainer.batch_size is part of the run directory names).
+#   PYTHON      the interpreter (default: .venv/bin/python of the repository if present, else python)
+#   EVAL_CMD    how eval.py is started (default: "$PYTHON <repo>/eval.py"; e.g. "srun --gres=gpu:1 python eval.py")
+#   EVAL_ARGS   extra overrides for eval.py, space-separated (dataset.root=... is passed on from OVERRIDEs)
+#
+# Overrides go to every train.py run (e.g. dataset.root=/data/imagenet trainer.precision=bf16); one that names a
+# key of the grid replaces the grid's values (seed=0 runs only seed 0). Each run's directory is
+# <sweep dir>/<its overrides> (scripts/reproduce/grid.py), so re-running a script skips finished runs, resumes
+# interrupted ones from checkpoints/last.pt and re-does failed ones; do not re-run while jobs of a previous
+# invocation are still queued or running on SLURM (both would write the same run directories).
+# Evaluation scores the final model (checkpoints/last.pt), as the papers report it: eval.py's default, best.pt,
+# is chosen on the test split (ImageNet's validation set) and would select on the numbers being reported.
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+GLOBAL_BATCH=128  # every recipe's mini-batch (configs/experiment/*.yaml: trainer.batch_size)
+
+if [[ -z "${PYTHON:-}" ]]; then
+    if [[ -x "$REPO/.venv/bin/python" ]]; then PYTHON="$REPO/.venv/bin/python"; else PYTHON=python; fi
+fi
+
+# reproduce_setup NAME "$@": reads the options, sets SWEEP_DIR, DRY_RUN, EXTRA (the pass-through overrides) and
+# LAUNCH (the overrides every sweep gets: its directory, the stable run names, the launcher, the batch split).
+reproduce_setup() {
+    local name=$1
+    shift
+    DRY_RUN=${DRY_RUN:-0}
+    SWEEP_DIR=${SWEEP_DIR:-sweeps/$name}
+    EXTRA=()
+    while (($#)); do
+        case $1 in
+            --dry-run) DRY_RUN=1 ;;
+            --sweep-dir) SWEEP_DIR=${2:?--sweep-dir needs a directory}; shift ;;
+            --sweep-dir=*) SWEEP_DIR=${1#--sweep-dir=} ;;
+            -h | --help) sed -n '2,/^[^#]/{/^#/{s/^# \{0,1\}//;p}}' "$0"; exit 0 ;;
+            -*) echo "$0: unknown option $1 (overrides have no leading dash; see --help)" >&2; exit 2 ;;
+            *) EXTRA+=("$1") ;;
+        esac
+        shift
+    done
+    [[ $DRY_RUN == 0 || $DRY_RUN == 1 ]] || { echo "DRY_RUN must be 0 or 1" >&2; exit 2; }
+    SWEEP_DIR=$("$PYTHON" -c 'import os, sys; print(os.path.abspath(sys.argv[1]))' "$SWEEP_DIR")
+
+    local gpus=${GPUS:-1} launcher=${LAUNCHER:-basic}
+    LAUNCH=(
+        "hydra.sweep.dir=$SWEEP_DIR"
+        'hydra.sweep.subdir=${hydra.job.override_dirname}'
+        "hydra.job.config.override_dirname.exclude_keys=[$("$PYTHON" "$REPO/scripts/reproduce/grid.py" exclude-keys)]"
+    )
+    case $launcher in
+        basic) ((gpus == 1)) || { echo "GPUS=$gpus needs LAUNCHER=local or LAUNCHER=slurm" >&2; exit 2; } ;;
+        local | slurm)
+            LAUNCH+=("hydra/launcher=$launcher" "hydra.launcher.tasks_per_node=$gpus" "hydra.launcher.gpus_per_node=$gpus")
+            ;;
+        *) echo "LAUNCHER must be basic, local or slurm, got $launcher" >&2; exit 2 ;;
+    esac
+    if ((gpus > 1)); then
+        ((GLOBAL_BATCH % gpus == 0)) || { echo "GPUS=$gpus does not divide the mini-batch $GLOBAL_BATCH" >&2; exit 2; }
+        LAUNCH+=("trainer.batch_size=$((GLOBAL_BATCH / gpus))")
+    fi
+    echo "sweep directory: $SWEEP_DIR" >&2
+}
+
+# quote ARG: ARG as the shell reads it back: unchanged when it is plain, else in single quotes.
+quote() {
+    if [[ $1 =~ ^[A-Za-z0-9_./=,:@+%-]+$ ]]; then
+        printf '%s' "$1"
+    else
+        printf "'%s'" "${1//\'/\'\\\'\'}"
+    fi
+}
+
+# show_or_run CMD...: prints the command (copy-pasteable), and runs it unless this is a dry run. Commands run in
+# the current directory, so relative paths in overrides (dataset.root=data) mean what they say.
+show_or_run() {
+    local arg line="+"
+    for arg in "$@"; do line+=" $(quote "$arg")"; done
+    echo "$line"
+    if [[ $DRY_RUN == 0 ]]; then "$@"; fi
+}
+
+# grid_py COMMAND [OPTION...] -- OVERRIDE...: scripts/reproduce/grid.py's NUL-separated answer, one item per element
+# in the array GRID_OUT (the pass-through overrides are added); stops the script if grid.py fails.
+grid_py() {
+    local answer
+    answer=$(mktemp)
+    if ! "$PYTHON" "$REPO/scripts/reproduce/grid.py" "$@" "${LAUNCH[@]}" "${EXTRA[@]}" >"$answer"; then
+        rm -f "$answer"
+        echo "scripts/reproduce/grid.py failed" >&2
+        exit 1
+    fi
+    mapfile -d '' GRID_OUT <"$answer"
+    rm -f "$answer"
+}
+
+# train_grid OVERRIDE...: `train.py -m` over the grid (plus the pass-through overrides), launching only the
+# smallest sub-grid that covers the runs not yet finished; nothing when every run is.
+train_grid() {
+    grid_py pending --sweep-dir "$SWEEP_DIR" -- "$@"
+    if ((${#GRID_OUT[@]} == 0)); then
+        echo "every run of this grid has finished: nothing to train" >&2
+        return 0
+    fi
+    if ! show_or_run "$PYTHON" "$REPO/train.py" -m "${GRID_OUT[@]}"; then
+        # Hydra runs every job and then reports the first failure: go on with the finished runs, fail at the end
+        echo "some runs failed (see FAILED in their run directories); evaluating and tabulating the others" >&2
+        SWEEP_FAILED=1
+    fi
+}
+
+# grid_runs OVERRIDE...: the run directories of a grid in GRID_OUT: the finished ones (every one in a dry run).
+grid_runs() {
+    local only=(--completed)
+    [[ $DRY_RUN == 1 ]] && only=()
+    grid_py runs "${only[@]}" --sweep-dir "$SWEEP_DIR" -- "$@"
+}
+
+# evaluate PROTOCOL [TAG] [OVERRIDE...] -- GRID...: eval.py on every finished run of the grid that lacks
+# eval_<PROTOCOL>.json, or eval_<PROTOCOL>_<TAG>.json when TAG is given (eval.py writes eval_dense_s<S>.json
+# for a dense test at the single scale S: TAG s<S>).
+evaluate() {
+    local protocol=$1 tag="" args=() eval_cmd=() extra_eval=() passed=() runs=() run out
+    shift
+    while (($#)) && [[ $1 != -- ]]; do
+        if [[ -z $tag && ${#args[@]} == 0 && $1 != *=* ]]; then tag=$1; else args+=("$1"); fi
+        shift
+    done
+    shift  # --
+    read -ra eval_cmd <<<"${EVAL_CMD:-$PYTHON $REPO/eval.py}"
+    read -ra extra_eval <<<"${EVAL_ARGS:-}"
+    for arg in "${EXTRA[@]}"; do [[ $arg == dataset.root=* ]] && passed+=("$arg"); done
+    grid_runs "$@"
+    runs=("${GRID_OUT[@]}")
+    for run in "${runs[@]}"; do
+        out="$run/eval_${protocol}${tag:+_$tag}.json"
+        if [[ -f $out ]]; then
+            echo "already evaluated: $out" >&2
+            continue
+        fi
+        local cmd=("${eval_cmd[@]}" "run_dir=$run" "checkpoint=$run/checkpoints/last.pt" "eval.protocol=$protocol")
+        cmd+=("${args[@]}" "${passed[@]}" "${extra_eval[@]}")
+        show_or_run "${cmd[@]}"
+    done
+}
+
+# finish: the script's exit status: 1 when a run of its grids failed.
+finish() {
+    if [[ ${SWEEP_FAILED:-0} == 1 ]]; then
+        echo "done, but some runs failed: re-run this script to retry them (finished runs are kept)" >&2
+        exit 1
+    fi
+}
+
+# tables: the papers' tables from everything in the sweep directory, written to <sweep dir>/tables.
+tables() {
+    show_or_run "$PYTHON" -m rectnet.tables "$SWEEP_DIR" --out "$SWEEP_DIR/tables"
+}

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Shang et al. 2016 (CReLU), Table 1: ConvPool-CNN-C baseline, + (double), AVR, CReLU, + (half) on CIFAR-10 and
+# CIFAR-100 (configs/experiment/convpool_*.yaml: 350 epochs each).
+#
+#   scripts/reproduce/crelu_table1.sh [--dry-run] [--sweep-dir DIR] [OVERRIDE ...]
+#
+# Runs, all into one sweep directory (default sweeps/crelu_table1):
+#   "Single": 5 models x {cifar10, cifar100} x SEEDS (default 0,1,2), on the whole training split;
+#   "Average" / "Vote": 5 models x {cifar10, cifar100} x FOLD_SEEDS (default 0) x 10 folds (dataset.num_folds=10,
+#   dataset.fold=FOLDS, default 0..9; FOLDS= skips them): each fold net trains on the other nine folds;
+# then python -m rectnet.tables <sweep dir> --out <sweep dir>/tables.
+# CIFAR comes from dataset.root (add dataset.download=true once on a machine that is online). Environment
+# (LAUNCHER=slurm, GPUS, DRY_RUN, ...): scripts/reproduce/common.sh. Safe to re-run: finished runs are skipped,
+# interrupted ones resume from their last checkpoint.
+#
+#   scripts/reproduce/crelu_table1.sh --dry-run
+#   LAUNCHER=slurm scripts/reproduce/crelu_table1.sh dataset.root=/data/cifar hydra.launcher.partition=gpu
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+reproduce_setup crelu_table1 "$@"
+
+models=experiment=convpool_baseline,convpool_double,convpool_avr,convpool_crelu,convpool_crelu_half
+datasets=dataset=cifar10,cifar100
+folds=${FOLDS-0,1,2,3,4,5,6,7,8,9}
+
+train_grid "$models" "$datasets" "seed=${SEEDS:-0,1,2}"
+if [[ -n $folds ]]; then
+    train_grid "$models" "$datasets" "seed=${FOLD_SEEDS:-0}" dataset.num_folds=10 "dataset.fold=$folds"
+fi
+tables
+finish
