@@ -48,8 +48,9 @@ How each measured number is made:
   Both use the final model of each fold run (test_logits.pt is written at the end), not best.pt.
 * ImageNet columns: `eval_center.json` (centre crop), `eval_ten_view.json` (10 views/patches) and
   `eval_dense.json` (dense multi-scale) written by the evaluation script, mean ± std over seeds. He et al.'s
-  Table 4 splits dense results by test scale: an `eval_dense.json` with "scales": [s] fills column s, one
-  with several scales or without the key fills "multi-scale" (and Table 6).
+  Table 4 splits dense results by test scale: `eval_dense_s<s>.json` (or an `eval_dense.json` with
+  "scales": [s]) fills column s; an `eval_dense.json` with several scales or without the key fills
+  "multi-scale" (and Table 6).
 * params (M): results.json "params" / 1e6 (weights, biases and PReLU slopes), mean over the cell's runs.
 
 A cell with no completed run shows "—", never 0; failed and missing runs are counted in the cell, e.g.
@@ -472,7 +473,8 @@ def eval_protocol(protocol: str, key: str, scales: str | None = None) -> Callabl
     """A column from eval_<protocol>.json (ImageNet). `scales`: "multi" or one scale, for dense results."""
 
     def read(run: Run) -> float | None:
-        saved = _read_json(run.path / f"eval_{protocol}.json")
+        per_scale = run.path / f"eval_{protocol}_s{scales}.json"  # eval.py's dense test at one scale
+        saved = _read_json(per_scale if per_scale.is_file() else run.path / f"eval_{protocol}.json")
         if saved is None or key not in saved:
             return None
         if scales is not None and _scale_column(saved.get("scales")) != scales:

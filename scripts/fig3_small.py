@@ -38,6 +38,9 @@ CHANCE_LOSS = 2.302585  # ln 10
 def train_overrides(args: argparse.Namespace, init: str) -> list[str]:
     return [
         f"experiment=fig3_plain30_{init}",
+        "dataset=cifar10",  # the recipe is ImageNet's: keep its model, init and optimizer, not its input pipeline
+        "dataset.per_pixel_mean=false",
+        "dataset.lighting_std=0",
         f"dataset.root={args.data}",
         f"dataset.num_test={args.num_test}",
         f"model.width={args.width}",

@@ -127,6 +127,16 @@ def test_eval_py_multi_view_protocols_count_every_image(trained, protocol):
     assert (out.get("scales") == [36, 48]) == (protocol == "dense")
 
 
+def test_eval_py_keeps_each_single_scale_dense_result_apart(trained):
+    run_dir, _ = trained
+    for scale in (36, 48):
+        args = [f"run_dir={run_dir}", "eval.protocol=dense", f"eval.scales=[{scale}]", "dataset.workers=0"]
+        assert run_cli([*args, "trainer.threads=1"], "eval.py").returncode == 0
+    for scale in (36, 48):
+        out = json.loads((run_dir / f"eval_dense_s{scale}.json").read_text())
+        assert out["scales"] == [scale] and out["count"] == 12
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

@@ -23,6 +23,7 @@ from rectnet.tables import (
     make_variant,
     other_runs,
     prelu_table2,
+    prelu_table4,
     read_runs,
     vote_error,
 )
@@ -237,6 +238,17 @@ def test_imagenet_columns_come_from_eval_files(tmp_path):
     assert line.cells["top-1"].mean == 40.0 and line.cells["top-5 (10 patches)"].mean == 15.0
     assert line.cells["top-1"].text() == "40.00 (n=1; 1 missing)"
     assert line.paper["top-1"] == (39.82, None) and line.paper["params (M)"] == (10.1, None)
+
+
+def test_dense_results_of_one_run_fill_every_scale_column(tmp_path):
+    # what eval.py leaves after a multi-scale test and three single-scale ones (eval_dense_s<s>.json)
+    evals = {f"dense_s{s}": {"top1_err": e, "top5_err": e / 3, "scales": [s]} for s, e in ((256, 27.0), (384, 25.5))}
+    evals["dense"] = {"top1_err": 24.0, "top5_err": 7.0, "scales": [256, 384, 480]}
+    make_run(tmp_path / "a", "prelu_a", "prelu", "imagenet", evals=evals)
+    cells = _rows(prelu_table4(), tmp_path)[("PReLU", "kaiming/fan_in")].cells
+    assert cells["s=256 top-1"].mean == 27.0 and cells["s=384 top-5"].mean == 8.5
+    assert cells["multi-scale top-1"].mean == 24.0
+    assert cells["s=480 top-1"].mean is None  # not evaluated at 480 alone: missing, not the multi-scale value
 
 
 def test_a_row_that_fixes_the_init_takes_only_that_init(tmp_path):

@@ -112,6 +112,11 @@ class TensorSource:
                 f"eval.protocol={settings.eval.protocol} is for ImageFolder datasets (dataset=imagenet); "
                 f"{data.name} is tested on whole images (eval.protocol=center)"
             )
+        if data.per_pixel_mean or data.lighting_std:
+            raise ConfigError(
+                f"dataset.per_pixel_mean and dataset.lighting_std are for ImageFolder datasets (dataset=imagenet); "
+                f"{data.name} normalizes per channel (dataset.normalize): set them to false / 0"
+            )
         splits = load_dataset(data, settings.seed)
         if data.on_device:
             splits.train, splits.test = splits.train.to(where.device), splits.test.to(where.device)

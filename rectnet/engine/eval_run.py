@@ -4,10 +4,17 @@
 
 Loads `<run_dir>/checkpoints/best.pt` (or `checkpoint=`), rebuilds the model from the config saved in it,
 scores its dataset's test split (ImageNet: the validation set) and writes `<run_dir>/eval_<protocol>.json`
-with top1_err, top5_err, top1_acc, top5_acc and count. Every other `key=value` overrides the saved training
-config with the same keys and checks as train.py: dataset.root=..., eval.scales=[256,384,480],
-eval.dense_stride=2, trainer.device=cpu, trainer.eval_batch_size=..., dataset.workers=..., dataset.num_test=...
-Preprocessing (mean/std or mean image) is the checkpoint's own. Under torchrun the ranks split the images.
+with top1_err, top5_err, top1_acc, top5_acc and count. A dense test at one scale s (one column of He et
+al.'s Table 4) also writes `eval_dense_s<s>.json`, so the scales of one run do not overwrite each other.
+
+best.pt is the epoch with the lowest per-epoch test error, so on ImageNet it is picked on the very images
+it is then scored on; the papers report their final models: for their tables pass
+checkpoint=<run_dir>/checkpoints/last.pt (scripts/reproduce/ does).
+
+Every other `key=value` overrides the saved training config with the same keys and checks as train.py:
+dataset.root=..., eval.scales=[256,384,480], eval.dense_stride=2, trainer.device=cpu,
+trainer.eval_batch_size=..., dataset.workers=..., dataset.num_test=... Preprocessing (mean/std or mean image)
+is the checkpoint's own. Under torchrun the ranks split the images.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ import torch
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from rectnet.config import ConfigError, TrainConfig, settings_from_dict
+from rectnet.config import ConfigError, EvalConfig, TrainConfig, settings_from_dict
 from rectnet.data.cifar import DatasetError
 from rectnet.data.imagenet import CorruptImageError, ImageFolderError
 from rectnet.data.sources import SourceContext, make_source
@@ -95,8 +102,9 @@ def evaluate_checkpoint(run_dir: Path, checkpoint: Path, overrides: Sequence[str
         shutdown()
     result = _result(settings, counts.summary(), checkpoint, payload["epoch"], seconds)
     if ranks.is_main:
-        out = run_dir / f"eval_{settings.eval.protocol}.json"
-        write_json(out, result)
+        files = result_files(run_dir, settings.eval)
+        for out in files:
+            write_json(out, result)
         log.info(
             "%s: top-1 error %.2f%%, top-5 error %.2f%% on %d images (%.1f s); wrote %s",
             settings.eval.protocol,
@@ -104,9 +112,17 @@ def evaluate_checkpoint(run_dir: Path, checkpoint: Path, overrides: Sequence[str
             result["top5_err"],
             result["count"],
             seconds,
-            out,
+            ", ".join(map(str, files)),
         )
     return result
+
+
+def result_files(run_dir: Path, protocol: EvalConfig) -> list[Path]:
+    """eval_<protocol>.json, and for a dense test at a single scale s also eval_dense_s<s>.json."""
+    files = [run_dir / f"eval_{protocol.protocol}.json"]
+    if protocol.protocol == "dense" and len(protocol.scales) == 1:
+        files.append(run_dir / f"eval_dense_s{protocol.scales[0]}.json")
+    return files
 
 
 def _result(settings: TrainConfig, summary: dict, checkpoint: Path, epoch: int, seconds: float) -> dict:
