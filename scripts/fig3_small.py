@@ -55,6 +55,7 @@ def train_overrides(args: argparse.Namespace, init: str) -> list[str]:
         "logger=none",
         f"seed={args.seed}",
         f"hydra.run.dir={Path(args.out) / init}",
+        *args.overrides,
     ]
 
 
@@ -92,6 +93,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=100, help="SGD steps per short epoch")
     parser.add_argument("--num-test", type=int, default=2000, help="test images evaluated after each short epoch")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("overrides", nargs="*", help="more train.py overrides for both runs, e.g. trainer.threads=1")
     args = parser.parse_args()
     curves = {init: run(args, init) for init in INITS}
     print(json.dumps(report(curves, args.steps)))

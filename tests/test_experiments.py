@@ -453,3 +453,23 @@ def test_rerun_skips_finished_runs_and_resumes_the_rest(tmp_path):
     assert train["experiment"] == "convpool_avr"  # only the unfinished run
     assert "resumed at epoch 1" in (runs[0] / "train.log").read_text()
     assert json.loads((runs[0] / "results.json").read_text())["status"] == "completed"
+
+
+def test_single_protocol_runs_both_stages_once(tmp_path):
+    """SINGLE=1: stage 1 (4/5 of the images, training loss recorded at the best held-out error), then per
+    stage-1 run its stage 2 (every image, stopped at that loss); a second invocation trains nothing."""
+    sweep = tmp_path / "sweep"
+    # without max_steps_per_epoch: run directory names (every override) must stay under 255 bytes
+    tiny = ["experiment=convpool_baseline", "seed=0", *TINY_CIFAR, *TINY_TRAIN[:2], *TINY_TRAIN[3:]]
+    env = {"FOLDS": "", "SINGLE": "1"}
+    first = _script("crelu_table1.sh", "--sweep-dir", str(sweep), *tiny, env=env)
+    assert first.returncode == 0, first.stderr[-3000:]
+    results = {p.parent.name: json.loads(p.read_text()) for p in sweep.glob("*/results.json")}
+    (stage1,) = [r for name, r in results.items() if "record_train_loss_at_best=True" in name]
+    (stage2,) = [r for name, r in results.items() if "holdout_in_train=True" in name]
+    assert stage2["config"]["trainer"]["stop_at_val_loss"] == stage1["train_loss_at_best"]
+    assert stage1["config"]["dataset"]["num_folds"] == stage2["config"]["dataset"]["num_folds"] == 5
+
+    second = _script("crelu_table1.sh", "--sweep-dir", str(sweep), *tiny, env=env)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert not any(c[1].endswith("train.py") for c in _commands(second.stdout))

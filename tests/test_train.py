@@ -137,9 +137,11 @@ def test_nan_loss_stops_naming_epoch_and_step_and_keeps_the_last_checkpoint(tmp_
         return loss * float("nan") if torch.is_grad_enabled() and reduction == "mean" else loss
 
     monkeypatch.setattr(F, "cross_entropy", poisoned)
-    with pytest.raises(NonFiniteLossError, match="epoch 2, step 1"):
+    with pytest.raises(NonFiniteLossError, match="epoch 2, step 1: .*last.pt still holds the last good state"):
         run(compose_train([*TINY, "trainer.epochs=2", "trainer.resume=auto"], tmp_path))
     assert last.read_bytes() == before
+    with pytest.raises(NonFiniteLossError, match="epoch 1, step 1: .* no checkpoint had been written yet"):
+        run(compose_train([*TINY, "trainer.epochs=2"], tmp_path / "fresh"))
     assert "NonFiniteLossError" in (tmp_path / "FAILED").read_text()
     assert [m["epoch"] for m in _metrics(tmp_path)] == [1]
 

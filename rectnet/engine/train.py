@@ -227,6 +227,12 @@ def _train(
     return results
 
 
+def _last_good(run_dir: Path) -> str:
+    if (run_dir / "checkpoints" / "last.pt").is_file():
+        return "checkpoints/last.pt still holds the last good state."
+    return "no checkpoint had been written yet."
+
+
 def _check_single_protocol(trainer: TrainerConfig, source: Source) -> None:
     if trainer.stop_at_val_loss is not None and "val" not in source.eval_sets:
         raise ConfigError("trainer.stop_at_val_loss needs a held-out fold (dataset.num_folds, dataset.fold)")
@@ -289,7 +295,7 @@ def _train_epoch(job: Job, source: Source, epoch: int, progress: Progress) -> tu
         if not torch.isfinite(loss):
             raise NonFiniteLossError(
                 f"training loss is {loss.item()} at epoch {epoch}, step {step}: stopped before writing anything; "
-                "checkpoints/last.pt still holds the last good state. Lower optim.lr or check the data."
+                f"{_last_good(job.run_dir)} Lower optim.lr or check the data."
             )
         job.optimizer.zero_grad(set_to_none=True)
         if runtime.scaler is None:

@@ -5,9 +5,11 @@ where the sources are silent:
 
 * Max-pools are 3x3/2 with padding 1 so that 32 -> 16 -> 8, and conv7 is "valid", giving the 6x6 map
   that Springenberg averages globally ("global averaging over 6 x 6 spatial dimensions").
-* The class-score layer (1x1 conv, one filter per class) keeps Springenberg's ReLU whatever activation
-  is studied: CReLU there would double the class count, and the CReLU paper's counts (Table 1) fit a
-  10/100-output classifier (papers.md B2).
+* The class-score layer (1x1 conv, one filter per class) has no activation after it, whatever activation
+  is studied: its outputs are the logits (a ReLU there would clip every negative class score to 0 before
+  the softmax), and CReLU there would double the class count where the CReLU paper's counts (Table 1) fit a
+  10/100-output classifier (papers.md B2). Springenberg's table lists a ReLU after every conv, this one
+  included; dropping it is our choice.
 * Dropout 0.2 on the input and 0.5 after each pool, as in Springenberg's recipe; the CReLU paper tuned
   only the dropout rate and did not publish it, so `model.dropout` overrides both.
 

@@ -158,6 +158,33 @@ evaluate() {
     done
 }
 
+# single_protocol EXPERIMENTS DATASETS SEEDS (comma lists): the CReLU paper's "Single" protocol (scripts/single.sh)
+# over a grid. Stage 1 (every experiment x dataset x seed): train on all folds but one (SINGLE_FOLDS, default 5)
+# and record the training loss at the best held-out error. Stage 2, per stage-1 run: retrain from scratch on
+# every image until the held-out loss reaches that value. rectnet.tables reads stage 2 as "Single".
+single_protocol() {
+    local stage1=("dataset.num_folds=${SINGLE_FOLDS:-5}" dataset.fold=0) experiment dataset seed target
+    train_grid "experiment=$1" "dataset=$2" "seed=$3" "${stage1[@]}" trainer.record_train_loss_at_best=true
+    for experiment in ${1//,/ }; do
+        for dataset in ${2//,/ }; do
+            for seed in ${3//,/ }; do
+                local cell=("experiment=$experiment" "dataset=$dataset" "seed=$seed" "${stage1[@]}")
+                grid_runs "${cell[@]}" trainer.record_train_loss_at_best=true
+                if ((${#GRID_OUT[@]} == 0)); then
+                    echo "Single: stage 1 of ${cell[*]} has not finished; no stage 2" >&2
+                    continue
+                fi
+                target=0.0  # a dry run shows 0.0 where stage 1's recorded loss goes
+                if [[ $DRY_RUN == 0 ]]; then
+                    target=$("$PYTHON" -c 'import json, sys; print(json.load(open(sys.argv[1]))["train_loss_at_best"])' \
+                        "${GRID_OUT[0]}/results.json")
+                fi
+                train_grid "${cell[@]}" dataset.holdout_in_train=true "trainer.stop_at_val_loss=$target"
+            done
+        done
+    done
+}
+
 # finish: the script's exit status: 1 when a run of its grids failed.
 finish() {
     if [[ ${SWEEP_FAILED:-0} == 1 ]]; then

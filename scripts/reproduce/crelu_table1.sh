@@ -6,6 +6,7 @@
 #
 # Runs, all into one sweep directory (default sweeps/crelu_table1):
 #   "Single": 5 models x {cifar10, cifar100} x SEEDS (default 0,1,2), on the whole training split;
+#   (SINGLE=1: the paper's two-stage protocol instead, scripts/single.sh per run: common.sh single_protocol);
 #   "Average" / "Vote": 5 models x {cifar10, cifar100} x FOLD_SEEDS (default 0) x 10 folds (dataset.num_folds=10,
 #   dataset.fold=FOLDS, default 0..9; FOLDS= skips them): each fold net trains on the other nine folds;
 # then python -m rectnet.tables <sweep dir> --out <sweep dir>/tables.
@@ -23,7 +24,11 @@ models=experiment=convpool_baseline,convpool_double,convpool_avr,convpool_crelu,
 datasets=dataset=cifar10,cifar100
 folds=${FOLDS-0,1,2,3,4,5,6,7,8,9}
 
-train_grid "$models" "$datasets" "seed=${SEEDS:-0,1,2}"
+if [[ ${SINGLE:-0} == 1 ]]; then  # the paper's two-stage "Single" protocol (common.sh: single_protocol)
+    single_protocol "${models#experiment=}" "${datasets#dataset=}" "${SEEDS:-0,1,2}"
+else  # "Single" approximated by the recipe's fixed schedule on the whole training split
+    train_grid "$models" "$datasets" "seed=${SEEDS:-0,1,2}"
+fi
 if [[ -n $folds ]]; then
     train_grid "$models" "$datasets" "seed=${FOLD_SEEDS:-0}" dataset.num_folds=10 "dataset.fold=$folds"
 fi

@@ -18,7 +18,8 @@ get_overrides_dirname, hydra-core 1.3), so they match what `train.py -m` creates
 `pending` prints the smallest sub-grid (one value list per swept key) that covers every job not yet finished,
 or nothing when all are: finished jobs that share a value list with unfinished ones are launched again and
 cost one resume each (load last.pt, no epoch to train, results.json rewritten). A job is finished when its
-results.json says "completed" with the configured trainer.epochs and no FAILED file is there.
+results.json says "completed" with the configured trainer.epochs (or stopped early by trainer.stop_at_val_loss)
+and no FAILED file is there.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ EXCLUDE_KEYS = (
     "logger",
     "logger.tensorboard",
     "logger.slope_histograms",
+    "trainer.stop_at_val_loss",  # "Single" stage 2: fixed by its stage-1 run, which the other keys name
 )
 MAX_NAME = 255  # bytes in one path component on common file systems
 
@@ -95,7 +97,8 @@ def status(run_dir: Path) -> str:
     try:
         results = json.loads((run_dir / "results.json").read_text())
         epochs = results["config"]["trainer"]["epochs"]
-        if results.get("status") == "completed" and results.get("epochs") == epochs:
+        done = results.get("epochs") == epochs or "stopped_at_epoch" in results  # "Single" stage 2 stops early
+        if results.get("status") == "completed" and done:
             return "completed"
     except (OSError, ValueError, KeyError, TypeError):
         pass
