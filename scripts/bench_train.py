@@ -2,13 +2,16 @@
 
     python scripts/bench_train.py [--batch 128] [--steps 3] [--rounds 3] [--width 1.0] [--threads N]
 
-Measured in one process, variants interleaved round by round (a noisy shared machine slows all of them
-alike), median step time per variant. Every variant trains: forward, backward, SGD step, batch 128, fp32,
+Variants interleaved round by round (a noisy shared machine slows all of them alike), median step time per
+variant. Every variant trains: forward, backward, SGD step, batch 128, fp32,
 32x32 inputs. "rectnet" = rectnet's model (channels_last, in-place ReLU) fed by rectnet's tensor batches
 (uint8 split, flip + normalize on the whole batch). "plain" = the same layers written the way a user
 writes them by hand: nn.Sequential with nn.ReLU, NCHW, fed by a torch DataLoader over PIL images with
 torchvision's per-image RandomHorizontalFlip/ToTensor/Normalize. "plain_model_only" = the plain model on a
-pre-made batch, to separate model speed from input-pipeline speed. "rectnet_prelu_unfused" = PReLU with
+pre-made batch, to separate model speed from input-pipeline speed. The plain variants run in a child process
+(a fresh interpreter with PyTorch's defaults); rectnet's run in a process set up as train.py sets one up
+(rectnet.engine.runtime.make_runtime: threads, malloc keeping freed activation memory, the fused PReLU
+backward). "rectnet_prelu_unfused" = PReLU with
 F.prelu's own CPU backward instead of the fused one (rectnet/layers/fused.py). The last line is one JSON object.
 
 On a shared machine pass --threads with no more threads than free cores: oversubscribed OpenMP threads
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing as mp
 import platform
 import statistics
 import time
@@ -31,8 +35,10 @@ from PIL import Image
 from torch import nn
 from torchvision import transforms
 
+from rectnet.config import TrainerConfig
 from rectnet.data.batches import BatchAugment, TrainBatches
 from rectnet.data.split import Split
+from rectnet.engine.runtime import make_runtime
 from rectnet.layers import fused
 from rectnet.models import create
 
@@ -108,7 +114,12 @@ def unfused(step: Callable[[], None]) -> Callable[[], None]:
     return run
 
 
-def variants(split: Split, batch: int, width: float) -> dict[str, Callable[[], None]]:
+def random_split(images: int) -> Split:
+    torch.manual_seed(0)
+    return Split(torch.randint(0, 256, (images, 3, 32, 32), dtype=torch.uint8), torch.randint(0, 10, (images,)))
+
+
+def rectnet_variants(split: Split, batch: int, width: float) -> dict[str, Callable[[], None]]:
     augment = BatchAugment(torch.tensor(MEAN), torch.tensor(STD), flip=True, channels_last=True)
     rectnet_batches = TrainBatches(split, batch, augment, seed=0)
     steps = {}
@@ -117,15 +128,51 @@ def variants(split: Split, batch: int, width: float) -> dict[str, Callable[[], N
         steps[f"rectnet_{act}"] = stepper(model, all_epochs(rectnet_batches))
     model = create("convpool_cnn_c", act="prelu", width=width).to(memory_format=torch.channels_last)
     steps["rectnet_prelu_unfused"] = unfused(stepper(model, all_epochs(rectnet_batches)))
-    if width == 1.0:
-        pipeline = transforms.Compose(
-            [transforms.RandomHorizontalFlip(), transforms.ToTensor(), transforms.Normalize(MEAN, STD)]
-        )
-        loader = torch.utils.data.DataLoader(PILImages(split, pipeline), batch_size=batch, shuffle=True, drop_last=True)
-        steps["plain"] = stepper(plain_convpool(), forever(lambda: iter(loader)))
-        fixed = next(iter(loader))
-        steps["plain_model_only"] = stepper(plain_convpool(), forever(lambda: iter([fixed])))
     return steps
+
+
+def plain_variants(split: Split, batch: int) -> dict[str, Callable[[], None]]:
+    pipeline = transforms.Compose(
+        [transforms.RandomHorizontalFlip(), transforms.ToTensor(), transforms.Normalize(MEAN, STD)]
+    )
+    loader = torch.utils.data.DataLoader(PILImages(split, pipeline), batch_size=batch, shuffle=True, drop_last=True)
+    fixed = next(iter(loader))
+    return {
+        "plain": stepper(plain_convpool(), forever(lambda: iter(loader))),
+        "plain_model_only": stepper(plain_convpool(), forever(lambda: iter([fixed]))),
+    }
+
+
+def timed(step: Callable[[], None]) -> Callable[[int], float]:
+    def run(n: int) -> float:
+        start = time.perf_counter()
+        for _ in range(n):
+            step()
+        return time.perf_counter() - start
+
+    return run
+
+
+def plain_process(conn, threads: int | None, images: int, batch: int) -> None:
+    """The hand-written loop in a fresh interpreter with PyTorch's defaults (no rectnet runtime settings):
+    answers (variant, steps) with the seconds those steps took, until it gets None."""
+    if threads:
+        torch.set_num_threads(threads)
+    steps = {name: timed(step) for name, step in plain_variants(random_split(images), batch).items()}
+    for run in steps.values():  # warm-up
+        run(1)
+    conn.send(sorted(steps))
+    while (request := conn.recv()) is not None:
+        name, n = request
+        conn.send(steps[name](n))
+
+
+def remote(conn, name: str) -> Callable[[int], float]:
+    def run(n: int) -> float:
+        conn.send((name, n))
+        return conn.recv()
+
+    return run
 
 
 def main() -> None:
@@ -139,26 +186,32 @@ def main() -> None:
         "--threads", type=int, help="intra-op threads (default: torch's); on a shared machine, no more than free cores"
     )
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
 
-    torch.manual_seed(0)
-    split = Split(
-        torch.randint(0, 256, (args.images, 3, 32, 32), dtype=torch.uint8), torch.randint(0, 10, (args.images,))
-    )
-    steps = variants(split, args.batch, args.width)
-    for step in steps.values():  # warm-up: allocator, oneDNN primitive caches
-        step()
-    times: dict[str, list[float]] = {name: [] for name in steps}
+    variants = {}
+    if args.width == 1.0:
+        conn, child_conn = mp.get_context("spawn").Pipe()
+        child = mp.get_context("spawn").Process(
+            target=plain_process, args=(child_conn, args.threads, args.images, args.batch), daemon=True
+        )
+        child.start()
+        variants |= {name: remote(conn, name) for name in conn.recv()}
+    make_runtime(TrainerConfig(device="cpu", threads=args.threads))  # what train.py sets up for a CPU run
+    local = {
+        name: timed(step) for name, step in rectnet_variants(random_split(args.images), args.batch, args.width).items()
+    }
+    for run in local.values():  # warm-up: allocator, oneDNN primitive caches, the fused PReLU kernel
+        run(1)
+    variants = local | variants
+    times: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(args.rounds):
-        for name, step in steps.items():
-            start = time.perf_counter()
-            for _ in range(args.steps):
-                step()
-            times[name].append((time.perf_counter() - start) / args.steps)
+        for name, run in variants.items():
+            times[name].append(run(args.steps) / args.steps)
+    if args.width == 1.0:
+        conn.send(None)
+        child.join()
     rate = {name: args.batch / statistics.median(t) for name, t in times.items()}
     for name, r in rate.items():
-        print(f"{name:>20}: {r:8.1f} images/s  (step {1000 * args.batch / r:7.1f} ms)")
+        print(f"{name:>22}: {r:8.1f} images/s  (step {1000 * args.batch / r:7.1f} ms)")
     result = {
         "benchmark": "train_step",
         "model": "convpool_cnn_c",
