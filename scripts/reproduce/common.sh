@@ -185,6 +185,22 @@ single_protocol() {
     done
 }
 
+# cifar_table EXPERIMENTS (comma list): the CReLU paper's CIFAR tables (1 and 2). Each experiment x CIFAR-10/100
+# x SEEDS (default 0,1,2) for "Single" (SINGLE=1: the two-stage protocol, single_protocol), x 10 folds (FOLDS,
+# default 0..9, empty skips them; seeds FOLD_SEEDS, default 0) for "Average" and "Vote"; then the tables.
+cifar_table() {
+    local datasets=cifar10,cifar100 seeds=${SEEDS:-0,1,2} folds=${FOLDS-0,1,2,3,4,5,6,7,8,9}
+    if [[ ${SINGLE:-0} == 1 ]]; then
+        single_protocol "$1" "$datasets" "$seeds"
+    else  # "Single" approximated by the recipe's fixed schedule on the whole training split
+        train_grid "experiment=$1" "dataset=$datasets" "seed=$seeds"
+    fi
+    if [[ -n $folds ]]; then
+        train_grid "experiment=$1" "dataset=$datasets" "seed=${FOLD_SEEDS:-0}" dataset.num_folds=10 "dataset.fold=$folds"
+    fi
+    tables
+}
+
 # finish: the script's exit status: 1 when a run of its grids failed.
 finish() {
     if [[ ${SWEEP_FAILED:-0} == 1 ]]; then

@@ -20,17 +20,5 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 reproduce_setup crelu_table1 "$@"
 
-models=experiment=convpool_baseline,convpool_double,convpool_avr,convpool_crelu,convpool_crelu_half
-datasets=dataset=cifar10,cifar100
-folds=${FOLDS-0,1,2,3,4,5,6,7,8,9}
-
-if [[ ${SINGLE:-0} == 1 ]]; then  # the paper's two-stage "Single" protocol (common.sh: single_protocol)
-    single_protocol "${models#experiment=}" "${datasets#dataset=}" "${SEEDS:-0,1,2}"
-else  # "Single" approximated by the recipe's fixed schedule on the whole training split
-    train_grid "$models" "$datasets" "seed=${SEEDS:-0,1,2}"
-fi
-if [[ -n $folds ]]; then
-    train_grid "$models" "$datasets" "seed=${FOLD_SEEDS:-0}" dataset.num_folds=10 "dataset.fold=$folds"
-fi
-tables
+cifar_table convpool_baseline,convpool_double,convpool_avr,convpool_crelu,convpool_crelu_half
 finish
