@@ -58,8 +58,10 @@ def test_channel_shared_slopes_read_back_under_table1_names(tmp_path, capsys):
             module.weight.fill_(shared)
 
     run = save_checkpoint(tmp_path, _config("prelu_small14", "prelu_shared", 1 / 16), set_slopes)
-    slopes.main([str(run)])
-    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    slopes.main([str(run), "--out", str(tmp_path / "slopes.txt")])
+    printed = capsys.readouterr().out.strip().splitlines()
+    result = json.loads(printed[-1])
+    assert (tmp_path / "slopes.txt").read_text().splitlines() == printed[:-1]  # the table, as printed
     assert [r["layer"] for r in result["layers"]] == list(TABLE1)
     for record, (shared, _) in zip(result["layers"], values, strict=True):
         assert record["mode"] == "channel-shared"
@@ -242,7 +244,7 @@ def _metrics_run(folder, init: str, errors: list[float]):
         "seed": 0,
     }
     (folder / "results.json").write_text(json.dumps({"status": "completed", "config": config}))
-    lines = [json.dumps({"epoch": e, "test/top1_err": v}) for e, v in enumerate(errors, 1)]
+    lines = [json.dumps({"epoch": e, "test/top1_err": v, "train/loss": v / 40}) for e, v in enumerate(errors, 1)]
     (folder / "metrics.jsonl").write_text("\n".join(lines) + "\n")
 
 
@@ -252,9 +254,12 @@ def test_curves_table_and_summary_of_kaiming_vs_xavier(tmp_path, capsys):
     out = tmp_path / "curves"
     curves.main([str(tmp_path), "--below", "75", "--out", str(out)])
     summary = {s["label"]: s for s in json.loads(capsys.readouterr().out.strip().splitlines()[-1])["runs"]}
-    kaiming = summary["prelu_plain30 relu kaiming/fan_in seed 0"]
-    xavier = summary["prelu_plain30 relu xavier/fan_in seed 0"]
+    kaiming = summary["prelu_plain30 width 0.125 relu kaiming/fan_in seed 0"]
+    xavier = summary["prelu_plain30 width 0.125 relu xavier/fan_in seed 0"]
     assert (kaiming["final"], kaiming["first_epoch_below"], kaiming["best_epoch"]) == (60.0, 2, 3)
     assert (xavier["final"], xavier["first_epoch_below"], xavier["chance"]) == (90.0, None, 90.0)
     rows = (out / "curves.csv").read_text().splitlines()
     assert rows[0].startswith("epoch,") and rows[3] == "3,60,"  # xavier has no epoch 3
+    curves.main([str(tmp_path), "--metric", "train/loss", "--out", str(out)])
+    losses = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["runs"]
+    assert [s["chance"] for s in losses] == [None, None]  # no chance-level error line for a loss

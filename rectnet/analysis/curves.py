@@ -41,6 +41,7 @@ class Curve:
     run: Run
     epochs: list[int]
     values: list[float]
+    metric: str = "test/top1_err"
 
     def summary(self, below: float | None) -> dict:
         best = min(range(len(self.values)), key=self.values.__getitem__) if self.values else None
@@ -55,7 +56,8 @@ class Curve:
             "best": None if best is None else self.values[best],
             "best_epoch": None if best is None else self.epochs[best],
             "first_epoch_below": None if below is None else first_epoch_below(self, below),
-            "chance": None if classes is None else 100.0 * (1 - 1 / classes),
+            # chance-level top-1 error; other metrics (losses, top-5) have no such line here
+            "chance": 100.0 * (1 - 1 / classes) if classes and self.metric.endswith("top1_err") else None,
         }
 
 
@@ -68,7 +70,9 @@ def run_label(run: Run) -> str:
     if not run.config:
         return run.path.name
     c = run.config
-    label = f"{c['model']['name']} {c['activation']['name']} {run.init} seed {run.seed}"
+    width = c["model"].get("width", 1.0)
+    model = c["model"]["name"] + (f" width {width:g}" if width != 1.0 else "")
+    label = f"{model} {c['activation']['name']} {run.init} seed {run.seed}"
     return label + (f" fold {run.fold}" if run.num_folds else "")
 
 
@@ -78,7 +82,8 @@ def collect(runs: Sequence[Run], metric: str) -> list[Curve]:
     for run in runs:
         records = [r for r in read_metrics(run.path) if metric in r and "epoch" in r]
         if records:
-            curves.append(Curve(run_label(run), run, [r["epoch"] for r in records], [r[metric] for r in records]))
+            epochs, values = [r["epoch"] for r in records], [r[metric] for r in records]
+            curves.append(Curve(run_label(run), run, epochs, values, metric))
     labels = [c.label for c in curves]
     if len(set(labels)) < len(labels):  # name colliding runs by their folders below the common parent
         root = Path(os.path.commonpath([c.run.path for c in curves]))

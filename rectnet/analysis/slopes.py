@@ -95,17 +95,20 @@ def format_table(records: Sequence[SlopeRecord]) -> str:
     return "\n".join(rows)
 
 
-def analyse(path: Path | str, which: str = "last") -> dict:
-    """Print the slope table of a checkpoint; returns the JSON record."""
+def analyse(path: Path | str, which: str = "last", out: Path | None = None) -> dict:
+    """Print the slope table of a checkpoint (and write it to `out`); returns the JSON record."""
     loaded = load_model(path, which)
     records = slope_records(loaded)
     activation = loaded.config["activation"]["name"]
     if not records:
         raise ValueError(f"{loaded.checkpoint}: model {loaded.name} with activation {activation} has no PReLU layers")
-    print(f"{loaded.checkpoint}: {loaded.name}, {activation}, epoch {loaded.epoch}")
-    print(format_table(records))
+    lines = [f"{loaded.checkpoint}: {loaded.name}, {activation}, epoch {loaded.epoch}", format_table(records)]
     if loaded.name == "prelu_small14":
-        print("paper: He et al. 2015 Table 1, the column of the same variant (channel-shared / channel-wise mean)")
+        lines.append("paper: He et al. 2015 Table 1, the same variant's column (channel-shared / channel-wise mean)")
+    print("\n".join(lines))
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text("\n".join(lines) + "\n")
     return {
         "checkpoint": str(loaded.checkpoint),
         "model": loaded.name,
@@ -122,9 +125,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("path", help="a checkpoint file or a run directory")
     parser.add_argument("--which", default="last", choices=("last", "best"), help="checkpoint of a run directory")
+    parser.add_argument("--out", type=Path, help="also write the table to this file")
     args = parser.parse_args(argv)
     try:
-        result = analyse(args.path, args.which)
+        result = analyse(args.path, args.which, args.out)
     except (FileNotFoundError, ValueError) as err:
         sys.exit(f"error: {err}")
     print(json.dumps(result))
