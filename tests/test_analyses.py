@@ -13,6 +13,7 @@ from torch import nn
 
 from rectnet.analysis import curves, invariance, pair_correlation, pairing, slopes
 from rectnet.analysis.checkpoint import build_from_config, load_model, weight_layers
+from rectnet.analysis.plotting import pyplot
 from rectnet.analysis.slopes import TABLE1
 from rectnet.layers.activations import PReLU, make_activation
 from rectnet.models.spec import CLASSES, Conv, GlobalAvgPool, Linear, build
@@ -260,6 +261,7 @@ def test_curves_table_and_summary_of_kaiming_vs_xavier(tmp_path, capsys):
     assert (xavier["final"], xavier["first_epoch_below"], xavier["chance"]) == (90.0, None, 90.0)
     rows = (out / "curves.csv").read_text().splitlines()
     assert rows[0].startswith("epoch,") and rows[3] == "3,60,"  # xavier has no epoch 3
+    assert (out / "curves.png").is_file() == (pyplot() is not None)  # the dev install has matplotlib
     curves.main([str(tmp_path), "--metric", "train/loss", "--out", str(out)])
     losses = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["runs"]
     assert [s["chance"] for s in losses] == [None, None]  # no chance-level error line for a loss
