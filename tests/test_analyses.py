@@ -265,3 +265,11 @@ def test_curves_table_and_summary_of_kaiming_vs_xavier(tmp_path, capsys):
     curves.main([str(tmp_path), "--metric", "train/loss", "--out", str(out)])
     losses = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["runs"]
     assert [s["chance"] for s in losses] == [None, None]  # no chance-level error line for a loss
+
+
+def test_pairing_cli_writes_its_histograms(tmp_path, capsys):
+    run = save_checkpoint(tmp_path / "run", _config("convpool_cnn_c", "relu", 0.125))
+    pairing.main([str(run), "--layers", "conv1", "--out", str(tmp_path / "out")])
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert json.loads(printed[-1])["layers"][0]["layer"] == "conv1"
+    assert any((tmp_path / "out").glob("*.png")) == (pyplot() is not None)  # the dev install has matplotlib

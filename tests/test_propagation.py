@@ -12,6 +12,7 @@ import json
 
 import pytest
 
+from rectnet.analysis.plotting import pyplot
 from rectnet.analysis.propagation import LayerRecord, analyse, factors, main
 
 # A quarter-width net at 128 pixels: the last stage's maps are 10x10, so borders matter little (~0.96).
@@ -63,3 +64,4 @@ def test_cli_prints_a_table_and_json(capsys, tmp_path):
     assert len(record["layers"]) == len(record["forward_var"]) == len(record["backward_var"]) == 30
     assert record["pairs"] == 3 + 21
     assert {"forward_factor", "backward_factor", "model", "activation", "init", "mode"} <= record.keys()
+    assert (tmp_path / "propagation.png").is_file() == (pyplot() is not None)  # the dev install has matplotlib

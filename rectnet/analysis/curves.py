@@ -31,7 +31,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from rectnet.analysis.plotting import pyplot
+from rectnet.analysis.plotting import pyplot, save_figure
 from rectnet.tables import Run, read_metrics, read_runs
 
 
@@ -151,9 +151,7 @@ def _plot(curves: Sequence[Curve], metric: str, path: Path) -> bool:
     ax.set_xlabel("epoch")
     ax.set_ylabel(metric)
     ax.legend(fontsize="small")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    save_figure(plt, fig, path)
     return True
 
 

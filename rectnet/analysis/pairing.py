@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 
 from rectnet.analysis.checkpoint import load_model, weight_layers
-from rectnet.analysis.plotting import pyplot
+from rectnet.analysis.plotting import pyplot, save_figure
 
 
 def unit_filters(weight: torch.Tensor) -> torch.Tensor:
@@ -158,9 +158,7 @@ def _plot(results: Sequence[LayerPairing], path: Path, title: str) -> bool:
         ax.set_title(r.layer)
     axes[0][0].legend()
     fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    save_figure(plt, fig, path)
     return True
 
 

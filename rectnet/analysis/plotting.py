@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 
 def pyplot() -> ModuleType | None:
@@ -15,3 +17,10 @@ def pyplot() -> ModuleType | None:
     except ImportError:
         return None
     return plt
+
+
+def save_figure(plt: ModuleType, fig: Any, path: Path | str) -> None:
+    """Lay out, write and close `fig` (figures stay open in pyplot until closed)."""
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

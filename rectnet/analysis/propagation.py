@@ -58,7 +58,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rectnet.analysis.plotting import pyplot
+from rectnet.analysis.plotting import pyplot, save_figure
 from rectnet.engine.build import build_model
 from rectnet.layers.spp import SpatialPyramidPool
 from rectnet.summary import compose_settings
@@ -148,9 +148,7 @@ def _plot(records: Sequence[LayerRecord], title: str, path: str) -> None:
     ax.set_xlabel("weight layer")
     ax.set_title(title)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    save_figure(plt, fig, path)
 
 
 def analyse(overrides: Sequence[str], plot: str | None = None) -> dict:
