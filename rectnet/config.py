@@ -131,8 +131,13 @@ class InitConfig:
     name: str = "kaiming"  # kaiming | xavier
     mode: str = "fan_in"  # kaiming: fan_in (Eq. 10) | fan_out (Eq. 14); xavier also: avg
     distribution: str = "normal"  # normal | uniform
+    # The class-score layer: zero (starts at 0; initial loss ln(classes)) | rule (the init's own rule, as
+    # every other layer). Why zero is the default: rectnet/layers/init.py and docs/recipes.md.
+    head: str = "zero"
+    count_dropout: bool = True  # kaiming: count inverted dropout's 1/(1-p) in Eq. 7 (rectnet/layers/init.py)
 
     def validate(self) -> None:
+        _one_of("init.head", self.head, ("zero", "rule"))
         _one_of("init.mode", self.mode, ("fan_in", "fan_out", "avg"))
         _one_of("init.distribution", self.distribution, ("normal", "uniform"))
 
@@ -156,16 +161,31 @@ class OptimConfig:
 
 @dataclass
 class ScheduleConfig:
-    name: str = "multistep"  # constant | step | multistep | plateau
+    name: str = "multistep"  # constant | step | multistep | cosine | plateau
     gamma: float = 0.1  # lr factor at each switch (1e-2 -> 1e-3 -> 1e-4 in He et al. §3)
     step_size: int = 30  # step: epochs between switches
     milestones: list[int] = field(default_factory=list)  # multistep: epochs at which to switch
     patience: int = 5  # plateau: epochs without improvement of the test top-1 error before a switch
     threshold: float = 1e-3  # plateau: relative improvement that counts
-    min_lr: float = 0.0
+    min_lr: float = 0.0  # plateau: the floor; cosine: the value at the last epoch
+    # Linear warmup from warmup_factor * lr to lr over the first steps (per step), before and on top of any
+    # schedule above: warmup_steps, or warmup_epochs (a fraction allowed) converted to steps; 0 = none.
+    warmup_steps: int = 0
+    warmup_epochs: float = 0.0
+    warmup_factor: float = 0.1
 
     def validate(self) -> None:
-        _one_of("schedule.name", self.name, ("constant", "step", "multistep", "plateau"))
+        _one_of("schedule.name", self.name, ("constant", "step", "multistep", "cosine", "plateau"))
+        _require(self.warmup_steps >= 0, "schedule.warmup_steps", "must be >= 0", self.warmup_steps)
+        _require(self.warmup_epochs >= 0, "schedule.warmup_epochs", "must be >= 0", self.warmup_epochs)
+        _require(
+            not (self.warmup_steps and self.warmup_epochs),
+            "schedule.warmup_steps/warmup_epochs",
+            "are two ways to say one thing: set one of them",
+            (self.warmup_steps, self.warmup_epochs),
+        )
+        _require(0 < self.warmup_factor <= 1, "schedule.warmup_factor", "must be in (0, 1]", self.warmup_factor)
+        _require(self.min_lr >= 0, "schedule.min_lr", "must be >= 0", self.min_lr)
         _require(0 < self.gamma <= 1, "schedule.gamma", "must be in (0, 1]", self.gamma)
         _require(self.step_size >= 1, "schedule.step_size", "must be >= 1", self.step_size)
         _require(all(m >= 1 for m in self.milestones), "schedule.milestones", "must be >= 1", self.milestones)
@@ -284,6 +304,20 @@ def _reject_unknown_keys(cfg: DictConfig, schema: type, prefix: str = "") -> Non
             _reject_unknown_keys(cfg[key], sub_schema, f"{prefix}{key}.")
 
 
+def _check_pairings(settings: TrainConfig) -> None:
+    """Refuse section combinations that no paper ran and that cannot train."""
+    # He et al. 2015 §2.2: the init keeps the input's variance up to the last layer, so unscaled pixels (about
+    # ±128 after the mean image is subtracted) need a small factor somewhere; the paper puts it in the fc
+    # stds (0.01/0.01/0.001, §3). Without them the logits start with RMS ~190 (an initial loss ~760).
+    if settings.dataset.per_pixel_mean and not settings.model.init_std:
+        raise ConfigError(
+            "dataset.per_pixel_mean=true feeds unscaled pixels (about +-128), which He et al. pair with small "
+            "fixed fc stds; model.init_std is empty for this model. Set model.init_std (e.g. the paper's "
+            "{fc1: 0.01, fc2: 0.01, fc3: 0.001} by weight-layer index), or use dataset.per_pixel_mean=false "
+            "(per-channel mean/std)"
+        )
+
+
 def to_settings(cfg: DictConfig) -> TrainConfig:
     """Resolve and validate a composed config into `TrainConfig` (raises ConfigError with the key)."""
     _reject_unknown_keys(cfg, TrainConfig)
@@ -293,6 +327,7 @@ def to_settings(cfg: DictConfig) -> TrainConfig:
     for section in vars(settings).values():
         if hasattr(section, "validate"):
             section.validate()
+    _check_pairings(settings)
     return settings
 
 

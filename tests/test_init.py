@@ -53,8 +53,11 @@ CONVPOOL = [
     ],
 )
 def test_kaiming_std_per_layer(act, mode, expected):
+    # the paper's rule on every layer: the classifier by the rule too, dropout not counted
     torch.manual_seed(0)
-    model = create("convpool_cnn_c", act=act, init="kaiming", init_mode=mode)
+    model = create(
+        "convpool_cnn_c", act=act, init="kaiming", init_mode=mode, init_head="rule", init_count_dropout=False
+    )
     for measured, theory in zip(_conv_stds(model), expected, strict=True):
         assert measured == pytest.approx(theory, rel=0.05)
 
@@ -75,6 +78,52 @@ def test_xavier_avg_is_glorots_harmonic_fan():
     model = create("convpool_cnn_c", act="relu", init="xavier", init_mode="avg")
     conv4 = weight_layers(model)[3].module.weight  # 96 -> 192, 3x3
     assert conv4.std().item() == pytest.approx(math.sqrt(2 / (9 * 96 + 9 * 192)), rel=0.05)
+
+
+# ConvPool-CNN-C's dropout: 0.2 before conv1, 0.5 after pool1 (before conv4) and pool2 (before conv7)
+KEEP_IN = [0.8, 1, 1, 0.5, 1, 1, 0.5, 1, 1]
+KEEP_OUT = [1, 1, 0.5, 1, 1, 0.5, 1, 1, 1]
+
+
+@pytest.mark.parametrize("act", ["relu", "crelu"])
+def test_dropout_scales_the_gain_by_the_keep_probability(act):
+    # Eq. 7 with inverted dropout: E[x²] grows by 1/(1-p), so n Var[w] = (1-p)/q (forward: the layer after
+    # the dropout) and n̂ Var[w] = (1-p)/r (backward: the layer before it)
+    torch.manual_seed(0)
+    doubled = act == "crelu"
+    fan_in = create("convpool_cnn_c", act=act, init="kaiming", init_mode="fan_in", init_head="rule")
+    fan_out = create("convpool_cnn_c", act=act, init="kaiming", init_mode="fan_out", init_head="rule")
+    r = 1.0 if doubled else 0.5
+    for i, (c, d, k) in enumerate(CONVPOOL):
+        c_read = c * (2 if doubled and i else 1)
+        forward = math.sqrt(2 * KEEP_IN[i] / (k * k * c_read))
+        backward = math.sqrt(KEEP_OUT[i] / (r * k * k * d)) if i < 8 else math.sqrt(1 / (k * k * d))
+        assert weight_layers(fan_in)[i].module.weight.std().item() == pytest.approx(forward, rel=0.05), i
+        assert weight_layers(fan_out)[i].module.weight.std().item() == pytest.approx(backward, rel=0.05), i
+
+
+@pytest.mark.parametrize("init", ["kaiming", "xavier"])
+def test_the_classifier_starts_at_zero_and_the_loss_at_chance(init):
+    torch.manual_seed(0)
+    model = create("convpool_cnn_c", act="prelu", width=0.25, init=init).train()
+    assert torch.count_nonzero(weight_layers(model)[-1].module.weight) == 0
+    assert torch.count_nonzero(weight_layers(model)[-2].module.weight) > 0
+    loss = nn.functional.cross_entropy(model(torch.randn(4, 3, 32, 32)), torch.tensor([0, 1, 2, 3]))
+    assert loss.item() == pytest.approx(math.log(10), rel=1e-6)
+
+
+def test_a_classifier_followed_by_a_rectifier_keeps_the_rule():
+    # CReLU (all): relu'(0) = 0, so a zero classifier under a rectifier would never learn
+    model = create("allcnn_b", act="crelu", num_classes=10, width=0.125)
+    last = weight_layers(model)[-1]
+    assert last.after is not None
+    assert last.module.weight.std().item() == pytest.approx(math.sqrt(2 / last.module.weight[0].numel()), rel=0.1)
+
+
+def test_a_fixed_std_of_zero_is_kept():
+    model = create("convpool_cnn_c", width=0.25, init_std={2: 0.0}, init_head="rule")
+    assert torch.count_nonzero(weight_layers(model)[1].module.weight) == 0
+    assert torch.count_nonzero(weight_layers(model)[-1].module.weight) > 0
 
 
 def test_biases_are_zero_and_fixed_std_overrides_apply():

@@ -8,6 +8,7 @@ import math
 import os
 import sys
 import time
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -32,18 +33,34 @@ def _format_duration(seconds: float) -> str:
 
 
 class Progress:
-    """A one-line progress bar on a terminal; plain lines every `every` steps otherwise (CI, cluster logs)."""
+    """A one-line progress bar on a terminal; plain lines every `every` steps otherwise (CI, cluster logs).
 
-    def __init__(self, mode: str, every: int, stream=sys.stderr) -> None:
+    The loss shown is the mean of the last `window` steps, labelled so, beside the epoch's running mean:
+    a running mean from the epoch's start keeps falling for a while after training has stalled or blown up.
+    """
+
+    def __init__(self, mode: str, every: int, stream=sys.stderr, window: int = 20) -> None:
         if mode == "auto":
             mode = "bar" if stream.isatty() else "lines"
         self.mode, self.every, self.stream = mode, every, stream
+        self.recent: deque[float] = deque(maxlen=window)
 
     def update(
-        self, epoch: int, epochs: int, step: int, steps: int, loss: float, images_per_s: float, eta_s: float
+        self,
+        epoch: int,
+        epochs: int,
+        step: int,
+        steps: int,
+        loss: float,
+        epoch_loss: float,
+        images_per_s: float,
+        eta_s: float,
     ) -> None:
+        """`loss`: this step's batch loss; `epoch_loss`: the epoch's running mean."""
+        self.recent.append(loss)
         text = (
-            f"epoch {epoch}/{epochs} step {step}/{steps} loss {loss:.4f} "
+            f"epoch {epoch}/{epochs} step {step}/{steps} loss {sum(self.recent) / len(self.recent):.4f} "
+            f"(last {len(self.recent)} steps; epoch mean {epoch_loss:.4f}) "
             f"{images_per_s:.0f} img/s ETA {_format_duration(eta_s)}"
         )
         if self.mode == "bar":
@@ -54,6 +71,7 @@ class Progress:
             log.info(text)
 
     def end_epoch(self) -> None:
+        self.recent.clear()
         if self.mode == "bar":
             self.stream.write("\n")
             self.stream.flush()

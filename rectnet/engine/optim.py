@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -33,27 +34,74 @@ def make_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
 
 
 Scheduler = torch.optim.lr_scheduler.LRScheduler | torch.optim.lr_scheduler.ReduceLROnPlateau
-SCHEDULES: Registry[Callable[[torch.optim.Optimizer, ScheduleConfig], Scheduler]] = Registry("schedule")
+SCHEDULES: Registry[Callable[[torch.optim.Optimizer, ScheduleConfig, int], Scheduler]] = Registry("schedule")
 
-SCHEDULES.register("constant")(lambda opt, cfg: torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[]))
-SCHEDULES.register("step")(lambda opt, cfg: torch.optim.lr_scheduler.StepLR(opt, cfg.step_size, cfg.gamma))
+SCHEDULES.register("constant")(lambda opt, cfg, epochs: torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[]))
+SCHEDULES.register("step")(lambda opt, cfg, epochs: torch.optim.lr_scheduler.StepLR(opt, cfg.step_size, cfg.gamma))
 SCHEDULES.register("multistep")(
-    lambda opt, cfg: torch.optim.lr_scheduler.MultiStepLR(opt, sorted(cfg.milestones), cfg.gamma)
+    lambda opt, cfg, epochs: torch.optim.lr_scheduler.MultiStepLR(opt, sorted(cfg.milestones), cfg.gamma)
+)
+SCHEDULES.register("cosine")(
+    lambda opt, cfg, epochs: torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs, eta_min=cfg.min_lr)
 )
 SCHEDULES.register("plateau")(
-    lambda opt, cfg: torch.optim.lr_scheduler.ReduceLROnPlateau(
+    lambda opt, cfg, epochs: torch.optim.lr_scheduler.ReduceLROnPlateau(
         opt, mode="min", factor=cfg.gamma, patience=cfg.patience, threshold=cfg.threshold, min_lr=cfg.min_lr
     )
 )
 
 
-def make_schedule(optimizer: torch.optim.Optimizer, cfg: ScheduleConfig) -> Scheduler:
-    return SCHEDULES.get(cfg.name)(optimizer, cfg)
+@dataclass
+class Schedule:
+    """An epoch schedule (stepped after each epoch) times an optional linear warmup (stepped after each step).
+
+    Both are torch.optim.lr_scheduler objects in their chainable form, each multiplying the learning rate
+    the other left: lr(step) = lr * warmup(step) * epoch_factor(epoch). Warmup runs from
+    `warmup_factor * lr` to lr over its steps and then stays at 1, whatever the epoch schedule does.
+    """
+
+    epoch: Scheduler
+    warmup: torch.optim.lr_scheduler.LinearLR | None = None
+
+    def after_step(self) -> None:
+        if self.warmup is not None and self.warmup.last_epoch < self.warmup.total_iters:
+            self.warmup.step()
+
+    def after_epoch(self, top1_err: float) -> None:
+        """Advance one epoch; the plateau schedule watches the top-1 error ("when the error plateaus", §3)."""
+        if isinstance(self.epoch, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            self.epoch.step(top1_err)
+        else:
+            self.epoch.step()
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch.state_dict(), "warmup": self.warmup.state_dict() if self.warmup else None}
+
+    def load_state_dict(self, state: dict) -> None:
+        if "epoch" not in state:  # checkpoints written before warmup existed hold the epoch schedule's state
+            state = {"epoch": state, "warmup": None}
+        self.epoch.load_state_dict(state["epoch"])
+        if self.warmup is not None and state["warmup"] is not None:
+            self.warmup.load_state_dict(state["warmup"])
 
 
-def step_schedule(schedule: Scheduler, top1_err: float) -> None:
-    """Advance one epoch; the plateau schedule watches the test top-1 error ("when the error plateaus", §3)."""
-    if isinstance(schedule, torch.optim.lr_scheduler.ReduceLROnPlateau):
-        schedule.step(top1_err)
-    else:
-        schedule.step()
+def warmup_steps(cfg: ScheduleConfig, steps_per_epoch: int) -> int:
+    """schedule.warmup_steps, or schedule.warmup_epochs converted to steps (at least one step when set)."""
+    if cfg.warmup_steps:
+        return cfg.warmup_steps
+    return max(1, round(cfg.warmup_epochs * steps_per_epoch)) if cfg.warmup_epochs else 0
+
+
+def make_schedule(
+    optimizer: torch.optim.Optimizer, cfg: ScheduleConfig, epochs: int = 1, steps_per_epoch: int = 1
+) -> Schedule:
+    """The configured epoch schedule over `epochs` epochs, with warmup when schedule.warmup_* asks for it."""
+    epoch = SCHEDULES.get(cfg.name)(optimizer, cfg, epochs)
+    steps = warmup_steps(cfg, steps_per_epoch)
+    warmup = torch.optim.lr_scheduler.LinearLR(optimizer, cfg.warmup_factor, 1.0, steps) if steps else None
+    return Schedule(epoch, warmup)
+
+
+def step_schedule(schedule: Schedule, top1_err: float) -> None:
+    """Advance one epoch (see `Schedule.after_epoch`)."""
+    schedule.after_epoch(top1_err)

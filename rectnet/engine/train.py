@@ -31,7 +31,7 @@ from rectnet.engine.env import git_state, hardware, versions
 from rectnet.engine.evaluate import Evaluator
 from rectnet.engine.logging import Progress, RunLogger, elapsed, prelu_slopes, write_json
 from rectnet.engine.metrics import Counts
-from rectnet.engine.optim import make_optimizer, make_schedule, step_schedule
+from rectnet.engine.optim import Schedule, make_optimizer, make_schedule, step_schedule
 from rectnet.engine.preemption import StopSignals
 from rectnet.engine.runtime import Runtime, compile_model, make_runtime, rng_state, seed_everything, set_rng_state
 
@@ -67,7 +67,7 @@ class Job:
     model: nn.Module  # the bare model: state_dict, PReLU slopes
     forward: nn.Module  # what computes: the model, or its DDP / compiled wrapper
     optimizer: torch.optim.Optimizer
-    schedule: object
+    schedule: Schedule
     state: State
     evaluate: Evaluator
     data_state: dict  # the source's preprocessing constants (mean/std or mean image), kept in checkpoints
@@ -265,11 +265,15 @@ def _build_job(
         model,
         forward,
         optimizer,
-        make_schedule(optimizer, settings.schedule),
+        make_schedule(optimizer, settings.schedule, trainer.epochs, _steps_per_epoch(trainer, source)),
         State(),
         Evaluator(model, forward, runtime, ranks, settings.eval, settings.dataset.image_size),
         source.state,
     )
+
+
+def _steps_per_epoch(trainer: TrainerConfig, source: Source) -> int:
+    return min(len(source), trainer.max_steps_per_epoch or len(source))
 
 
 def _train_epoch(job: Job, source: Source, epoch: int, progress: Progress) -> tuple[Counts, float]:
@@ -278,7 +282,7 @@ def _train_epoch(job: Job, source: Source, epoch: int, progress: Progress) -> tu
     Returns the epoch's training counts summed over ranks, and the global images/s of this attempt.
     """
     trainer, runtime = job.settings.trainer, job.runtime
-    steps = min(len(source), trainer.max_steps_per_epoch or len(source))
+    steps = _steps_per_epoch(trainer, source)
     counts, first = job.state.partial, job.state.step + 1
     already = counts.n  # images counted before a mid-epoch resume
     job.forward.train()
@@ -305,13 +309,18 @@ def _train_epoch(job: Job, source: Source, epoch: int, progress: Progress) -> tu
             runtime.scaler.scale(loss).backward()
             runtime.scaler.step(job.optimizer)
             runtime.scaler.update()
-        counts.add(loss.item() * len(labels), logits.detach(), labels)
+        job.schedule.after_step()
+        step_loss = loss.item()
+        counts.add(step_loss * len(labels), logits.detach(), labels)
+        if epoch == 1 and step == 1:
+            _check_initial_loss(step_loss, job.settings.dataset.num_classes)
         rate = (counts.n - already) / max(time.perf_counter() - start, 1e-9)  # this rank's images/s
         progress.update(
             epoch,
             trainer.epochs,
             step,
             steps,
+            step_loss,
             counts.loss_sum / counts.n,
             rate * job.ranks.world_size,
             (steps - step) * len(labels) / rate,
@@ -325,6 +334,20 @@ def _train_epoch(job: Job, source: Source, epoch: int, progress: Progress) -> tu
     progress.end_epoch()
     images_per_s = (counts.n - already) * job.ranks.world_size / elapsed(start, runtime.device)
     return Counts.from_tensor(job.ranks.sum(counts.as_tensor())), images_per_s
+
+
+def _check_initial_loss(loss: float, num_classes: int) -> None:
+    """A first loss far above chance means large logits at init: the sharp start that makes SGD diverge."""
+    chance = math.log(num_classes)
+    if loss > 2 * chance:
+        log.warning(
+            "the first training loss is %.4g, far above chance (ln %d = %.3g): the initial logits are large and "
+            "SGD may diverge at this learning rate. Check the recipe before a long run: "
+            "python -m rectnet.analysis.sharpness <the same overrides>",
+            loss,
+            num_classes,
+            chance,
+        )
 
 
 def _restore(payload: dict, job: Job) -> None:

@@ -13,13 +13,38 @@ std = gain / sqrt(fan), biases 0 (§2.2: "b = 0"). The gain comes from the recti
 
 A layer whose module carries `init_std` (set by a model config, e.g. the PReLU paper's fc std
 0.01/0.01/0.001, §3) gets that std instead.
+
+Two rules the paper's derivation leaves to the network at hand (rectnet's choices, both switchable):
+
+* Dropout (`count_dropout`, kaiming only). Eq. 7, Var[y_l] = n_l Var[w_l] E[x_l²], holds for whatever
+  layer l reads. Inverted dropout with drop rate p (what nn.Dropout does in training) scales the surviving
+  inputs by 1/(1-p), so E[x_l²] = E[f(y_{l-1})²] / (1-p): each dropout layer multiplies the forward signal's
+  variance by 1/(1-p), and nothing in Eq. 10 undoes it. ConvPool-CNN-C's dropouts (0.2 on the input, 0.5
+  after each pool) compound to 1/(0.8·0.5·0.5) = 5 before conv7. Counting it, the forward condition
+  becomes n_l Var[w_l] = (1-p)/q, i.e. the layer after the dropout gets its gain times sqrt(1-p)
+  (`WeightLayer.keep_in`). Backward, the same mask scales Δy of the layer before the dropout by 1/(1-p)
+  (variance x 1/(1-p)), so under Eq. 14 that layer's gain is multiplied by sqrt(1-p) (`keep_out`). Without
+  dropout nothing changes, so the He et al. nets' conv layers get the paper's values exactly (their
+  dropout sits before fc2 and fc3, whose stds the paper fixes, §3).
+* The class-score layer (`head`, every init). It is followed by the softmax, not a rectifier, and Eq. 10's
+  variance-keeping argument is about signals that later layers read, not about the logits: He et al. give
+  their last fc layer std 0.001 (§3), far below Eq. 10's sqrt(2/4096) = 0.022. `head="zero"` (default)
+  starts it at 0, as Fixup does (Zhang et al. 2019, §3): every class score is 0, the initial loss is
+  exactly ln(classes), and the curvature that a large random classifier puts on every layer below it
+  (the Gauss-Newton term scales with the classifier's weights squared) is absent at the start, so SGD is
+  stable at the learning rates the papers use (measured: `rectnet.analysis.sharpness`, docs/recipes.md).
+  The classifier still learns from the first step (its gradient is the features times the softmax
+  error), and the layers below from the second. A classifier followed by a rectifier (CReLU (all) of the
+  CReLU paper) keeps the rule: a rectifier's gradient at exactly 0 is 0, so a zero start would never move.
+  `head="rule"` applies the init's own rule to it (the pre-extension behaviour). A model's `init_std`
+  for a layer wins over both.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
@@ -28,30 +53,43 @@ from rectnet.layers.activations import Rectifier
 from rectnet.registry import Registry
 
 WEIGHT_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+DROPOUTS = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d)
 FAN_MODES = ("fan_in", "fan_out")
 
 
 @dataclass
 class WeightLayer:
-    """A conv/linear layer with the rectifiers that feed it and that follow it (None where there is none)."""
+    """A conv/linear layer with the rectifiers that feed it and that follow it (None where there is none).
+
+    `keep_in` is the product of the keep probabilities 1 - p of the dropout layers between the previous
+    weight layer and this one, `keep_out` the same between this layer and the next one (1 without dropout).
+    """
 
     name: str
     module: nn.Module
     before: Rectifier | None
     after: Rectifier | None
+    keep_in: float = 1.0
+    keep_out: float = 1.0
 
 
 def weight_layers(model: nn.Module) -> list[WeightLayer]:
-    """Conv/linear layers in order, each paired with its neighbouring rectifiers."""
+    """Conv/linear layers in order, each paired with its neighbouring rectifiers and dropout."""
     layers: list[WeightLayer] = []
     last_act: Rectifier | None = None
+    keep = 1.0
     for name, module in model.named_modules():
         if isinstance(module, WEIGHT_LAYERS):
-            layers.append(WeightLayer(name, module, last_act, None))
+            if layers:
+                layers[-1].keep_out = keep
+            layers.append(WeightLayer(name, module, last_act, None, keep_in=keep))
+            keep = 1.0
         elif isinstance(module, Rectifier):
             last_act = module
             if layers and layers[-1].after is None:
                 layers[-1].after = module
+        elif isinstance(module, DROPOUTS):
+            keep *= 1.0 - module.p
     return layers
 
 
@@ -88,8 +126,8 @@ def kaiming_std(layer: WeightLayer, mode: str) -> float:
     fan_in, fan_out = fans(layer.module.weight)
     if mode == "fan_in":
         act = layer.before or layer.after
-        return (act.forward_gain() if act else 1.0) / math.sqrt(fan_in)
-    return (layer.after.backward_gain() if layer.after else 1.0) / math.sqrt(fan_out)
+        return (act.forward_gain() if act else 1.0) * math.sqrt(layer.keep_in / fan_in)
+    return (layer.after.backward_gain() if layer.after else 1.0) * math.sqrt(layer.keep_out / fan_out)
 
 
 @INITS.register("xavier")
@@ -105,18 +143,36 @@ def xavier_std(layer: WeightLayer, mode: str) -> float:
     return 1.0 / math.sqrt(fan)
 
 
+HEAD_RULES = ("zero", "rule")
+
+
 def init_model(
     model: nn.Module,
     name: str = "kaiming",
     mode: str = "fan_in",
     distribution: str = "normal",
     generator: torch.Generator | None = None,
+    head: str = "zero",
+    count_dropout: bool = True,
 ) -> list[tuple[str, float]]:
-    """Initialise every conv/linear layer of `model`; returns (layer name, std used) in order."""
+    """Initialise every conv/linear layer of `model`; returns (layer name, std used) in order.
+
+    `head` and `count_dropout`: see the module docstring. A layer's own `init_std` (0 included) wins.
+    """
     std_of = INITS.get(name)
+    if head not in HEAD_RULES:
+        raise ValueError(f"unknown init head rule {head!r}; valid: {', '.join(HEAD_RULES)}")
+    layers = weight_layers(model)
+    if not count_dropout:
+        layers = [replace(layer, keep_in=1.0, keep_out=1.0) for layer in layers]
     used = []
-    for layer in weight_layers(model):
-        std = getattr(layer.module, "init_std", None) or std_of(layer, mode)
+    for layer in layers:
+        if hasattr(layer.module, "init_std"):
+            std = layer.module.init_std
+        elif head == "zero" and layer is layers[-1] and layer.after is None:
+            std = 0.0
+        else:
+            std = std_of(layer, mode)
         _fill(layer.module.weight, std, distribution, generator)
         if layer.module.bias is not None:
             nn.init.zeros_(layer.module.bias)

@@ -27,9 +27,9 @@ from (rounding, or a counting convention that differs for C) is not known; A and
 
 fc initialisation (§3): Gaussian std 0.01 for fc1/fc2 and 0.001 for fc3, through `model.init_std`
 (weight-layer index -> std; fc1-fc3 are layers 12-14 of the 14-layer model, 28-30 of the 30-layer one, 17-19
-of A, 20-22 of B/C). The paper-recipe experiments (configs/experiment/prelu_{a,b,c}_*.yaml, fig2_b_*.yaml)
-set it; elsewhere add it on the command line, e.g. '+model.init_std={17: 0.01, 18: 0.01, 19: 0.001}' (the
-model yaml files show each model's indices).
+of A, 20-22 of B/C). The model configs (configs/model/prelu_*.yaml) set it by default: the paper pairs these
+small stds with unscaled, mean-subtracted pixels, and a net whose fc layers follow Eq. 10/14 on such input
+starts with logits of RMS ~190 (see rectnet.config's check of dataset.per_pixel_mean).
 """
 
 from rectnet.layers.spp import SPP

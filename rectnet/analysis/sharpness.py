@@ -1,0 +1,236 @@
+"""Stability probe: the sharpest curvature of the loss at initialisation and the learning rate it allows.
+
+    python -m rectnet.analysis.sharpness [--batches K] [--iters N] [Hydra overrides, as for train.py]
+    python -m rectnet.analysis.sharpness activation=prelu dataset.root=data      # the default recipe
+    python -m rectnet.analysis.sharpness experiment=small14_prelu dataset.root=/data/imagenet
+
+Run it before spending GPU time on a recipe. The config is composed as train.py composes it; the model is
+built and initialised as train.py builds it (same seed), and `--batches` real training batches of
+`trainer.batch_size` images come from the configured dataset, augmented as in epoch 1. The model is in train
+mode, as during training: dropout is on (one fixed mask per batch, drawn once) and BatchNorm normalises with
+batch statistics.
+
+The largest eigenvalue lambda_max of the Hessian of the mean cross-entropy loss (plus weight decay) is
+found by power iteration on Hessian-vector products (Pearlmutter 1994: differentiate the gradient's dot
+product with v; one double-backward per product through one retained graph). Heavy-ball SGD,
+v <- mu v + g, theta <- theta - eta v (PyTorch's SGD without dampening), is stable on a quadratic with
+curvature lambda only if eta lambda < 2 (1 + mu) (Polyak 1964; with Nesterov momentum:
+eta lambda < 2 (1 + mu) / (1 + 2 mu)). So lr_max = 2 (1 + mu) / lambda_max; a configured lr above it makes
+the sharpest direction grow geometrically from the first steps, and the loss spikes or becomes NaN before
+the curvature has a chance to fall. lambda_max is a property of the starting point only: training changes
+it, so a recipe well inside the limit (ratio lr / lr_max < 1) can still go wrong later (that is what
+warmup and schedules are for), while a ratio far above 1 fails at once.
+
+Where the curvature sits: the top eigenvector v is split by layer, and each layer reports its share
+v_l . (H v)_l / lambda_max of the eigenvalue (the shares sum to 1) and the eigenvector's mass |v_l|^2. A
+layer with a large share is the one whose init (or learning rate) sets the limit.
+
+The last line printed is one JSON object with at least: lambda_max, lr, lr_max_stable, stable, ratio,
+iterations, converged, initial_loss, layers (name, share, mass).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rectnet.config import OptimConfig
+from rectnet.data.sources import SourceContext, make_source
+from rectnet.engine.build import build_model
+from rectnet.engine.runtime import seed_everything
+from rectnet.layers import fused
+from rectnet.summary import compose_settings
+
+Vector = list[torch.Tensor]  # one tensor per parameter, the layout of model.parameters()
+
+
+@dataclass
+class TopEigen:
+    value: float
+    vector: Vector
+    product: Vector  # H v for the returned vector
+    iterations: int
+    converged: bool
+
+
+def _dot(a: Vector, b: Vector) -> float:
+    return float(sum((x * y).sum() for x, y in zip(a, b, strict=True)))
+
+
+def _scale(a: Vector, factor: float) -> Vector:
+    return [x * factor for x in a]
+
+
+def power_iteration(
+    hvp: Callable[[Vector], Vector], like: Vector, iters: int = 50, tol: float = 1e-3, seed: int = 0
+) -> TopEigen:
+    """The algebraically largest eigenvalue of the symmetric operator `hvp`.
+
+    Plain power iteration finds the eigenvalue of largest magnitude; if that one is negative (a saddle's
+    direction), the iteration is rerun on H - lambda I, whose largest-magnitude eigenvalue is then
+    lambda_top - lambda (>= 0), and lambda is added back. Stops when the Rayleigh quotient changes by less
+    than `tol` (relative) between iterations.
+    """
+    top = _power(hvp, like, iters, tol, seed)
+    if top.value >= 0:
+        return top
+    shift = top.value
+
+    def shifted(v: Vector) -> Vector:
+        return [h - shift * x for h, x in zip(hvp(v), v, strict=True)]
+
+    found = _power(shifted, like, iters, tol, seed + 1)
+    product = [h + shift * x for h, x in zip(found.product, found.vector, strict=True)]
+    return TopEigen(found.value + shift, found.vector, product, top.iterations + found.iterations, found.converged)
+
+
+def _power(hvp: Callable[[Vector], Vector], like: Vector, iters: int, tol: float, seed: int) -> TopEigen:
+    generator = torch.Generator().manual_seed(seed)
+    v = [torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device) for x in like]
+    v = _scale(v, 1 / math.sqrt(_dot(v, v)))
+    value, converged, iteration = math.nan, False, 0
+    for iteration in range(1, iters + 1):
+        hv = hvp(v)
+        new = _dot(v, hv)  # Rayleigh quotient of the unit vector v
+        done = iteration > 1 and abs(new - value) <= tol * abs(new)
+        value = new
+        if done:
+            converged = True
+            break
+        norm = math.sqrt(_dot(hv, hv))
+        if norm == 0:  # v is in the null space: the operator is 0 along every direction tried
+            return TopEigen(0.0, v, hv, iteration, True)
+        v = _scale(hv, 1 / norm)
+    return TopEigen(value, v, hvp(v) if not converged else hv, iteration, converged)
+
+
+def lr_limit(lambda_max: float, optim: OptimConfig) -> float:
+    """Largest stable SGD learning rate on curvature `lambda_max` (heavy ball; Nesterov when configured)."""
+    if lambda_max <= 0:
+        return math.inf
+    mu = optim.momentum
+    bound = 2 * (1 + mu) / (1 + 2 * mu) if optim.nesterov else 2 * (1 + mu)
+    return bound / lambda_max
+
+
+def loss_hvp(
+    model: nn.Module, batches: Sequence[tuple[torch.Tensor, torch.Tensor]], weight_decay: float
+) -> tuple[Callable[[Vector], Vector], list[nn.Parameter], float]:
+    """(H v for the mean training loss over `batches` + L2 term, the parameters, the loss at init).
+
+    Each batch's forward pass runs once (so dropout keeps one mask) and its gradient graph is retained;
+    every product then costs one double-backward per batch.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    grads, loss_sum = [], 0.0
+    for images, labels in batches:
+        loss = F.cross_entropy(model(images).float(), labels) / len(batches)
+        loss_sum += loss.item()
+        grads.append(torch.autograd.grad(loss, params, create_graph=True))
+
+    def hvp(v: Vector) -> Vector:
+        out = [weight_decay * x for x in v]
+        for grad in grads:
+            dot = sum((g * x).sum() for g, x in zip(grad, v, strict=True))
+            for acc, h in zip(out, torch.autograd.grad(dot, params, retain_graph=True), strict=True):
+                acc.add_(h)
+        return out
+
+    return hvp, params, loss_sum
+
+
+def layer_breakdown(model: nn.Module, top: TopEigen) -> list[dict]:
+    """Per module: its share of lambda_max (v_l . (Hv)_l / lambda) and the eigenvector's mass on it."""
+    owner = {id(p): name for name, module in model.named_modules() for p in module.parameters(recurse=False)}
+    rows: dict[str, dict] = {}
+    for p, v, hv in zip((p for p in model.parameters() if p.requires_grad), top.vector, top.product, strict=True):
+        row = rows.setdefault(owner[id(p)], {"name": owner[id(p)], "share": 0.0, "mass": 0.0})
+        row["share"] += float((v * hv).sum()) / top.value if top.value else 0.0
+        row["mass"] += float((v * v).sum())
+    return list(rows.values())
+
+
+def _real_batches(source, count: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    batches = []
+    for images, labels, _ in source.train_epoch(1):
+        batches.append((images, labels))
+        if len(batches) == count:
+            break
+    return batches
+
+
+def probe(overrides: Sequence[str], batches: int = 1, iters: int = 50, tol: float = 1e-3) -> dict:
+    """Build the configured model and data as train.py does and measure lambda_max at initialisation."""
+    settings = compose_settings(overrides)
+    fused.set_enabled(False)  # the fused CPU backward has no double-backward; F.prelu's has
+    if settings.trainer.threads:
+        torch.set_num_threads(settings.trainer.threads)
+    seed_everything(settings.seed)  # as train.py: the same data and initial weights
+    source = make_source(settings, SourceContext(torch.device("cpu")))
+    model = build_model(settings, settings.dataset.num_classes, source.in_chans).train()
+    data = _real_batches(source, batches)
+    seed_everything(settings.seed)  # dropout masks
+    hvp, params, loss = loss_hvp(model, data, settings.optim.weight_decay)
+    top = power_iteration(hvp, [p.detach() for p in params], iters, tol, settings.seed)
+    lr = settings.optim.lr
+    limit = lr_limit(top.value, settings.optim)
+    return {
+        "model": settings.model.name,
+        "activation": settings.activation.name,
+        "init": settings.init.name,
+        "mode": settings.init.mode,
+        "batch_size": settings.trainer.batch_size,
+        "batches": batches,
+        "initial_loss": loss,
+        "chance_loss": math.log(settings.dataset.num_classes),
+        "lambda_max": top.value,
+        "lr": lr,
+        "lr_max_stable": limit,
+        "ratio": lr / limit,
+        "stable": lr < limit,
+        "iterations": top.iterations,
+        "converged": top.converged,
+        "layers": layer_breakdown(model, top),
+    }
+
+
+def format_report(result: dict) -> str:
+    rows = [f"{'layer':<24} {'share':>8} {'mass':>8}"]
+    for row in result["layers"]:
+        rows.append(f"{row['name']:<24} {row['share']:>8.3f} {row['mass']:>8.3f}")
+    verdict = "stable" if result["stable"] else "UNSTABLE"
+    rows.append(
+        f"lambda_max {result['lambda_max']:.4g} ({result['iterations']} products"
+        f"{'' if result['converged'] else ', not converged'}); initial loss {result['initial_loss']:.4g} "
+        f"(chance {result['chance_loss']:.4g}); largest stable lr {result['lr_max_stable']:.4g}; "
+        f"optim.lr {result['lr']:.4g}: {verdict} (lr / limit = {result['ratio']:.3g})"
+    )
+    return "\n".join(rows)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m rectnet.analysis.sharpness",
+        description="Largest Hessian eigenvalue at init and the largest stable SGD learning rate it implies.",
+    )
+    parser.add_argument("--batches", type=int, default=1, help="real training batches the loss averages (1)")
+    parser.add_argument("--iters", type=int, default=50, help="most Hessian-vector products (50)")
+    parser.add_argument("--tol", type=float, default=1e-3, help="relative change of lambda that stops (1e-3)")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. activation=prelu optim.lr=0.01")
+    args = parser.parse_args(argv)
+    if args.batches < 1 or args.iters < 1 or args.tol <= 0:
+        parser.error("--batches and --iters must be >= 1 and --tol > 0")
+    result = probe(args.overrides, args.batches, args.iters, args.tol)
+    print(format_report(result))
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

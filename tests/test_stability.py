@@ -1,0 +1,161 @@
+"""The stability probe against known Hessians, the default recipe's first steps, and what the user is told."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from rectnet.analysis.sharpness import loss_hvp, lr_limit, main, power_iteration
+from rectnet.config import ConfigError, OptimConfig
+from rectnet.engine.logging import Progress
+from rectnet.engine.train import run
+from tests.helpers import TINY, compose_train
+
+
+def _symmetric(eigenvalues: list[float], seed: int = 0) -> torch.Tensor:
+    q, _ = torch.linalg.qr(torch.randn(len(eigenvalues), len(eigenvalues), generator=torch.Generator().manual_seed(seed)))
+    return q @ torch.diag(torch.tensor(eigenvalues)) @ q.T
+
+
+def _matrix_hvp(a: torch.Tensor):
+    return lambda v: [a @ v[0]]
+
+
+def test_power_iteration_finds_the_top_eigenvalue_of_a_quadratic():
+    a = _symmetric([50.0, 20.0, 3.0, 1.0, -4.0, 0.5])
+    top = power_iteration(_matrix_hvp(a), [torch.zeros(6)], iters=500, tol=1e-9)
+    assert top.converged and top.value == pytest.approx(50.0, rel=1e-6)
+    assert torch.allclose(a @ top.vector[0], 50.0 * top.vector[0], atol=1e-3)
+
+
+def test_power_iteration_returns_the_largest_not_the_most_negative_eigenvalue():
+    # a saddle: the eigenvalue of largest magnitude is negative; the step size limit is set by the top one
+    a = _symmetric([-90.0, 30.0, 10.0, -5.0, 2.0])
+    top = power_iteration(_matrix_hvp(a), [torch.zeros(5)], iters=2000, tol=1e-10)
+    assert top.value == pytest.approx(30.0, rel=1e-4)
+
+
+def test_softmax_regression_hessian_at_zero_matches_its_closed_form():
+    # At W = 0 the class probabilities are uniform, p = 1/C, and the Hessian of the mean cross-entropy of a
+    # linear model z = W x is (I/C - 11ᵀ/C²) ⊗ XᵀX/N: top eigenvalue λ_max(XᵀX/N) / C (the other factor's
+    # eigenvalues are 1/C and 0). Weight decay adds wd to every eigenvalue.
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(64, 5, generator=gen) * torch.tensor([3.0, 1.0, 1.0, 0.5, 2.0])
+    labels = torch.randint(4, (64,), generator=gen)
+    model = nn.Linear(5, 4, bias=False)
+    nn.init.zeros_(model.weight)
+    expected = torch.linalg.eigvalsh(x.T @ x / 64).max().item() / 4
+    for wd in (0.0, 0.01):
+        hvp, params, loss = loss_hvp(model, [(x, labels)], wd)
+        top = power_iteration(hvp, [p.detach() for p in params], iters=500, tol=1e-9)
+        assert top.value == pytest.approx(expected + wd, rel=1e-4)
+        assert loss == pytest.approx(math.log(4), rel=1e-6)
+
+
+def test_two_batches_average_their_hessians():
+    gen = torch.Generator().manual_seed(2)
+    xs = [torch.randn(32, 3, generator=gen) * s for s in (1.0, 4.0)]
+    labels = torch.zeros(32, dtype=torch.long)
+    model = nn.Linear(3, 2, bias=False)
+    nn.init.zeros_(model.weight)
+    expected = torch.linalg.eigvalsh(sum(x.T @ x / 32 for x in xs) / 2).max().item() / 2
+    hvp, params, _ = loss_hvp(model, [(x, labels) for x in xs], 0.0)
+    assert power_iteration(hvp, [p.detach() for p in params], 500, 1e-9).value == pytest.approx(expected, rel=1e-4)
+
+
+def _heavy_ball_on_quadratic(curvature: float, lr: float, momentum: float, nesterov: bool, steps: int = 400) -> float:
+    """|x| after `steps` of torch's SGD on f(x) = curvature x² / 2 from x = 1."""
+    x = torch.nn.Parameter(torch.ones(1))
+    optimizer = torch.optim.SGD([x], lr=lr, momentum=momentum, nesterov=nesterov)
+    for _ in range(steps):
+        optimizer.zero_grad()
+        (curvature * x**2 / 2).sum().backward()
+        optimizer.step()
+    return abs(x.item())
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_the_stable_learning_rate_is_the_edge_for_torchs_sgd(nesterov):
+    cfg = OptimConfig(lr=0.1, momentum=0.9, nesterov=nesterov)
+    limit = lr_limit(100.0, cfg)
+    assert _heavy_ball_on_quadratic(100.0, 0.97 * limit, 0.9, nesterov) < 1e-3
+    assert not _heavy_ball_on_quadratic(100.0, 1.03 * limit, 0.9, nesterov) < 1e3  # grown (or overflowed)
+    assert lr_limit(0.0, cfg) == math.inf
+
+
+def test_probe_cli_prints_a_report_and_one_json_line(capsys):
+    main(["--iters", "8", *TINY, "activation=prelu", "trainer.batch_size=32"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    result = json.loads(lines[-1])
+    assert result["lambda_max"] > 0 and result["lr"] == 0.01
+    assert result["lr_max_stable"] == pytest.approx(2 * 1.9 / result["lambda_max"])
+    assert result["stable"] == (result["lr"] < result["lr_max_stable"])
+    assert sum(row["share"] for row in result["layers"]) == pytest.approx(1.0, abs=0.02)
+    assert result["initial_loss"] == pytest.approx(math.log(10), rel=1e-5)  # zero classifier at init
+    assert "largest stable lr" in lines[-2]
+
+
+@pytest.mark.parametrize("act", ["relu", "prelu", "prelu_shared", "crelu", "avr", "leaky_relu"])
+def test_the_default_recipe_trains_at_its_learning_rate(tmp_path, act):
+    # ConvPool-CNN-C with its dropout, lr 0.01 and momentum 0.9 as `python train.py activation=X` runs it; a
+    # quarter width and synthetic 32x32 data keep it to seconds. The first loss is chance, the last is lower.
+    overrides = [
+        "dataset=synthetic",
+        "dataset.num_train=1280",
+        "dataset.num_test=100",
+        "model.width=0.25",
+        f"activation={act}",
+        "trainer.batch_size=64",
+        "trainer.epochs=1",
+        "trainer.progress=none",
+        "logger.tensorboard=false",
+        "trainer.fused_prelu=false",
+    ]
+    losses = []
+    original = torch.nn.functional.cross_entropy
+
+    def recording(*args, **kwargs):
+        loss = original(*args, **kwargs)
+        if torch.is_grad_enabled():
+            losses.append(loss.item())
+        return loss
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(torch.nn.functional, "cross_entropy", recording)
+        run(compose_train(overrides, tmp_path))
+    assert len(losses) == 20 and all(math.isfinite(v) for v in losses)
+    assert losses[0] == pytest.approx(math.log(10), rel=1e-4)
+    assert sum(losses[-5:]) / 5 < 0.9 * math.log(10)
+
+
+def test_unscaled_pixels_without_small_fc_stds_are_refused():
+    from rectnet.config import to_settings
+
+    with pytest.raises(ConfigError, match=r"dataset.per_pixel_mean=true.*model.init_std"):
+        to_settings(compose_train(["dataset=imagenet", "dataset.per_pixel_mean=true", "model=allcnn_b"]))
+    settings = to_settings(compose_train(["dataset=imagenet", "dataset.per_pixel_mean=true", "model=prelu_small14"]))
+    assert settings.model.init_std == {12: 0.01, 13: 0.01, 14: 0.001}  # the paper's pairing is the default
+
+
+def test_progress_shows_the_recent_loss_beside_the_epoch_mean(caplog):
+    progress = Progress("lines", every=5, window=3)
+    with caplog.at_level(logging.INFO, logger="rectnet"):
+        for step, loss in enumerate([9.0, 9.0, 1.0, 2.0, 3.0], start=1):
+            progress.update(1, 1, step, 5, loss, 24.0 / step, 100.0, 1.0)
+    assert "loss 2.0000 (last 3 steps; epoch mean 4.8000)" in caplog.text
+
+
+def test_a_first_loss_far_above_chance_names_the_probe(tmp_path, caplog):
+    overrides = [*TINY, "init.head=rule", "trainer.epochs=1", "dataset.num_train=64", "logger.tensorboard=false"]
+    with caplog.at_level(logging.WARNING, logger="rectnet"):
+        run(compose_train([*overrides, "dataset.synthetic_noise=0", "model.init_std={9: 30.0}"], tmp_path / "a"))
+    assert "far above chance (ln 10 = 2.3)" in caplog.text and "rectnet.analysis.sharpness" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="rectnet"):
+        run(compose_train(overrides, tmp_path / "b"))
+    assert "far above chance" not in caplog.text
