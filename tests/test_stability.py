@@ -101,20 +101,23 @@ def test_probe_cli_prints_a_report_and_one_json_line(capsys):
 
 
 @pytest.mark.parametrize("act", ["relu", "prelu", "prelu_shared", "crelu", "avr", "leaky_relu"])
-def test_the_default_recipe_trains_at_its_learning_rate(tmp_path, act):
-    # ConvPool-CNN-C with its dropout, lr 0.01 and momentum 0.9 as `python train.py activation=X` runs it; a
-    # quarter width and synthetic 32x32 data keep it to seconds. The first loss is chance, the last is lower.
+def test_the_default_recipe_descends_at_its_learning_rate(tmp_path, act):
+    # ConvPool-CNN-C with the default init, lr 0.01 and momentum 0.9, as `python train.py activation=X` runs it;
+    # an eighth of the width, 16x16 synthetic images and no dropout keep it to seconds (the default dropout,
+    # 0.2/0.5/0.5, slows the first few hundred steps: docs/recipes.md shows the real-data runs with it).
     overrides = [
         "dataset=synthetic",
-        "dataset.num_train=1280",
+        "dataset.image_size=16",
+        "dataset.num_train=4800",
         "dataset.num_test=100",
-        "model.width=0.25",
+        "dataset.synthetic_noise=0.5",
+        "model.width=0.125",
+        "model.dropout=0",
         f"activation={act}",
-        "trainer.batch_size=64",
+        "trainer.batch_size=32",
         "trainer.epochs=1",
         "trainer.progress=none",
         "logger.tensorboard=false",
-        "trainer.fused_prelu=false",
     ]
     losses = []
     original = torch.nn.functional.cross_entropy
@@ -128,9 +131,10 @@ def test_the_default_recipe_trains_at_its_learning_rate(tmp_path, act):
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(torch.nn.functional, "cross_entropy", recording)
         run(compose_train(overrides, tmp_path))
-    assert len(losses) == 20 and all(math.isfinite(v) for v in losses)
-    assert losses[0] == pytest.approx(math.log(10), rel=1e-4)
-    assert sum(losses[-5:]) / 5 < 0.9 * math.log(10)
+    assert len(losses) == 150 and all(math.isfinite(v) for v in losses)
+    assert losses[0] == pytest.approx(math.log(10), rel=1e-4)  # the classifier starts at zero
+    assert max(losses) < 1.2 * math.log(10)  # no spike
+    assert sum(losses[-20:]) / 20 < 0.85 * math.log(10)
 
 
 def test_unscaled_pixels_without_small_fc_stds_are_refused():
@@ -153,7 +157,7 @@ def test_progress_shows_the_recent_loss_beside_the_epoch_mean(caplog):
 def test_a_first_loss_far_above_chance_names_the_probe(tmp_path, caplog):
     overrides = [*TINY, "init.head=rule", "trainer.epochs=1", "dataset.num_train=64", "logger.tensorboard=false"]
     with caplog.at_level(logging.WARNING, logger="rectnet"):
-        run(compose_train([*overrides, "dataset.synthetic_noise=0", "model.init_std={9: 30.0}"], tmp_path / "a"))
+        run(compose_train([*overrides, "dataset.synthetic_noise=0", "+model.init_std={9: 30.0}"], tmp_path / "a"))
     assert "far above chance (ln 10 = 2.3)" in caplog.text and "rectnet.analysis.sharpness" in caplog.text
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="rectnet"):
