@@ -41,8 +41,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rectnet.config import OptimConfig
-from rectnet.data.sources import SourceContext, make_source
+from rectnet.config import OptimConfig, TrainConfig
+from rectnet.data.sources import Source, SourceContext, make_source
 from rectnet.engine.build import build_model
 from rectnet.engine.runtime import seed_everything
 from rectnet.layers import fused
@@ -157,7 +157,7 @@ def layer_breakdown(model: nn.Module, top: TopEigen) -> list[dict]:
     return list(rows.values())
 
 
-def _real_batches(source, count: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def _real_batches(source: Source, count: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     batches = []
     for images, labels, _ in source.train_epoch(1):
         batches.append((images, labels))
@@ -166,8 +166,8 @@ def _real_batches(source, count: int) -> list[tuple[torch.Tensor, torch.Tensor]]
     return batches
 
 
-def probe(overrides: Sequence[str], batches: int = 1, iters: int = 50, tol: float = 1e-3) -> dict:
-    """Build the configured model and data as train.py does and measure lambda_max at initialisation."""
+def prepare(overrides: Sequence[str]) -> tuple[TrainConfig, Source, nn.Module]:
+    """Settings, data source and initialised model (train mode), built as train.py builds them."""
     settings = compose_settings(overrides)
     fused.set_enabled(False)  # the fused CPU backward has no double-backward; F.prelu's has
     if settings.trainer.threads:
@@ -175,9 +175,15 @@ def probe(overrides: Sequence[str], batches: int = 1, iters: int = 50, tol: floa
     seed_everything(settings.seed)  # as train.py: the same data and initial weights
     source = make_source(settings, SourceContext(torch.device("cpu")))
     model = build_model(settings, settings.dataset.num_classes, source.in_chans).train()
-    data = _real_batches(source, batches)
     seed_everything(settings.seed)  # dropout masks
-    hvp, params, loss = loss_hvp(model, data, settings.optim.weight_decay)
+    return settings, source, model
+
+
+def measure(
+    settings: TrainConfig, source: Source, model: nn.Module, batches: int = 1, iters: int = 50, tol: float = 1e-3
+) -> dict:
+    """lambda_max of the model's loss on the source's first `batches` training batches, and what it implies."""
+    hvp, params, loss = loss_hvp(model, _real_batches(source, batches), settings.optim.weight_decay)
     top = power_iteration(hvp, [p.detach() for p in params], iters, tol, settings.seed)
     lr = settings.optim.lr
     limit = lr_limit(top.value, settings.optim)
@@ -199,6 +205,11 @@ def probe(overrides: Sequence[str], batches: int = 1, iters: int = 50, tol: floa
         "converged": top.converged,
         "layers": layer_breakdown(model, top),
     }
+
+
+def probe(overrides: Sequence[str], batches: int = 1, iters: int = 50, tol: float = 1e-3) -> dict:
+    """Build the configured model and data as train.py does and measure lambda_max at initialisation."""
+    return measure(*prepare(overrides), batches, iters, tol)
 
 
 def format_report(result: dict) -> str:
