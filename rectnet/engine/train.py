@@ -25,6 +25,7 @@ from torch.nn.parallel import DistributedDataParallel
 from rectnet.config import ConfigError, TrainConfig, TrainerConfig, to_settings
 from rectnet.data.sources import Source, SourceContext, make_source
 from rectnet.engine import checkpoint as ckpt
+from rectnet.engine import rundir
 from rectnet.engine.build import build_model
 from rectnet.engine.distributed import Dist, env_ranks, init_distributed, label_log_records, shutdown
 from rectnet.engine.env import git_state, hardware, versions
@@ -110,10 +111,10 @@ def run(cfg: DictConfig) -> dict:
     runtime = make_runtime(settings.trainer, ranks.local_rank)
     init_distributed(ranks, runtime.device)
     label_log_records(ranks)
-    run_dir = Path(settings.run_dir)
-    if ranks.gather(str(run_dir.resolve())) != [str(run_dir.resolve())] * ranks.world_size:
+    run_dir = rundir.check_location(settings.run_dir)
+    if ranks.gather(str(run_dir)) != [str(run_dir)] * ranks.world_size:
         raise ConfigError("ranks disagree on the run directory; pin it with hydra.run.dir=... or RECTNET_RUN_DIR")
-    run_dir.mkdir(parents=True, exist_ok=True)
+    lock = rundir.claim_for(run_dir, ranks)  # before anything is written: another live run may own the folder
     stop = StopSignals().install()
     try:
         results = _train(settings, OmegaConf.to_container(cfg, resolve=True), run_dir, runtime, ranks, stop)
@@ -124,6 +125,8 @@ def run(cfg: DictConfig) -> dict:
     finally:
         stop.uninstall()
         shutdown()
+        if lock is not None:
+            lock.release()
     if ranks.is_main:
         (run_dir / "FAILED").unlink(missing_ok=True)
     return results
