@@ -8,7 +8,6 @@ counts over ranks.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -30,7 +29,7 @@ from rectnet.engine.build import build_model
 from rectnet.engine.distributed import Dist, env_ranks, init_distributed, label_log_records, shutdown
 from rectnet.engine.env import git_state, hardware, versions
 from rectnet.engine.evaluate import Evaluator
-from rectnet.engine.logging import Progress, RunLogger, elapsed, prelu_slopes, write_json
+from rectnet.engine.logging import Progress, RunLogger, elapsed, prelu_slopes, read_jsonl, write_json
 from rectnet.engine.metrics import Counts
 from rectnet.engine.optim import make_optimizer, make_schedule, step_schedule
 from rectnet.engine.preemption import StopSignals
@@ -41,6 +40,10 @@ log = logging.getLogger("rectnet")
 
 class NonFiniteLossError(FloatingPointError):
     """The training loss became NaN or infinite; no checkpoint is written after it."""
+
+
+class NonFiniteStateError(NonFiniteLossError):
+    """A step wrote NaN or inf into the weights or optimizer state (its loss was still finite); not saved."""
 
 
 @dataclass
@@ -75,7 +78,20 @@ class Job:
     stop: StopSignals = field(default_factory=StopSignals)
 
     def save(self, is_best: bool = False) -> None:
-        """Rank 0 writes last.pt (and best.pt); every rank contributes its RNG state first."""
+        """Rank 0 writes last.pt (and best.pt); every rank contributes its RNG state first.
+
+        A state holding NaN or inf is never written: with a huge learning rate one step can overflow the
+        weights while its loss, computed before the update, was still finite. Every rank checks (their
+        states are identical), so all stop together.
+        """
+        bad = ckpt.nonfinite_entries(self.model.state_dict(), self.optimizer.state_dict())
+        if bad:
+            s = self.state
+            at = f"after epoch {s.epoch}" if s.step == 0 else f"at epoch {s.epoch + 1}, step {s.step}"
+            raise NonFiniteStateError(
+                f"the weights or optimizer state hold NaN or inf {at} ({', '.join(bad[:3])}): not saved; "
+                f"{_last_good(self.run_dir)} Lower optim.lr or check the data."
+            )
         rng = self.ranks.gather(rng_state())
         partial = self.ranks.gather(self.state.partial.as_tensor())
         if self.ranks.is_main:
@@ -413,13 +429,23 @@ def _results(job: Job, last: dict, n_params: int, seconds: float) -> dict:
 
 
 def _last_logged(run_dir: Path) -> dict:
-    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    last = json.loads(lines[-1])
+    records = read_jsonl(run_dir / "metrics.jsonl")
+    last = records[-1] if records else {}
     return {k.removeprefix("test/"): v for k, v in last.items() if k.startswith("test/")}
 
 
 def _announce(results: dict, run_dir: Path, tensorboard: bool) -> None:
     final = results["final"]
+    if not final:  # a finished run resumed, whose metrics.jsonl lost its last epoch's line
+        log.warning("no final metrics: metrics.jsonl holds no readable record of epoch %d", results["epochs"])
+    else:
+        _announce_final(final)
+    log.info("run directory: %s", run_dir.resolve())
+    if tensorboard:
+        log.info("TensorBoard: tensorboard --logdir %s", (run_dir / "tb").resolve())
+
+
+def _announce_final(final: dict) -> None:
     log.info(
         "finished: test top-1 error %.2f%% (accuracy %.2f%%), top-5 error %.2f%% (accuracy %.2f%%) on %d images",
         final["top1_err"],
@@ -428,6 +454,3 @@ def _announce(results: dict, run_dir: Path, tensorboard: bool) -> None:
         final["top5_acc"],
         final["count"],
     )
-    log.info("run directory: %s", run_dir.resolve())
-    if tensorboard:
-        log.info("TensorBoard: tensorboard --logdir %s", (run_dir / "tb").resolve())
