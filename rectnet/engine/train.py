@@ -239,7 +239,8 @@ def _train(
         write_json(run_dir / "results.json", results)
         logger.hparams(
             results["hparams"],
-            {k: results["final"][k] for k in ("top1_err", "top5_err")} | {"best_top1_err": job.state.best_top1_err},
+            {k: v for k, v in results["final"].items() if k in ("top1_err", "top5_err")}
+            | {"best_top1_err": job.state.best_top1_err},
         )
         logger.close()
         _announce(results, run_dir, settings.logger.tensorboard)
