@@ -114,9 +114,10 @@ class Job:
                 "data": self.data_state,
                 "format": ckpt.CHECKPOINT_FORMAT,
             }
-            ckpt.save_last(payload, self.run_dir / "checkpoints")
+            # best.pt before last.pt: killed between the two, the resume redoes this epoch and rewrites best.pt
             if is_best:
                 ckpt.atomic_save(payload, self.run_dir / "checkpoints" / "best.pt")
+            ckpt.save_last(payload, self.run_dir / "checkpoints")
         self.ranks.barrier()
 
 
