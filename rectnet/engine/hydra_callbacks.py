@@ -56,6 +56,9 @@ class OwnRunDir(Callback):
     def __init__(self) -> None:
         self.lock: rundir.RunDirLock | None = None
 
+    def __getstate__(self) -> dict:  # submitit pickles the callbacks into its jobs: the lock stays here
+        return {"lock": None}
+
     def _own(self, folder: str) -> None:
         try:
             rundir.check_location(folder)
