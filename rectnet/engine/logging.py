@@ -19,13 +19,6 @@ from rectnet.layers.activations import PReLU
 log = logging.getLogger("rectnet")
 
 
-def write_json(path: Path, obj: Any) -> None:
-    """Write JSON atomically (temporary file + rename), so a reader never sees half a file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
-
-
 def _parse_line(line: str) -> dict | None:
     """One JSON-lines record; None for a blank, torn or NUL-filled line."""
     try:
@@ -41,6 +34,16 @@ def read_jsonl(path: Path) -> list[dict]:
         return []
     text = path.read_bytes().decode("utf-8", errors="replace")
     return [r for r in map(_parse_line, text.split("\n")) if r is not None]
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Write JSON atomically (temporary file, fsync, rename), so a reader never sees half a file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w") as f:
+        f.write(json.dumps(obj, indent=2, default=str) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 def _format_duration(seconds: float) -> str:

@@ -401,7 +401,7 @@ def _hparams(settings: TrainConfig, world_size: int) -> dict:
 def _results(job: Job, last: dict, n_params: int, seconds: float) -> dict:
     final = {k.removeprefix("test/"): v for k, v in last.items() if k.startswith("test/")}
     if not final:  # resumed a finished run: nothing trained now, report the last logged epoch
-        final = _last_logged(job.run_dir)
+        final = _last_logged(job.run_dir, job.state.epoch)
     final_val = {k.removeprefix("val/"): v for k, v in last.items() if k.startswith("val/")}
     results = {
         "status": "completed",
@@ -430,9 +430,9 @@ def _results(job: Job, last: dict, n_params: int, seconds: float) -> dict:
     return results
 
 
-def _last_logged(run_dir: Path) -> dict:
-    records = read_jsonl(run_dir / "metrics.jsonl")
-    last = records[-1] if records else {}
+def _last_logged(run_dir: Path, epoch: int) -> dict:
+    """The test metrics metrics.jsonl logged for `epoch`; {} if that line was lost (torn by a crash)."""
+    last = next((r for r in read_jsonl(run_dir / "metrics.jsonl") if r.get("epoch") == epoch), {})
     return {k.removeprefix("test/"): v for k, v in last.items() if k.startswith("test/")}
 
 
