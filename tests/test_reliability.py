@@ -131,6 +131,33 @@ def test_two_train_py_on_one_run_dir_the_second_exits_naming_the_first(tmp_path)
         first.wait()
 
 
+HOLD_AND_FORK = """
+import os, sys, time
+from pathlib import Path
+from rectnet.engine import rundir
+rundir.claim(Path(sys.argv[1]))
+child = os.fork()  # as DataLoader workers are forked from the training process
+if child == 0:
+    time.sleep(600)
+    os._exit(0)
+print(child, flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_forked_worker_does_not_keep_the_lock_of_a_killed_owner(tmp_path):
+    owner = subprocess.Popen([sys.executable, "-c", HOLD_AND_FORK, str(tmp_path)], cwd=ROOT, stdout=subprocess.PIPE)
+    worker = int(owner.stdout.readline())
+    owner.send_signal(signal.SIGKILL)
+    owner.wait()
+    try:
+        held, taken = rundir.claim(tmp_path)  # the worker still runs, with its copy of the lock file closed
+        held.release()
+        assert taken
+    finally:
+        os.kill(worker, signal.SIGKILL)
+
+
 def _foreign_record(path: Path, beat: int = 0) -> None:
     """The record an owner on node-b writes (replaced atomically: a reader never sees half of it)."""
     record = {"host": "node-b", "pid": 4242, "started": "1", "started_at": 0.0, "beat": beat, "released": False}

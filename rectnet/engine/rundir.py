@@ -173,6 +173,21 @@ class RunDirLock:
 _HELD: dict[Path, RunDirLock] = {}  # this process's locks: a second claim of the same folder reuses the first
 
 
+def _forget_in_child() -> None:
+    """A forked child (DataLoader workers) closes its copy of the lock: the lock must end with the owner.
+
+    flock belongs to the open file, which fork shares; a worker outliving a killed owner by a few seconds
+    would otherwise still hold it. Closing a copy releases nothing while the owner keeps its own.
+    """
+    for lock in _HELD.values():
+        with contextlib.suppress(OSError):
+            os.close(lock.fd)
+    _HELD.clear()
+
+
+os.register_at_fork(after_in_child=_forget_in_child)
+
+
 def claim(run_dir: Path) -> tuple[RunDirLock, bool]:
     """Own `run_dir` (created if needed); returns the lock and whether this call took it (False: already ours).
 
