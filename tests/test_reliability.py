@@ -483,7 +483,8 @@ def test_temporary_files_of_a_killed_write_are_removed_on_the_next_start(tmp_pat
 def test_a_user_error_is_one_line_and_the_last_one(tmp_path, args, reason):
     proc = run_cli([*TINY, *args, f"hydra.run.dir={tmp_path}"])
     assert proc.returncode == 1 and _last_line(proc) == reason
-    assert "Traceback" not in proc.stderr + proc.stdout
+    assert "Traceback" not in proc.stderr + proc.stdout and "Error executing job" not in proc.stderr
+    assert json.loads((tmp_path / ".lock").read_text())["released"] is True  # released before the exit
 
 
 def test_hydra_full_error_keeps_the_traceback(tmp_path):

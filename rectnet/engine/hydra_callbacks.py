@@ -136,15 +136,21 @@ class ReportFailures(Callback):
     def __init__(self) -> None:
         self.failures: list[Failure] = []
 
+    def on_run_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
+        """A single run: exit with the reason before Hydra prints its "Error executing job" line and traceback.
+
+        Listed before OwnRunDir in train.yaml: run-end callbacks go in reverse, so the lock is released first.
+        """
+        err = job_return._return_value
+        if job_return.status == JobStatus.FAILED and isinstance(err, USER_ERRORS) and not _full_error():
+            raise SystemExit(one_line_reason(err))
+
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
-        if job_return.status != JobStatus.FAILED:
+        if job_return.status != JobStatus.FAILED or config.hydra.mode != RunMode.MULTIRUN:
             return
         err = job_return._return_value
-        if config.hydra.mode == RunMode.MULTIRUN:
-            failure = Failure(str(config.hydra.job.num), " ".join(job_return.overrides or []), one_line_reason(err))
-            self.failures.append(failure)
-            print(f"[sweep] {failure.line()}", file=sys.stderr, flush=True)
-            if not _full_error():  # the sweep ends on the first failed job's error: make it the summary
-                job_return.return_value = SystemExit(SweepSummary(self.failures, str(config.hydra.sweep.dir)))
-        elif isinstance(err, USER_ERRORS) and not _full_error():
-            job_return.return_value = SystemExit(one_line_reason(err))
+        failure = Failure(str(config.hydra.job.num), " ".join(job_return.overrides or []), one_line_reason(err))
+        self.failures.append(failure)
+        print(f"[sweep] {failure.line()}", file=sys.stderr, flush=True)
+        if not _full_error():  # the sweep ends on the first failed job's error: make it the summary
+            job_return.return_value = SystemExit(SweepSummary(self.failures, str(config.hydra.sweep.dir)))
