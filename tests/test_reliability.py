@@ -195,6 +195,32 @@ def test_an_owner_on_another_host_is_seen_through_its_heartbeat_where_flock_is_n
         held.release()
 
 
+def test_of_two_nodes_taking_over_from_a_dead_owner_at_once_the_last_writer_wins(tmp_path, monkeypatch):
+    monkeypatch.setattr(rundir, "HEARTBEAT_S", 0.2)
+    lock = tmp_path / ".lock"
+    _foreign_record(lock)  # node-b died without releasing
+
+    def ours_written() -> bool:
+        try:
+            return json.loads(lock.read_text()).get("host") == HOST
+        except ValueError:  # read in the middle of a write
+            return False
+
+    def node_c() -> None:  # took over too, and wrote its record just after ours
+        while not ours_written():
+            time.sleep(0.001)
+        record = {"host": "node-c", "pid": 777, "started": "1", "started_at": 0.0, "beat": 0, "released": False}
+        lock.write_text(json.dumps(record))
+
+    competitor = threading.Thread(target=node_c)
+    competitor.start()
+    try:
+        with pytest.raises(rundir.RunDirError, match="claimed at the same time by process 777 on host node-c"):
+            rundir.claim(tmp_path)
+    finally:
+        competitor.join()
+
+
 def test_without_flock_a_live_owner_on_this_host_is_found_by_pid(tmp_path, monkeypatch):
     def no_flock(fd, operation):
         raise OSError(errno.ENOLCK, "No locks available")

@@ -205,7 +205,7 @@ def claim(run_dir: Path) -> tuple[RunDirLock, bool]:
         raise _not_writable(run_dir, err.strerror.lower()) from None
     try:
         flock_held = _flock(fd, path)
-        _check_record(path, flock_held)
+        took_over = _check_record(path, flock_held)
     except BaseException:
         os.close(fd)
         raise
@@ -219,6 +219,8 @@ def claim(run_dir: Path) -> tuple[RunDirLock, bool]:
     }
     lock = RunDirLock(path, fd, record, flock_held)
     lock._write()
+    if took_over:
+        _confirm(lock)
     lock.start_heartbeat()
     _HELD[path] = lock
     return lock, True
@@ -243,15 +245,18 @@ def _flock(fd: int, path: Path) -> bool:
     return True
 
 
-def _check_record(path: Path, flock_held: bool) -> None:
-    """Refuse a live owner that the flock cannot see: another host (flock node-local), or no flock at all."""
+def _check_record(path: Path, flock_held: bool) -> bool:
+    """Refuse a live owner that the flock cannot see: another host (flock node-local), or no flock at all.
+
+    Returns True when this claim takes over from another host's dead owner (to be confirmed: `_confirm`).
+    """
     record = _read_record(path)
     if record is None or record.get("released"):
-        return
+        return False
     if record.get("host") == socket.gethostname():
         if not flock_held and _pid_alive(int(record.get("pid", 0)), record.get("started")):
             raise RunDirError(f"the run directory {path.parent} is in use by {_describe(record)}")
-        return  # a working flock on this host is proof that the recorded owner is gone
+        return False  # a working flock on this host is proof that the recorded owner is gone
     wait = HEARTBEAT_S * STALE_BEATS
     log.warning("%s names %s, not released: watching its heartbeat for %.0f s", path, _describe(record), wait)
     time.sleep(wait)
@@ -263,6 +268,20 @@ def _check_record(path: Path, flock_held: bool) -> None:
             "moves; flock does not reach across hosts on this filesystem); wait for it to end or stop it"
         )
     log.warning("%s: the previous owner %s stopped beating; taking over", path, _describe(record))
+    return True
+
+
+def _confirm(lock: RunDirLock) -> None:
+    """Two nodes that watched the same dead owner may both take over: the last record written wins, and a
+    claimant that reads back someone else's record one second after writing its own backs off."""
+    time.sleep(min(1.0, HEARTBEAT_S))
+    record = _read_record(lock.path)
+    if record is None or (record.get("host"), record.get("pid")) != (lock.record["host"], lock.record["pid"]):
+        os.close(lock.fd)
+        raise RunDirError(
+            f"the run directory {lock.path.parent} was claimed at the same time by "
+            f"{_describe(record) if record else 'another process'}"
+        )
 
 
 def remove_stale_temporaries(run_dir: Path) -> list[Path]:
