@@ -24,19 +24,16 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.utils import JobReturn, JobStatus
+from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
-
-try:
-    from hydra.experimental.callback import Callback
-except ImportError:  # hydra < 1.3 kept it under hydra.experimental.callbacks
-    from hydra.experimental.callbacks import Callback
 
 from rectnet.config import ConfigError
 from rectnet.data.cifar import DatasetError
 from rectnet.data.imagenet import CorruptImageError, ImageFolderError
 from rectnet.engine import rundir
 from rectnet.engine.checkpoint import CheckpointError
+from rectnet.engine.distributed import env_ranks
 from rectnet.engine.train import NonFiniteLossError
 
 USER_ERRORS = (ConfigError, CheckpointError, DatasetError, ImageFolderError, CorruptImageError, NonFiniteLossError)
@@ -44,10 +41,6 @@ USER_ERRORS = (ConfigError, CheckpointError, DatasetError, ImageFolderError, Cor
 
 def _full_error() -> bool:
     return os.environ.get("HYDRA_FULL_ERROR") == "1"
-
-
-def _is_rank_zero() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
 
 
 class OwnRunDir(Callback):
@@ -62,7 +55,7 @@ class OwnRunDir(Callback):
     def _own(self, folder: str) -> None:
         try:
             rundir.check_location(folder)
-            if _is_rank_zero():
+            if env_ranks().is_main:  # torchrun / srun: every rank runs Hydra, rank 0 owns the folder
                 self.lock, _ = rundir.claim(Path(folder))
             else:
                 rundir.check_writable(Path(folder))
