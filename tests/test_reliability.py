@@ -442,6 +442,7 @@ def test_disk_full_while_writing_a_checkpoint_says_so_and_keeps_the_previous_one
         return tmp
 
     monkeypatch.setattr(ckpt, "temporary_path", on_full_disk)
+    (tmp_path / "FAILED").symlink_to("/dev/full")  # the disk is full for the error report too
     with pytest.raises(CheckpointWriteError) as caught:
         run(compose_train([*TINY, "trainer.epochs=2"], tmp_path))
     assert str(caught.value) == (

@@ -8,6 +8,7 @@ counts over ranks.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -137,7 +138,8 @@ def run(cfg: DictConfig) -> dict:
         results = _train(settings, OmegaConf.to_container(cfg, resolve=True), run_dir, runtime, ranks, stop)
     except Exception as err:
         if ranks.is_main:
-            (run_dir / "FAILED").write_text(f"{type(err).__name__}: {err}\n\n{traceback.format_exc()}")
+            with contextlib.suppress(OSError):  # on a full disk this write fails too: keep the run's own error
+                (run_dir / "FAILED").write_text(f"{type(err).__name__}: {err}\n\n{traceback.format_exc()}")
         raise
     finally:
         stop.uninstall()
