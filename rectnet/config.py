@@ -2,12 +2,14 @@
 
 `configs/train.yaml` starts from `train_schema`, so every group file is merged into these dataclasses:
 an unknown key or a wrong type (`optim.lr=abc`) fails at composition; `to_settings` then turns the
-composed config into these objects and runs each section's `validate` (ranges: `optim.lr=-1`).
+composed config into these objects and runs each section's `validate` (ranges: `optim.lr=-1`). Every
+numeric key has a range; on top of them no float anywhere may be infinite or NaN (`optim.lr=1e400`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -100,6 +102,7 @@ class DatasetConfig:
         for key in ("num_train", "num_test"):
             value = getattr(self, key)
             _require(value is None or value >= 1, f"dataset.{key}", "must be >= 1 or null", value)
+        _require(self.synthetic_noise >= 0, "dataset.synthetic_noise", "must be >= 0", self.synthetic_noise)
 
 
 @dataclass
@@ -115,6 +118,13 @@ class ModelConfig:
     def validate(self) -> None:
         _require(self.width > 0, "model.width", "must be > 0", self.width)
         _require(self.dropout is None or 0 <= self.dropout < 1, "model.dropout", "must be in [0, 1)", self.dropout)
+        for key in ("act_at", "halve_at"):
+            layers = getattr(self, key) or []
+            _require(all(i >= 1 for i in layers), f"model.{key}", "must list weight layers >= 1", layers)
+        _require(
+            all(int(k) >= 1 for k in self.init_std), "model.init_std", "keys must be weight layers >= 1", self.init_std
+        )
+        _require(all(v > 0 for v in self.init_std.values()), "model.init_std", "values must be > 0", self.init_std)
 
 
 @dataclass
@@ -185,11 +195,12 @@ class ScheduleConfig:
             (self.warmup_steps, self.warmup_epochs),
         )
         _require(0 < self.warmup_factor <= 1, "schedule.warmup_factor", "must be in (0, 1]", self.warmup_factor)
-        _require(self.min_lr >= 0, "schedule.min_lr", "must be >= 0", self.min_lr)
         _require(0 < self.gamma <= 1, "schedule.gamma", "must be in (0, 1]", self.gamma)
         _require(self.step_size >= 1, "schedule.step_size", "must be >= 1", self.step_size)
         _require(all(m >= 1 for m in self.milestones), "schedule.milestones", "must be >= 1", self.milestones)
         _require(self.patience >= 0, "schedule.patience", "must be >= 0", self.patience)
+        _require(self.threshold >= 0, "schedule.threshold", "must be >= 0", self.threshold)
+        _require(self.min_lr >= 0, "schedule.min_lr", "must be >= 0", self.min_lr)
 
 
 @dataclass
@@ -234,6 +245,12 @@ class TrainerConfig:
             "trainer.max_steps_per_epoch",
             "must be >= 1 or null",
             self.max_steps_per_epoch,
+        )
+        _require(
+            self.stop_at_val_loss is None or self.stop_at_val_loss >= 0,
+            "trainer.stop_at_val_loss",
+            "must be >= 0 or null",
+            self.stop_at_val_loss,
         )
 
 
@@ -318,12 +335,29 @@ def _check_pairings(settings: TrainConfig) -> None:
         )
 
 
+def _reject_non_finite(value: Any, key: str) -> None:
+    """No float anywhere in the config may be inf or NaN (`optim.lr=1e400` parses as inf)."""
+    if dataclasses.is_dataclass(value):
+        for f in dataclasses.fields(value):
+            _reject_non_finite(getattr(value, f.name), f"{key}.{f.name}" if key else f.name)
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            _reject_non_finite(v, f"{key}.{k}")
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            _reject_non_finite(v, key)
+    elif isinstance(value, float):
+        _require(math.isfinite(value), key, "must be a finite number", value)
+
+
 def to_settings(cfg: DictConfig) -> TrainConfig:
     """Resolve and validate a composed config into `TrainConfig` (raises ConfigError with the key)."""
     _reject_unknown_keys(cfg, TrainConfig)
     settings = OmegaConf.to_object(cfg)
     if not isinstance(settings, TrainConfig):
         raise ConfigError("the config was not composed from train_schema (configs/train.yaml's defaults)")
+    _reject_non_finite(settings, "")
+    _require(0 <= settings.seed < 2**32, "seed", "must be in [0, 2**32) (numpy's seed range)", settings.seed)
     for section in vars(settings).values():
         if hasattr(section, "validate"):
             section.validate()

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +29,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from torch import nn
 
-from rectnet.config import TrainConfig, to_settings
+from rectnet.config import ConfigError, TrainConfig, to_settings
 from rectnet.engine.build import build_model
 
 # The repository's configs/ next to the package (an editable install or a checkout on sys.path).
@@ -129,7 +130,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. model=prelu_a dataset.image_size=224")
     args = parser.parse_args(argv)
-    print(json.dumps(summarize(args.overrides)))
+    try:
+        record = summarize(args.overrides)
+    except ConfigError as err:  # a user error: its reason, not a traceback, is the last line
+        sys.exit(f"ConfigError: {err}")
+    print(json.dumps(record))
 
 
 if __name__ == "__main__":

@@ -18,7 +18,9 @@ from tests.helpers import TINY, compose_train
 
 
 def _symmetric(eigenvalues: list[float], seed: int = 0) -> torch.Tensor:
-    q, _ = torch.linalg.qr(torch.randn(len(eigenvalues), len(eigenvalues), generator=torch.Generator().manual_seed(seed)))
+    q, _ = torch.linalg.qr(
+        torch.randn(len(eigenvalues), len(eigenvalues), generator=torch.Generator().manual_seed(seed))
+    )
     return q @ torch.diag(torch.tensor(eigenvalues)) @ q.T
 
 

@@ -62,7 +62,8 @@ def resolve_checkpoint(path: Path | str, which: str = "last") -> Path:
 def build_from_config(config: dict, in_chans: int = 3) -> SpecNet:
     """The network a saved, resolved config describes, built as train.py builds it (weights then loaded)."""
     settings = settings_from_dict(config)
-    return build_model(settings, settings.dataset.num_classes, in_chans)
+    # weights are what the analyses read; a config's image_size below the net's minimum does not matter here
+    return build_model(settings, settings.dataset.num_classes, in_chans, check_input=False)
 
 
 def load_model(path: Path | str, which: str = "last") -> LoadedModel:

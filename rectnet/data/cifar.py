@@ -3,6 +3,10 @@
 The reader trusts the files' content, not their checksums: a locally re-encoded copy (such as the JPEG
 round trip in ../shared/data) has other MD5s and must still load. Checksums are checked only when
 `dataset.download=true` fetches the archive, by torchvision's download utilities.
+
+Trusting the content never means running it: a pickle can name any callable, so a crafted `data_batch_N`
+would run code under `pickle.load`. `CifarUnpickler` admits only what CIFAR batch files hold (dicts, lists,
+strings, bytes, numbers and numpy arrays, as numpy and Python 2's pickles spell them) and refuses the rest.
 """
 
 from __future__ import annotations
@@ -53,14 +57,45 @@ SHARED_COPY_HINT = (
 )
 
 
+# The only globals a CIFAR batch pickle names: numpy arrays, dtypes and scalars (numpy 1 and 2 module names,
+# protocol 5's buffer form) and bytes as Python 3 pickles them at protocol 2. None of them runs code.
+CIFAR_PICKLE_GLOBALS = frozenset(
+    {
+        *((module, "_reconstruct") for module in ("numpy.core.multiarray", "numpy._core.multiarray")),
+        *((module, "scalar") for module in ("numpy.core.multiarray", "numpy._core.multiarray")),
+        *((module, "_frombuffer") for module in ("numpy.core.numeric", "numpy._core.numeric")),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("_codecs", "encode"),
+    }
+)
+
+
+class UnsafePickleError(pickle.UnpicklingError):
+    """A dataset pickle names something other than plain data (it could run code when loaded)."""
+
+
+class CifarUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> object:
+        if (module, name) not in CIFAR_PICKLE_GLOBALS:
+            raise UnsafePickleError(f"{module}.{name}")
+        return super().find_class(module, name)
+
+
 def _read_batch(path: Path, label_key: str) -> tuple[np.ndarray, np.ndarray]:
     try:
         with path.open("rb") as f:
-            entry = pickle.load(f, encoding="latin1")
+            entry = CifarUnpickler(f, encoding="latin1").load()
         data = np.asarray(entry["data"], dtype=np.uint8)
         labels = np.asarray(entry[label_key], dtype=np.int64)
     except FileNotFoundError:
         raise
+    except UnsafePickleError as err:
+        raise DatasetError(
+            f"{path} refers to {err}, which CIFAR batch files never contain (only dicts, lists, strings, bytes and "
+            "numpy arrays): refused to load it, since unpickling it could run code. Replace the file with an "
+            "official copy."
+        ) from None
     except Exception as err:  # truncated pickle, wrong file, missing keys: all mean "corrupt"
         raise DatasetError(f"{path} is not a readable CIFAR batch file ({type(err).__name__}: {err})") from None
     if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(labels) != len(data):

@@ -2,13 +2,29 @@
 
 from __future__ import annotations
 
-from rectnet.config import TrainConfig
+from rectnet.config import ConfigError, TrainConfig
 from rectnet.layers.activations import make_activation
-from rectnet.models import SpecNet, create
+from rectnet.models import MODELS, SpecNet, create
+from rectnet.models.spec import min_input_size
 
 
-def build_model(settings: TrainConfig, num_classes: int, in_chans: int = 3) -> SpecNet:
-    """Build and initialise `settings.model` with `settings.activation` and `settings.init`."""
+def check_input_size(model: str, image_size: int) -> None:
+    """Every net takes any input size down to a minimum (its strided layers must leave a map); say which."""
+    smallest = min_input_size(MODELS.get(model)())
+    if image_size < smallest:
+        raise ConfigError(
+            f"dataset.image_size={image_size} is too small for model {model}: its smallest input is "
+            f"{smallest}x{smallest} (set dataset.image_size={smallest} or more)"
+        )
+
+
+def build_model(settings: TrainConfig, num_classes: int, in_chans: int = 3, check_input: bool = True) -> SpecNet:
+    """Build and initialise `settings.model` with `settings.activation` and `settings.init`.
+
+    `check_input`: refuse a `dataset.image_size` below the net's minimum (off where only weights are read).
+    """
+    if check_input:
+        check_input_size(settings.model.name, settings.dataset.image_size)
     act = make_activation(settings.activation.name, **settings.activation.params())
     m = settings.model
     return create(

@@ -8,10 +8,17 @@ Layout of a checkpoint (all keys always present):
 
 `last.pt` is replaced atomically (temporary file, fsync, rename); the checkpoint it replaces is kept as
 `prev.pt`, so a `last.pt` damaged outside our control (disk full, a copy cut short) still leaves a good one.
+
+Integrity on load: a checkpoint is a zip archive whose every member carries a CRC-32 that torch.save
+computes; `load` checks them all before unpickling (a flipped byte anywhere in the data is a mismatch) and
+refuses model or optimizer tensors holding NaN or inf. The training loop never writes such a state
+(`nonfinite_entries` before every save), so either finding means damage, and `resolve_resume` falls back
+to `prev.pt` as for any damaged file.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import pickle
@@ -42,19 +49,52 @@ class CheckpointError(RuntimeError):
     """A checkpoint is missing, unreadable or not a rectnet checkpoint."""
 
 
-def atomic_save(obj: Any, path: Path) -> None:
-    """torch.save to a temporary file in the same folder, fsync it, then rename over `path`."""
+class CheckpointWriteError(CheckpointError):
+    """A checkpoint could not be written (disk full, quota); the one it would have replaced is intact."""
+
+
+NO_SPACE = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded"}
+
+
+def temporary_path(path: Path) -> Path:
+    """Where `atomic_save` writes before the rename (rundir.STALE_TEMPORARIES removes leftovers)."""
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+def atomic_save(obj: Any, path: Path, replaces: Path | None = None) -> None:
+    """torch.save to a temporary file in the same folder, fsync it, then rename over `path`.
+
+    `replaces`: the file this write is about to become (`path` unless a caller renames it on), named when
+    the disk is full.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = temporary_path(path)
     try:
         with tmp.open("wb") as f:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as err:
+        reason = _no_space_reason(err)
+        if reason is None:
+            raise
+        target = replaces or path
+        kept = f"the previous {target} is intact" if target.exists() else f"no earlier {target.name} existed"
+        raise CheckpointWriteError(f"{reason} while writing {target}; {kept}. Free space and resume.") from err
     finally:
         tmp.unlink(missing_ok=True)
     _fsync_dir(path.parent)
+
+
+def _no_space_reason(err: BaseException | None) -> str | None:
+    """ENOSPC / EDQUOT anywhere in the chain: torch's C++ writer reports it as an `inline_container` error
+    whose OSError is only the context (or the reverse, when Python's buffered file fails on close)."""
+    while err is not None:
+        if isinstance(err, OSError) and err.errno in NO_SPACE:
+            return NO_SPACE[err.errno]
+        err = err.__cause__ or err.__context__
+    return None
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -69,7 +109,7 @@ def save_last(state: dict, folder: Path) -> Path:
     """Write `last.pt`, keeping the checkpoint it replaces as `prev.pt`."""
     last, prev = folder / "last.pt", folder / "prev.pt"
     tmp = folder / ".last.pt.new"
-    atomic_save(state, tmp)
+    atomic_save(state, tmp, replaces=last)
     if last.exists():
         os.replace(last, prev)
     os.replace(tmp, last)
@@ -82,6 +122,7 @@ def load(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
+    _verify_archive(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, OSError) as err:
@@ -91,7 +132,39 @@ def load(path: str | Path) -> dict:
         raise CheckpointError(f"{path} is not a rectnet checkpoint (missing {', '.join(missing)})")
     if state["format"] != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} has checkpoint format {state['format']}; this rectnet reads {CHECKPOINT_FORMAT}")
+    bad = nonfinite_entries(state["model"], state["optimizer"])
+    if bad:
+        raise CheckpointError(f"{path} is damaged: NaN or inf in {_first_names(bad)}")
     return state
+
+
+def _verify_archive(path: Path) -> None:
+    """Every member's CRC-32 against its bytes: a flipped byte loads silently through torch.load otherwise."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as err:
+        raise CheckpointError(f"{path} is not a readable checkpoint ({type(err).__name__}: {err})") from None
+    if bad is not None:
+        raise CheckpointError(f"{path} is corrupted: the content of {bad} does not match its CRC-32")
+
+
+def nonfinite_entries(model: dict, optimizer: dict) -> list[str]:
+    """Names of the floating-point model and optimizer tensors that hold NaN or inf (one fused check)."""
+    named = [(f"model.{k}", v) for k, v in model.items()]
+    named += [(f"optimizer.{i}.{k}", v) for i, per in optimizer.get("state", {}).items() for k, v in per.items()]
+    floats = [(name, t) for name, t in named if isinstance(t, torch.Tensor) and t.is_floating_point()]
+    if not floats:
+        return []
+    finite = torch.stack([t.isfinite().all() for _, t in floats])
+    if bool(finite.all()):
+        return []
+    return [name for (name, _), ok in zip(floats, finite.tolist(), strict=True) if not ok]
+
+
+def _first_names(names: list[str], shown: int = 3) -> str:
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
 
 
 def resolve_resume(resume: str | None, checkpoint_dir: Path) -> dict | None:
@@ -114,4 +187,10 @@ def resolve_resume(resume: str | None, checkpoint_dir: Path) -> dict | None:
         if not prev.exists():
             raise
         log.warning("%s; resuming from the previous checkpoint %s", err, prev)
-        return load(prev)
+        try:
+            return load(prev)
+        except CheckpointError as prev_err:
+            raise CheckpointError(
+                f"neither checkpoint can be resumed from: {err}; {prev_err}. Restore one of them from a copy, "
+                "resume from another file with trainer.resume=<path>, or start afresh in another hydra.run.dir"
+            ) from None

@@ -20,10 +20,30 @@ from rectnet.layers.activations import PReLU
 log = logging.getLogger("rectnet")
 
 
+def _parse_line(line: str) -> dict | None:
+    """One JSON-lines record; None for a blank, torn or NUL-filled line."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """The records of a JSON-lines file that parse (a line torn by an interrupted write is skipped)."""
+    if not path.is_file():
+        return []
+    text = path.read_bytes().decode("utf-8", errors="replace")
+    return [r for r in map(_parse_line, text.split("\n")) if r is not None]
+
+
 def write_json(path: Path, obj: Any) -> None:
-    """Write JSON atomically (temporary file + rename), so a reader never sees half a file."""
+    """Write JSON atomically (temporary file, fsync, rename), so a reader never sees half a file."""
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
+    with tmp.open("w") as f:
+        f.write(json.dumps(obj, indent=2, default=str) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)
 
 
@@ -92,14 +112,28 @@ class RunLogger:
             self.writer = SummaryWriter(str(run_dir / "tb"), purge_step=resume_epoch + 1 if resume_epoch else None)
 
     def _drop_epochs_after(self, epoch: int) -> None:
-        """On resume, lines of epochs after the checkpoint belong to the abandoned attempt: keep the rest."""
+        """On resume the checkpoint is the truth: keep the lines of epochs up to its epoch that parse.
+
+        Lines of later epochs belong to the abandoned attempt; a line cut short or the NUL bytes a power cut
+        leaves at the end of a file are dropped with a warning, never an error. The file is rewritten (atomically)
+        whenever it is not exactly the kept lines, so the next append starts on a line of its own.
+        """
         if not self.metrics_path.exists():
             return
-        lines = self.metrics_path.read_text().splitlines()
-        kept = [line for line in lines if line.strip() and json.loads(line).get("epoch", 0) <= epoch]
-        if len(kept) != len(lines):
+        text = self.metrics_path.read_bytes().decode("utf-8", errors="replace")
+        kept, torn = [], 0
+        for line in text.split("\n"):
+            record = _parse_line(line)
+            if record is None:
+                torn += bool(line.strip("\x00 \t\r"))
+            elif record.get("epoch", 0) <= epoch:
+                kept.append(line)
+        if torn:
+            log.warning("%s: dropped %d unreadable line(s) (a write cut short)", self.metrics_path, torn)
+        content = "".join(line + "\n" for line in kept)
+        if content != text:
             tmp = self.metrics_path.with_name(".metrics.jsonl.tmp")
-            tmp.write_text("".join(line + "\n" for line in kept))
+            tmp.write_text(content)
             os.replace(tmp, self.metrics_path)
 
     def epoch(self, record: dict[str, Any], model: nn.Module) -> None:

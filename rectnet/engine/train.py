@@ -8,7 +8,7 @@ counts over ranks.
 
 from __future__ import annotations
 
-import json
+import contextlib
 import logging
 import math
 import time
@@ -25,11 +25,12 @@ from torch.nn.parallel import DistributedDataParallel
 from rectnet.config import ConfigError, TrainConfig, TrainerConfig, to_settings
 from rectnet.data.sources import Source, SourceContext, make_source
 from rectnet.engine import checkpoint as ckpt
+from rectnet.engine import rundir
 from rectnet.engine.build import build_model
 from rectnet.engine.distributed import Dist, env_ranks, init_distributed, label_log_records, shutdown
 from rectnet.engine.env import git_state, hardware, versions
 from rectnet.engine.evaluate import Evaluator
-from rectnet.engine.logging import Progress, RunLogger, elapsed, prelu_slopes, write_json
+from rectnet.engine.logging import Progress, RunLogger, elapsed, prelu_slopes, read_jsonl, write_json
 from rectnet.engine.metrics import Counts
 from rectnet.engine.optim import Schedule, make_optimizer, make_schedule, step_schedule
 from rectnet.engine.preemption import StopSignals
@@ -40,6 +41,10 @@ log = logging.getLogger("rectnet")
 
 class NonFiniteLossError(FloatingPointError):
     """The training loss became NaN or infinite; no checkpoint is written after it."""
+
+
+class NonFiniteStateError(NonFiniteLossError):
+    """A step wrote NaN or inf into the weights or optimizer state (its loss was still finite); not saved."""
 
 
 @dataclass
@@ -74,7 +79,20 @@ class Job:
     stop: StopSignals = field(default_factory=StopSignals)
 
     def save(self, is_best: bool = False) -> None:
-        """Rank 0 writes last.pt (and best.pt); every rank contributes its RNG state first."""
+        """Rank 0 writes last.pt (and best.pt); every rank contributes its RNG state first.
+
+        A state holding NaN or inf is never written: with a huge learning rate one step can overflow the
+        weights while its loss, computed before the update, was still finite. Every rank checks (their
+        states are identical), so all stop together.
+        """
+        bad = ckpt.nonfinite_entries(self.model.state_dict(), self.optimizer.state_dict())
+        if bad:
+            s = self.state
+            at = f"after epoch {s.epoch}" if s.step == 0 else f"at epoch {s.epoch + 1}, step {s.step}"
+            raise NonFiniteStateError(
+                f"the weights or optimizer state hold NaN or inf {at} ({', '.join(bad[:3])}): not saved; "
+                f"{_last_good(self.run_dir)} Lower optim.lr or check the data."
+            )
         rng = self.ranks.gather(rng_state())
         partial = self.ranks.gather(self.state.partial.as_tensor())
         if self.ranks.is_main:
@@ -97,9 +115,10 @@ class Job:
                 "data": self.data_state,
                 "format": ckpt.CHECKPOINT_FORMAT,
             }
-            ckpt.save_last(payload, self.run_dir / "checkpoints")
+            # best.pt before last.pt: killed between the two, the resume redoes this epoch and rewrites best.pt
             if is_best:
                 ckpt.atomic_save(payload, self.run_dir / "checkpoints" / "best.pt")
+            ckpt.save_last(payload, self.run_dir / "checkpoints")
         self.ranks.barrier()
 
 
@@ -110,20 +129,23 @@ def run(cfg: DictConfig) -> dict:
     runtime = make_runtime(settings.trainer, ranks.local_rank)
     init_distributed(ranks, runtime.device)
     label_log_records(ranks)
-    run_dir = Path(settings.run_dir)
-    if ranks.gather(str(run_dir.resolve())) != [str(run_dir.resolve())] * ranks.world_size:
+    run_dir = rundir.check_location(settings.run_dir)
+    if ranks.gather(str(run_dir)) != [str(run_dir)] * ranks.world_size:
         raise ConfigError("ranks disagree on the run directory; pin it with hydra.run.dir=... or RECTNET_RUN_DIR")
-    run_dir.mkdir(parents=True, exist_ok=True)
+    lock = rundir.claim_for(run_dir, ranks)  # before anything is written: another live run may own the folder
     stop = StopSignals().install()
     try:
         results = _train(settings, OmegaConf.to_container(cfg, resolve=True), run_dir, runtime, ranks, stop)
     except Exception as err:
         if ranks.is_main:
-            (run_dir / "FAILED").write_text(f"{type(err).__name__}: {err}\n\n{traceback.format_exc()}")
+            with contextlib.suppress(OSError):  # on a full disk this write fails too: keep the run's own error
+                (run_dir / "FAILED").write_text(f"{type(err).__name__}: {err}\n\n{traceback.format_exc()}")
         raise
     finally:
         stop.uninstall()
         shutdown()
+        if lock is not None:
+            lock.release()
     if ranks.is_main:
         (run_dir / "FAILED").unlink(missing_ok=True)
     return results
@@ -220,7 +242,8 @@ def _train(
         write_json(run_dir / "results.json", results)
         logger.hparams(
             results["hparams"],
-            {k: results["final"][k] for k in ("top1_err", "top5_err")} | {"best_top1_err": job.state.best_top1_err},
+            {k: v for k, v in results["final"].items() if k in ("top1_err", "top5_err")}
+            | {"best_top1_err": job.state.best_top1_err},
         )
         logger.close()
         _announce(results, run_dir, settings.logger.tensorboard)
@@ -403,7 +426,7 @@ def _hparams(settings: TrainConfig, world_size: int) -> dict:
 def _results(job: Job, last: dict, n_params: int, seconds: float) -> dict:
     final = {k.removeprefix("test/"): v for k, v in last.items() if k.startswith("test/")}
     if not final:  # resumed a finished run: nothing trained now, report the last logged epoch
-        final = _last_logged(job.run_dir)
+        final = _last_logged(job.run_dir, job.state.epoch)
     final_val = {k.removeprefix("val/"): v for k, v in last.items() if k.startswith("val/")}
     results = {
         "status": "completed",
@@ -432,14 +455,24 @@ def _results(job: Job, last: dict, n_params: int, seconds: float) -> dict:
     return results
 
 
-def _last_logged(run_dir: Path) -> dict:
-    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    last = json.loads(lines[-1])
+def _last_logged(run_dir: Path, epoch: int) -> dict:
+    """The test metrics metrics.jsonl logged for `epoch`; {} if that line was lost (torn by a crash)."""
+    last = next((r for r in read_jsonl(run_dir / "metrics.jsonl") if r.get("epoch") == epoch), {})
     return {k.removeprefix("test/"): v for k, v in last.items() if k.startswith("test/")}
 
 
 def _announce(results: dict, run_dir: Path, tensorboard: bool) -> None:
     final = results["final"]
+    if not final:  # a finished run resumed, whose metrics.jsonl lost its last epoch's line
+        log.warning("no final metrics: metrics.jsonl holds no readable record of epoch %d", results["epochs"])
+    else:
+        _announce_final(final)
+    log.info("run directory: %s", run_dir.resolve())
+    if tensorboard:
+        log.info("TensorBoard: tensorboard --logdir %s", (run_dir / "tb").resolve())
+
+
+def _announce_final(final: dict) -> None:
     log.info(
         "finished: test top-1 error %.2f%% (accuracy %.2f%%), top-5 error %.2f%% (accuracy %.2f%%) on %d images",
         final["top1_err"],
@@ -448,6 +481,3 @@ def _announce(results: dict, run_dir: Path, tensorboard: bool) -> None:
         final["top5_acc"],
         final["count"],
     )
-    log.info("run directory: %s", run_dir.resolve())
-    if tensorboard:
-        log.info("TensorBoard: tensorboard --logdir %s", (run_dir / "tb").resolve())

@@ -116,6 +116,35 @@ class SpecNet(nn.Module):
         return self.head(self.features(x))
 
 
+def _side_after(spec: LayerSpec, side: int) -> int:
+    """The side of a square map after one feature layer (PyTorch's conv/pool arithmetic); <1: no output."""
+    if not isinstance(spec, (Conv, Pool)):
+        return side  # dropout, activations; the head's pooling (global, SPP) takes any map
+    span = side + 2 * spec.padding - spec.kernel
+    if isinstance(spec, Pool) and spec.ceil_mode:  # windows may hang over the edge, but must start inside
+        out = -(-span // spec.stride) + 1
+        return out - 1 if (out - 1) * spec.stride >= side + spec.padding else out
+    return span // spec.stride + 1 if span >= 0 else 0  # 0: kernel larger than the padded input
+
+
+def min_input_size(specs: Sequence[LayerSpec]) -> int:
+    """The smallest square input whose every feature map, up to the head, is at least 1x1."""
+
+    def fits(side: int) -> bool:
+        for spec in specs:
+            if getattr(spec, "starts_head", False):
+                return True
+            side = _side_after(spec, side)
+            if side < 1:
+                return False
+        return True
+
+    side = 1
+    while not fits(side):  # a map only grows with the input, so the first fit is the minimum
+        side += 1
+    return side
+
+
 def _scaled(out: int, factor: float) -> int:
     return max(1, round(out * factor))
 

@@ -1,0 +1,149 @@
+"""Hydra callbacks of train.py (configs/train.yaml, hydra.callbacks): run-directory checks and error reports.
+
+`OwnRunDir` acts before Hydra writes anything: Hydra opens `train.log` and writes `.hydra/` before the task
+function runs, so an empty `hydra.run.dir`, the repository itself, a read-only folder or a folder that
+another run owns must be refused in `on_run_start` (a sweep's folder in `on_multirun_start`), or the refused
+run would already have appended to the owner's log and replaced its `.hydra/config.yaml`.
+
+`ReportFailures` makes a user error (bad config value, missing data, bad checkpoint, NaN loss, busy run
+directory) end in its one-line reason instead of a traceback; `HYDRA_FULL_ERROR=1` keeps the traceback, as
+for Hydra's own errors, and `<run dir>/FAILED` always has it. In a sweep every failed job is printed when
+it ends, and the sweep ends listing them all.
+
+Both exit through SystemExit with the message: Hydra's callback runner turns any other exception raised in
+a callback into a warning and carries on, and Hydra's error printer appends a hint line after the message,
+while an uncaught SystemExit prints its message as the process's last line (exit status 1).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hydra.core.utils import JobReturn, JobStatus
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+from rectnet.config import ConfigError
+from rectnet.data.cifar import DatasetError
+from rectnet.data.imagenet import CorruptImageError, ImageFolderError
+from rectnet.engine import rundir
+from rectnet.engine.checkpoint import CheckpointError
+from rectnet.engine.distributed import env_ranks
+from rectnet.engine.train import NonFiniteLossError
+
+USER_ERRORS = (ConfigError, CheckpointError, DatasetError, ImageFolderError, CorruptImageError, NonFiniteLossError)
+
+
+def _full_error() -> bool:
+    return os.environ.get("HYDRA_FULL_ERROR") == "1"
+
+
+class OwnRunDir(Callback):
+    """Check and own the run directory (single run) or the sweep directory (-m) before Hydra writes there."""
+
+    def __init__(self) -> None:
+        self.lock: rundir.RunDirLock | None = None
+
+    def __getstate__(self) -> dict:  # submitit pickles the callbacks into its jobs: the lock stays here
+        return {"lock": None}
+
+    def _own(self, folder: str) -> None:
+        try:
+            rundir.check_location(folder)
+            if env_ranks().is_main:  # torchrun / srun: every rank runs Hydra, rank 0 owns the folder
+                self.lock, _ = rundir.claim(Path(folder))
+            else:
+                rundir.check_writable(Path(folder))
+        except rundir.RunDirError as err:
+            raise SystemExit(one_line_reason(err)) from None
+
+    def _release(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._own(str(OmegaConf.select(config, "hydra.run.dir")))
+
+    def on_run_end(self, config: DictConfig, **kwargs: Any) -> None:
+        self._release()
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._own(str(OmegaConf.select(config, "hydra.sweep.dir")))
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        self._release()
+
+
+@dataclass(frozen=True)
+class Failure:
+    job: str
+    overrides: str
+    reason: str
+
+    def line(self) -> str:
+        return f"job {self.job} failed ({self.overrides or 'no overrides'}): {self.reason}"
+
+
+def one_line_reason(err: BaseException) -> str:
+    text = " ".join(str(err).split()) or "(no message)"
+    return f"{type(err).__name__}: {text}"
+
+
+@dataclass(frozen=True)
+class SweepSummary:
+    """Every failed job of a sweep, formatted when printed (after the last job).
+
+    Jobs that ran in this process are in `seen` (a list the callback keeps appending to); jobs that ran
+    elsewhere (submitit) are found through the FAILED files their runs left in the sweep directory.
+    """
+
+    seen: list[Failure]
+    sweep_dir: str
+
+    def __str__(self) -> str:
+        failures = {f.job: f for f in _failures_on_disk(Path(self.sweep_dir))} | {f.job: f for f in self.seen}
+        ordered = sorted(failures.values(), key=lambda f: (len(f.job), f.job))
+        lines = [f"{len(ordered)} job(s) of the sweep in {self.sweep_dir} failed:"]
+        return "\n".join(lines + [f"  {f.line()}" for f in ordered])
+
+
+def _failures_on_disk(sweep_dir: Path) -> list[Failure]:
+    failures = []
+    for failed in sweep_dir.glob("*/FAILED"):
+        overrides_file = failed.parent / ".hydra" / "overrides.yaml"
+        overrides = OmegaConf.load(overrides_file) if overrides_file.is_file() else []
+        reason = failed.read_text().split("\n", 1)[0]
+        failures.append(Failure(failed.parent.name, " ".join(map(str, overrides)), reason))
+    return failures
+
+
+class ReportFailures(Callback):
+    """One-line reasons for user errors; in sweeps, each failure as it happens and all of them at the end."""
+
+    def __init__(self) -> None:
+        self.failures: list[Failure] = []
+
+    def on_run_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
+        """A single run: exit with the reason before Hydra prints its "Error executing job" line and traceback.
+
+        Listed before OwnRunDir in train.yaml: run-end callbacks go in reverse, so the lock is released first.
+        """
+        err = job_return._return_value
+        if job_return.status == JobStatus.FAILED and isinstance(err, USER_ERRORS) and not _full_error():
+            raise SystemExit(one_line_reason(err))
+
+    def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
+        if job_return.status != JobStatus.FAILED or config.hydra.mode != RunMode.MULTIRUN:
+            return
+        err = job_return._return_value
+        failure = Failure(str(config.hydra.job.num), " ".join(job_return.overrides or []), one_line_reason(err))
+        self.failures.append(failure)
+        print(f"[sweep] {failure.line()}", file=sys.stderr, flush=True)
+        if not _full_error():  # the sweep ends on the first failed job's error: make it the summary
+            job_return.return_value = SystemExit(SweepSummary(self.failures, str(config.hydra.sweep.dir)))
