@@ -209,14 +209,18 @@ class TrainerConfig:
     batch_size: int = 128
     eval_batch_size: int = 500
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast; fp16 adds a gradient scaler, CUDA only)
+    # auto (bf16 autocast where the hardware has native bf16: CUDA with bf16, CPUs with avx512_bf16/amx_bf16;
+    # fp32 elsewhere; the choice is logged) | fp32 | bf16 | fp16 (autocast; fp16 adds a gradient scaler, CUDA only)
+    precision: str = "auto"
     channels_last: bool = True
     compile: bool = False  # torch.compile the model
     fused_prelu: bool = True  # PReLU's one-pass CPU backward (rectnet/layers/fused.py); false: F.prelu's own
     keep_freed_memory: bool = True  # CPU: malloc keeps freed activation buffers for the next step (runtime.py)
     resume: str | None = "auto"  # "auto": <run_dir>/checkpoints/last.pt if it exists; a path; null: never
-    threads: int | None = None  # CPU intra-op threads (torch default when null)
-    deterministic: bool = False  # torch.use_deterministic_algorithms + cudnn.benchmark off
+    threads: int | None = None  # CPU intra-op threads; null: $OMP_NUM_THREADS, else usable cores / local ranks
+    # torch.use_deterministic_algorithms(warn_only=True) + cudnn.benchmark off: ops without a deterministic
+    # kernel (adaptive_max_pool2d's CUDA backward, SPP nets) warn instead of failing (runtime.set_determinism)
+    deterministic: bool = False
     log_every_steps: int = 50  # plain progress lines when the output is not a terminal
     progress: str = "auto"  # auto (bar on a terminal, lines otherwise) | bar | lines | none
     max_steps_per_epoch: int | None = None  # cap for quick checks; null = the whole epoch
@@ -230,7 +234,7 @@ class TrainerConfig:
         _require(self.epochs >= 1, "trainer.epochs", "must be >= 1", self.epochs)
         _require(self.batch_size >= 1, "trainer.batch_size", "must be >= 1", self.batch_size)
         _require(self.eval_batch_size >= 1, "trainer.eval_batch_size", "must be >= 1", self.eval_batch_size)
-        _one_of("trainer.precision", self.precision, ("fp32", "bf16", "fp16"))
+        _one_of("trainer.precision", self.precision, ("auto", "fp32", "bf16", "fp16"))
         _one_of("trainer.progress", self.progress, ("auto", "bar", "lines", "none"))
         _require(self.log_every_steps >= 1, "trainer.log_every_steps", "must be >= 1", self.log_every_steps)
         _require(
@@ -297,7 +301,16 @@ def default_run_dir() -> str:
     """outputs/<date>/<time>; under torchrun outputs/torchrun/<run id>, which every rank of a launch shares
     (each rank composes its own config, and their clocks may straddle a second)."""
     run_id = os.environ.get("TORCHELASTIC_RUN_ID")
-    if run_id and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if run_id and world > 1:
+        if run_id == "none" and world > int(os.environ.get("LOCAL_WORLD_SIZE", world)):
+            # static rendezvous on several nodes without --rdzv-id: every such launch is "none"
+            raise ConfigError(
+                "multi-node torchrun without --rdzv-id: every such launch gets the run id 'none' and would share "
+                "outputs/torchrun/none (trainer.resume=auto would continue another run). Pass "
+                "--rdzv-id=<unique job id> (e.g. $SLURM_JOB_ID), or pin the folder with hydra.run.dir=... or "
+                "RECTNET_RUN_DIR"
+            )
         return f"outputs/torchrun/{run_id}"
     return datetime.now().strftime("outputs/%Y-%m-%d/%H-%M-%S")
 

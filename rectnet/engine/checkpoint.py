@@ -12,7 +12,7 @@ Layout of a checkpoint (all keys always present):
 Integrity on load: a checkpoint is a zip archive whose every member carries a CRC-32 that torch.save
 computes; `load` checks them all before unpickling (a flipped byte anywhere in the data is a mismatch) and
 refuses model or optimizer tensors holding NaN or inf. The training loop never writes such a state
-(`nonfinite_entries` before every save), so either finding means damage, and `resolve_resume` falls back
+(`nonfinite_entries` before every save), so either finding means damage, and `choose_resume` falls back
 to `prev.pt` as for any damaged file.
 """
 
@@ -167,8 +167,8 @@ def _first_names(names: list[str], shown: int = 3) -> str:
     return ", ".join(names[:shown]) + more
 
 
-def resolve_resume(resume: str | None, checkpoint_dir: Path) -> dict | None:
-    """The checkpoint to resume from: None for a fresh start.
+def choose_resume(resume: str | None, checkpoint_dir: Path) -> tuple[Path, dict] | None:
+    """(the file to resume from, its content): None for a fresh start.
 
     `auto`: `last.pt` if present (falling back to `prev.pt`, with a warning, when `last.pt` is damaged),
     else a fresh start. A path: that file, which must be a readable checkpoint.
@@ -176,19 +176,19 @@ def resolve_resume(resume: str | None, checkpoint_dir: Path) -> dict | None:
     if resume is None:
         return None
     if resume != "auto":
-        return load(resume)
+        return Path(resume), load(resume)
     last, prev = checkpoint_dir / "last.pt", checkpoint_dir / "prev.pt"
     if not last.exists() and not prev.exists():
         log.info("trainer.resume=auto: no checkpoint in %s, starting fresh", checkpoint_dir)
         return None
     try:
-        return load(last)
+        return last, load(last)
     except CheckpointError as err:
         if not prev.exists():
             raise
         log.warning("%s; resuming from the previous checkpoint %s", err, prev)
         try:
-            return load(prev)
+            return prev, load(prev)
         except CheckpointError as prev_err:
             raise CheckpointError(
                 f"neither checkpoint can be resumed from: {err}; {prev_err}. Restore one of them from a copy, "

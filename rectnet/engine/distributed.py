@@ -2,6 +2,10 @@
 
 NCCL on CUDA, gloo on CPU. A single process (no RANK/WORLD_SIZE in the environment) runs the same code
 with world size 1 and no process group. Only rank 0 writes files; `Dist.sum` makes counts global.
+
+NCCL reduces CUDA tensors only. Rather than a second (gloo) group for CPU tensors, every collective goes
+through `Dist`, which first moves its tensor to `Dist.device`, the device the backend serves: one rule, no
+second group to create and keep in step, and the tensors it sees are tiny (counts, flags).
 """
 
 from __future__ import annotations
@@ -9,7 +13,7 @@ from __future__ import annotations
 import io
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -23,6 +27,9 @@ class Dist:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    local_world_size: int = 1  # processes on this node
+    # Where collectives' tensors must live: the rank's GPU under NCCL, the CPU under gloo (`init_distributed`).
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
     @property
     def enabled(self) -> bool:
@@ -33,7 +40,7 @@ class Dist:
         return self.rank == 0
 
     def sum(self, t: torch.Tensor) -> torch.Tensor:
-        """`t` summed over ranks (a new tensor; `t` itself is left alone)."""
+        """`t` summed over ranks: a new tensor on `self.device` (`t` itself is left alone)."""
         return self._all_reduce(t, dist.ReduceOp.SUM)
 
     def max(self, t: torch.Tensor) -> torch.Tensor:
@@ -42,7 +49,7 @@ class Dist:
     def _all_reduce(self, t: torch.Tensor, op: dist.ReduceOp) -> torch.Tensor:
         if not self.enabled:
             return t
-        out = t.clone()
+        out = t.to(self.device, copy=True)
         dist.all_reduce(out, op=op)
         return out
 
@@ -83,15 +90,26 @@ def env_ranks() -> Dist:
         # Sets MASTER_ADDR/PORT, RANK, WORLD_SIZE, LOCAL_RANK; device choice stays ours (cuda:LOCAL_RANK).
         submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
     if "RANK" in env and "WORLD_SIZE" in env:
-        return Dist(int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0)))
+        world = int(env["WORLD_SIZE"])
+        local = int(env.get("LOCAL_WORLD_SIZE", world))
+        return Dist(int(env["RANK"]), world, int(env.get("LOCAL_RANK", 0)), local)
     if "SLURM_PROCID" in env and int(env.get("SLURM_NTASKS", 1)) > 1:
-        return Dist(int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), int(env.get("SLURM_LOCALID", 0)))
+        local = slurm_tasks_on_this_node(env.get("SLURM_TASKS_PER_NODE", env["SLURM_NTASKS"]))
+        return Dist(int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), int(env.get("SLURM_LOCALID", 0)), local)
     return Dist()
 
 
-def init_distributed(ranks: Dist, device: torch.device) -> None:
-    """Join the process group when there is more than one rank."""
-    if ranks.enabled and not dist.is_initialized():
+def slurm_tasks_on_this_node(tasks_per_node: str) -> int:
+    """The first node's count in SLURM_TASKS_PER_NODE ("4", "4(x2)", "4(x2),3"): a rank's node-local
+    world size for thread and GPU checks (uneven layouts are rare in training jobs)."""
+    return int(tasks_per_node.split(",")[0].split("(")[0])
+
+
+def init_distributed(ranks: Dist, device: torch.device) -> Dist:
+    """Join the process group when there is more than one rank; returns `ranks` with its collective device."""
+    if not ranks.enabled:
+        return ranks
+    if not dist.is_initialized():
         if "MASTER_ADDR" not in os.environ:
             raise RuntimeError(
                 f"rank {ranks.rank} of {ranks.world_size}: MASTER_ADDR/MASTER_PORT are not set; launch with "
@@ -100,6 +118,15 @@ def init_distributed(ranks: Dist, device: torch.device) -> None:
         backend = "nccl" if device.type == "cuda" else "gloo"
         dist.init_process_group(backend, rank=ranks.rank, world_size=ranks.world_size)
         log.info("joined the %s process group as rank %d of %d", backend, ranks.rank, ranks.world_size)
+    return replace(ranks, device=collective_device(device))
+
+
+def collective_device(device: torch.device) -> torch.device:
+    """The device whose tensors the default group's backend reduces: the training GPU when the group serves
+    CUDA (NCCL, or any backend registered for cuda only), else the CPU."""
+    serves = set(dist.get_backend_config().replace(" ", "").split(","))  # e.g. {"cuda:nccl"} or {"cpu:gloo"}
+    serves_cpu = any(entry.startswith("cpu:") for entry in serves) or not any(":" in e for e in serves)
+    return torch.device("cpu") if serves_cpu else device
 
 
 def shutdown() -> None:

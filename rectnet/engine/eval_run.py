@@ -81,8 +81,8 @@ def evaluate_checkpoint(run_dir: Path, checkpoint: Path, overrides: Sequence[str
     payload = ckpt.load(checkpoint)
     settings = eval_settings(payload["config"], overrides)
     ranks = env_ranks()
-    runtime = make_runtime(settings.trainer, ranks.local_rank)
-    init_distributed(ranks, runtime.device)
+    runtime = make_runtime(settings.trainer, ranks.local_rank, ranks.local_world_size)
+    ranks = init_distributed(ranks, runtime.device)
     label_log_records(ranks)
     try:
         where = SourceContext(runtime.device, ranks.rank, ranks.world_size, ranks.sum)

@@ -6,6 +6,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import logging
+import math
 import os
 import platform
 import random
@@ -36,17 +37,37 @@ class Runtime:
         return torch.autocast(self.device.type, dtype=AUTOCAST_DTYPES[self.precision])
 
 
-def select_device(name: str, local_rank: int = 0) -> torch.device:
-    """`auto`: this rank's GPU (cuda:LOCAL_RANK) when CUDA is available, else the CPU."""
+def select_device(name: str, local_rank: int = 0, local_world_size: int = 1) -> torch.device:
+    """`auto`: this rank's GPU (cuda:LOCAL_RANK) when CUDA is available, else the CPU. `cuda`: cuda:LOCAL_RANK.
+
+    `cuda:N` pins one GPU, which only a single process per node may do: under torchrun it would put every
+    rank of the node on GPU N. One rule for GPU binding (configs/hydra/launcher/slurm.yaml): each process
+    sees all of its node's GPUs and takes the one its local rank names.
+    """
     if name == "auto":
-        return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         device = torch.device(name)
     except RuntimeError as err:
         raise ConfigError(f"trainer.device={name!r} is not a device ({err}); use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
+    if device.type != "cuda":
+        return device
+    if not torch.cuda.is_available():
         raise ConfigError(f"trainer.device={name} but CUDA is not available here; use trainer.device=cpu or auto")
-    return device
+    if device.index is not None and local_world_size > 1:
+        raise ConfigError(
+            f"trainer.device={name} with {local_world_size} processes on this node would put them all on one GPU; "
+            "use trainer.device=cuda (each rank takes cuda:LOCAL_RANK)"
+        )
+    index = local_rank if device.index is None else device.index
+    visible = torch.cuda.device_count()
+    if index >= visible:
+        raise ConfigError(
+            f"local rank {local_rank} needs cuda:{index} but this process sees {visible} GPU(s) "
+            f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}): every process must see all "
+            "of its node's GPUs (no per-task gpu-bind; see configs/hydra/launcher/slurm.yaml)"
+        )
+    return torch.device("cuda", index)
 
 
 def check_precision(precision: str, device: torch.device) -> None:
@@ -55,8 +76,84 @@ def check_precision(precision: str, device: torch.device) -> None:
         raise ConfigError("trainer.precision=fp16 needs a CUDA device (fp16 with a loss scaler); use fp32 or bf16")
     if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise ConfigError(f"trainer.precision=bf16: {torch.cuda.get_device_name(device)} has no bf16 support; use fp16")
-    if precision == "bf16" and device.type == "cpu":
-        log.warning("trainer.precision=bf16 on a CPU: supported, but often far slower than fp32 on CPUs without AMX")
+    if precision == "bf16" and device.type == "cpu" and not native_bf16_flags():
+        log.warning("trainer.precision=bf16 on a CPU without avx512_bf16/amx_bf16: emulated, far slower than fp32")
+
+
+NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> set[str]:
+    """The CPU's feature flags as the kernel lists them (empty where there is no /proc/cpuinfo)."""
+    try:
+        with open(cpuinfo) as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.partition(":")[2].split())
+    except OSError:
+        pass
+    return set()
+
+
+def native_bf16_flags() -> list[str]:
+    """The flags that make bf16 GEMMs fast on this CPU (oneDNN uses them); without them bf16 is emulated."""
+    flags = cpu_flags()
+    return [flag for flag in NATIVE_BF16_FLAGS if flag in flags]
+
+
+def resolve_precision(precision: str, device: torch.device) -> tuple[str, str]:
+    """(the precision to run, why): `auto` picks bf16 autocast where the hardware computes bf16 natively
+    (CUDA devices with bf16 support; CPUs with avx512_bf16 or amx_bf16: ~4x fp32 GEMM there, ~100x slower
+    where it is emulated) and fp32 elsewhere."""
+    if precision != "auto":
+        return precision, "set by trainer.precision"
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        if torch.cuda.is_bf16_supported():
+            return "bf16", f"{name} supports bf16"
+        return "fp32", f"{name} has no bf16 support"
+    if device.type == "cpu":
+        native = native_bf16_flags()
+        if native:
+            return "bf16", f"the CPU has native bf16 ({', '.join(native)})"
+        return "fp32", "the CPU has no native bf16 (neither avx512_bf16 nor amx_bf16)"
+    return "fp32", f"no bf16 policy for {device.type} devices"
+
+
+def usable_cores() -> tuple[int, str]:
+    """(cores this process may run on, where the figure comes from): its CPU affinity, capped by a cgroup
+    v2 CPU quota (a container limited to 2 CPUs on a 64-core host sees 64 in os.cpu_count())."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    source = "CPU affinity"
+    quota = cgroup_cpu_quota()
+    if quota is not None and quota < cores:
+        cores, source = quota, "cgroup cpu.max quota"
+    return max(1, cores), source
+
+
+def cgroup_cpu_quota(path: str = "/sys/fs/cgroup/cpu.max") -> int | None:
+    """CPUs allowed by a cgroup v2 quota ("200000 100000" -> 2, rounded up); None without a quota."""
+    try:
+        with open(path) as f:
+            quota, period = f.read().split()[:2]
+    except (OSError, ValueError):
+        return None
+    if quota == "max":
+        return None
+    return max(1, math.ceil(int(quota) / int(period)))
+
+
+def choose_threads(cfg_threads: int | None, local_world_size: int = 1) -> tuple[int, str]:
+    """Intra-op threads: trainer.threads, else $OMP_NUM_THREADS, else this rank's share of the usable cores.
+
+    torch's own default is every core of the machine, oversubscribing a shared or quota-limited machine
+    (2-10x slower runs: 590 s vs 36 s for the Fig. 3 script on a shared 2-core box)."""
+    if cfg_threads:
+        return cfg_threads, "trainer.threads"
+    if os.environ.get("OMP_NUM_THREADS", "").isdigit() and int(os.environ["OMP_NUM_THREADS"]) > 0:
+        return int(os.environ["OMP_NUM_THREADS"]), "OMP_NUM_THREADS"
+    cores, source = usable_cores()
+    return max(1, cores // max(1, local_world_size)), f"{source}: {cores} core(s) / {local_world_size} local rank(s)"
 
 
 M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # mallopt parameters, glibc <malloc.h>
@@ -81,25 +178,39 @@ def keep_freed_memory() -> bool:
     return bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
 
 
-def make_runtime(cfg: TrainerConfig, local_rank: int = 0) -> Runtime:
-    device = select_device(cfg.device, local_rank)
-    check_precision(cfg.precision, device)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+def make_runtime(cfg: TrainerConfig, local_rank: int = 0, local_world_size: int = 1) -> Runtime:
+    device = select_device(cfg.device, local_rank, local_world_size)
+    precision, why = resolve_precision(cfg.precision, device)
+    check_precision(precision, device)
+    log.info("precision %s on %s (%s)", precision, device, why)
+    threads, why = choose_threads(cfg.threads, local_world_size)
+    torch.set_num_threads(threads)
+    log.info("%d intra-op thread(s) (%s; trainer.threads overrides)", threads, why)
     if device.type == "cpu" and cfg.keep_freed_memory and not keep_freed_memory():
         log.info("trainer.keep_freed_memory: not glibc, left the allocator as it is")
     fused.set_enabled(cfg.fused_prelu)
-    if cfg.deterministic:
+    set_determinism(cfg.deterministic, device)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
+    return Runtime(device, precision, scaler)
+
+
+def set_determinism(deterministic: bool, device: torch.device) -> None:
+    """trainer.deterministic: deterministic kernels wherever PyTorch has them, warn-only where it has none.
+
+    The SPP nets' adaptive_max_pool2d has no deterministic CUDA backward; strict mode would make every
+    deterministic SPP run on a GPU fail at its first step. We choose warn_only: PyTorch warns once per such
+    op and the run goes on, bitwise reproducible except through those ops (on the CPU every op used here is
+    deterministic, so CPU runs stay bitwise reproducible).
+    """
+    if deterministic:
         # cuBLAS needs this before its first use for deterministic matmuls (PyTorch reproducibility notes).
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True)
+        torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
     elif device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    scaler = torch.amp.GradScaler("cuda") if cfg.precision == "fp16" else None
-    return Runtime(device, cfg.precision, scaler)
 
 
 def compile_model(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
@@ -124,8 +235,9 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def rng_state() -> dict:
-    """Every global RNG state, as tensors and plain containers (loadable with weights_only=True)."""
+def rng_state(device: torch.device) -> dict:
+    """Every global RNG state, as tensors and plain containers (loadable with weights_only=True). CUDA: only
+    the state of `device`, the GPU this rank uses (a resume may see fewer GPUs, or others)."""
     np_state = np.random.get_state()
     return {
         "python": random.getstate(),
@@ -136,19 +248,29 @@ def rng_state() -> dict:
             "cached_gaussian": float(np_state[4]),
         },
         "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else [],
     }
 
 
-def set_rng_state(state: dict) -> None:
+def set_rng_state(state: dict, device: torch.device) -> None:
     random.setstate(_as_tuple(state["python"]))
     np_state = state["numpy"]
     np.random.set_state(
         ("MT19937", np_state["key"].numpy(), np_state["pos"], np_state["has_gauss"], np_state["cached_gaussian"])
     )
     torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    cuda = _cuda_state_for(state["cuda"], device)
+    if cuda is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(cuda, device)
+
+
+def _cuda_state_for(saved: torch.Tensor | list, device: torch.device) -> torch.Tensor | None:
+    """The saved CUDA state for `device`: the tensor itself, or (checkpoints written before one device per
+    rank) the list's entry at the device index when the list has one."""
+    if isinstance(saved, torch.Tensor):
+        return saved
+    index = device.index or 0
+    return saved[index] if index < len(saved) else None
 
 
 def _as_tuple(value):

@@ -93,7 +93,7 @@ class Job:
                 f"the weights or optimizer state hold NaN or inf {at} ({', '.join(bad[:3])}): not saved; "
                 f"{_last_good(self.run_dir)} Lower optim.lr or check the data."
             )
-        rng = self.ranks.gather(rng_state())
+        rng = self.ranks.gather(rng_state(self.runtime.device))
         partial = self.ranks.gather(self.state.partial.as_tensor())
         if self.ranks.is_main:
             s = self.state
@@ -126,8 +126,8 @@ def run(cfg: DictConfig) -> dict:
     """Train and evaluate as `cfg` says; returns (and rank 0 writes) results.json's content."""
     settings = to_settings(cfg)
     ranks = env_ranks()
-    runtime = make_runtime(settings.trainer, ranks.local_rank)
-    init_distributed(ranks, runtime.device)
+    runtime = make_runtime(settings.trainer, ranks.local_rank, ranks.local_world_size)
+    ranks = init_distributed(ranks, runtime.device)
     label_log_records(ranks)
     run_dir = rundir.check_location(settings.run_dir)
     if ranks.gather(str(run_dir)) != [str(run_dir)] * ranks.world_size:
@@ -155,7 +155,7 @@ def _train(
     settings: TrainConfig, config: dict, run_dir: Path, runtime: Runtime, ranks: Dist, stop: StopSignals
 ) -> dict:
     trainer = settings.trainer
-    resume = ckpt.resolve_resume(trainer.resume, run_dir / "checkpoints")  # fail fast on a bad path
+    resume = _agreed_resume(trainer.resume, run_dir / "checkpoints", ranks)  # fail fast on a bad path
 
     seed_everything(settings.seed)  # the same on every rank: identical initial weights
     where = SourceContext(runtime.device, ranks.rank, ranks.world_size, ranks.sum)
@@ -314,16 +314,12 @@ def _train_epoch(job: Job, source: Source, epoch: int, progress: Progress) -> tu
         if step > steps:
             break
         counts.skipped += skipped
-        if len(labels) == 0:  # every file of this batch was corrupt and skipped
+        if _any_rank_empty(job, len(labels)):  # every file of a rank's batch was corrupt and skipped
             continue
         with runtime.autocast():
             logits = job.forward(images)
         loss = F.cross_entropy(logits.float(), labels)
-        if not torch.isfinite(loss):
-            raise NonFiniteLossError(
-                f"training loss is {loss.item()} at epoch {epoch}, step {step}: stopped before writing anything; "
-                f"{_last_good(job.run_dir)} Lower optim.lr or check the data."
-            )
+        stopping = _agree_on_step(job, loss, epoch, step)
         job.optimizer.zero_grad(set_to_none=True)
         if runtime.scaler is None:
             loss.backward()
@@ -348,7 +344,6 @@ def _train_epoch(job: Job, source: Source, epoch: int, progress: Progress) -> tu
             rate * job.ranks.world_size,
             (steps - step) * len(labels) / rate,
         )
-        stopping = job.stop.requested(job.ranks, runtime.device)
         if stopping or (trainer.checkpoint_every_steps and step % trainer.checkpoint_every_steps == 0 and step < steps):
             job.state.epoch, job.state.step, job.state.partial = epoch - 1, step, counts
             job.save()
@@ -357,6 +352,51 @@ def _train_epoch(job: Job, source: Source, epoch: int, progress: Progress) -> tu
     progress.end_epoch()
     images_per_s = (counts.n - already) * job.ranks.world_size / elapsed(start, runtime.device)
     return Counts.from_tensor(job.ranks.sum(counts.as_tensor())), images_per_s
+
+
+def _any_rank_empty(job: Job, batch: int) -> bool:
+    """Whether some rank's batch is empty (all its files corrupt, dataset.skip_corrupt): then every rank skips
+    the step together, since one rank skipping DDP's backward leaves the others waiting in its all-reduce.
+    Costs an all-reduce per step only when files can be skipped."""
+    if not (job.ranks.enabled and job.settings.dataset.skip_corrupt):
+        return batch == 0
+    empty = job.ranks.max(torch.tensor(int(batch == 0), device=job.ranks.device))
+    if bool(empty) and batch > 0:
+        log.warning("another rank's batch was all corrupt files: every rank skips this step")
+    return bool(empty)
+
+
+def _agree_on_step(job: Job, loss: torch.Tensor, epoch: int, step: int) -> bool:
+    """Before backward, every rank learns (one all-reduce) whether any rank's loss is NaN or inf, and raises
+    the same error if so; returns whether a stop signal arrived (finish the step, save, hand over)."""
+    verdict = job.stop.agree(job.ranks, ~torch.isfinite(loss.detach()).to(job.ranks.device))
+    if verdict.nonfinite_ranks:
+        on = f" on rank(s) {verdict.nonfinite_ranks}" if job.ranks.enabled else ""
+        value = f" {loss.item()}" if job.ranks.rank in verdict.nonfinite_ranks else " not finite"
+        raise NonFiniteLossError(
+            f"training loss is{value}{on} at epoch {epoch}, step {step}: stopped before writing anything; "
+            f"{_last_good(job.run_dir)} Lower optim.lr or check the data."
+        )
+    return verdict.stop
+
+
+def _agreed_resume(resume: str | None, checkpoint_dir: Path, ranks: Dist) -> dict | None:
+    """Rank 0 chooses the checkpoint (last.pt, or prev.pt when last.pt is damaged) and every rank loads that
+    file: ranks resolving it themselves could pick different files (a stale NFS entry, a fallback), and DDP's
+    construction-time broadcast happens before the load, so they would train different weights silently."""
+    chosen, choice = None, (None, None)  # choice: (path, error) as rank 0 sends it
+    if ranks.is_main:
+        try:
+            chosen = ckpt.choose_resume(resume, checkpoint_dir)
+            choice = (str(chosen[0]) if chosen else None, None)
+        except ckpt.CheckpointError as err:
+            choice = (None, str(err))
+    path, error = ranks.broadcast(choice)
+    if error is not None:
+        raise ckpt.CheckpointError(error if ranks.is_main else f"rank 0 could not resume: {error}")
+    if ranks.is_main or path is None:
+        return chosen[1] if chosen else None
+    return ckpt.load(path)
 
 
 def _check_initial_loss(loss: float, num_classes: int) -> None:
@@ -387,7 +427,7 @@ def _restore(payload: dict, job: Job) -> None:
         job.runtime.scaler.load_state_dict(payload["scaler"])
     rng, partial = payload["rng"], Counts()
     if len(rng) == job.ranks.world_size:
-        set_rng_state(rng[job.ranks.rank])
+        set_rng_state(rng[job.ranks.rank], job.runtime.device)
         partial = Counts.from_tensor(payload["partial"][job.ranks.rank])
     else:  # batches and augmentation do not depend on it; dropout masks and partial-epoch metrics do
         log.warning(
