@@ -21,5 +21,5 @@ def main(cfg: DictConfig) -> None:
 
 if __name__ == "__main__":
     if int(os.environ.get("RANK", "0")) != 0:
-        sys.argv += ["hydra.output_subdir=null", "hydra/job_logging=stdout"]
+        sys.argv += ["hydra/job_logging=stdout"]  # no train.log; .hydra/: rectnet_output_subdir (config.py)
     main()

@@ -315,9 +315,29 @@ def default_run_dir() -> str:
     return datetime.now().strftime("outputs/%Y-%m-%d/%H-%M-%S")
 
 
+def launch_rank() -> int:
+    """This process's rank as its launcher states it, read before any process group exists: torchrun's RANK,
+    a submitit task's global rank (Hydra's submitit launcher runs Hydra's job setup in every task), srun's
+    SLURM_PROCID; 0 for a single process."""
+    env = os.environ
+    if "RANK" in env:
+        return int(env["RANK"])
+    if env.get("SUBMITIT_EXECUTOR"):
+        import submitit
+
+        return submitit.JobEnvironment().global_rank
+    return int(env.get("SLURM_PROCID", 0)) if int(env.get("SLURM_NTASKS", 1)) > 1 else 0
+
+
+def hydra_output_subdir() -> str | None:
+    """hydra.output_subdir: `.hydra` on rank 0, none on the other ranks (only rank 0 writes the run folder)."""
+    return ".hydra" if launch_rank() == 0 else None
+
+
 def register_configs() -> None:
     ConfigStore.instance().store(name="train_schema", node=TrainConfig)
     OmegaConf.register_new_resolver("rectnet_run_dir", default_run_dir, use_cache=True, replace=True)
+    OmegaConf.register_new_resolver("rectnet_output_subdir", hydra_output_subdir, replace=True)
 
 
 def _reject_unknown_keys(cfg: DictConfig, schema: type, prefix: str = "") -> None:

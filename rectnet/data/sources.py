@@ -93,8 +93,9 @@ class TensorEvalSet:
         return len(self.split)
 
     def batches(self) -> Iterator[EvalInput]:
+        where = self.where
         for images, labels in eval_batches(
-            self.split, self.batch_size, self.augment, self.where.rank, self.where.world_size
+            self.split, self.batch_size, self.augment, where.rank, where.world_size, where.device
         ):
             yield EvalInput([images], labels)
 
@@ -128,9 +129,12 @@ class TensorSource:
             if data.normalize
             else (torch.zeros(channels), torch.ones(channels))
         )
+        mean, std = mean.to(where.device), std.to(where.device)  # once here, not a host copy per batch
         augment = BatchAugment(mean, std, data.flip, data.crop_padding, data.padding_mode, trainer.channels_last)
         self.batches = (
-            TrainBatches(splits.train, trainer.batch_size, augment, settings.seed, where.rank, where.world_size)
+            TrainBatches(
+                splits.train, trainer.batch_size, augment, settings.seed, where.rank, where.world_size, where.device
+            )
             if train
             else None
         )
@@ -265,7 +269,8 @@ def image_statistics(index: ImageIndex, settings: TrainConfig, where: SourceCont
         channel_squares += x.square().sum((0, 2, 3))
         image_sum += x.sum(0)
         count += len(x)
-    totals = where.reduce(torch.cat([channel_sum, channel_squares, image_sum.flatten(), count.view(1)]))
+    # summed on the collective's device (a GPU under NCCL), then back here for the arithmetic below
+    totals = where.reduce(torch.cat([channel_sum, channel_squares, image_sum.flatten(), count.view(1)])).cpu()
     n = totals[-1].item()
     if n == 0:
         raise ImageFolderError(f"no readable image among the {len(index)} sampled from {index.root}")

@@ -87,7 +87,8 @@ def env_ranks() -> Dist:
     if "RANK" not in env and env.get("SUBMITIT_EXECUTOR"):
         import submitit
 
-        # Sets MASTER_ADDR/PORT, RANK, WORLD_SIZE, LOCAL_RANK; device choice stays ours (cuda:LOCAL_RANK).
+        # Sets MASTER_ADDR/PORT, RANK, WORLD_SIZE, LOCAL_RANK; device choice stays ours (cuda:LOCAL_RANK, every
+        # task seeing all of its node's GPUs: configs/hydra/launcher/slurm.yaml).
         submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
     if "RANK" in env and "WORLD_SIZE" in env:
         world = int(env["WORLD_SIZE"])
@@ -150,3 +151,12 @@ class RankFilter(logging.Filter):
 def label_log_records(ranks: Dist) -> None:
     for handler in logging.getLogger().handlers:
         handler.addFilter(RankFilter(ranks))
+
+
+def stop_file_logging() -> None:
+    """Detach the root logger's file handlers: Hydra's job setup opens train.log in every submitit task
+    (it runs before any rank is known); only rank 0 may append to it. Other ranks keep their console."""
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if isinstance(h, logging.FileHandler)]:
+        root.removeHandler(handler)
+        handler.close()

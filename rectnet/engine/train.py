@@ -27,7 +27,14 @@ from rectnet.data.sources import Source, SourceContext, make_source
 from rectnet.engine import checkpoint as ckpt
 from rectnet.engine import rundir
 from rectnet.engine.build import build_model
-from rectnet.engine.distributed import Dist, env_ranks, init_distributed, label_log_records, shutdown
+from rectnet.engine.distributed import (
+    Dist,
+    env_ranks,
+    init_distributed,
+    label_log_records,
+    shutdown,
+    stop_file_logging,
+)
 from rectnet.engine.env import git_state, hardware, versions
 from rectnet.engine.evaluate import Evaluator
 from rectnet.engine.logging import Progress, RunLogger, elapsed, prelu_slopes, read_jsonl, write_json
@@ -129,6 +136,8 @@ def run(cfg: DictConfig) -> dict:
     runtime = make_runtime(settings.trainer, ranks.local_rank, ranks.local_world_size)
     ranks = init_distributed(ranks, runtime.device)
     label_log_records(ranks)
+    if not ranks.is_main:
+        stop_file_logging()
     run_dir = rundir.check_location(settings.run_dir)
     if ranks.gather(str(run_dir)) != [str(run_dir)] * ranks.world_size:
         raise ConfigError("ranks disagree on the run directory; pin it with hydra.run.dir=... or RECTNET_RUN_DIR")
