@@ -10,6 +10,15 @@ import pytest
 from helpers import SHARED
 
 
+@pytest.fixture(autouse=True)
+def fp32_unless_pinned(monkeypatch):
+    """trainer.precision=auto reads as fp32 in-process: tests compare numbers computed in fp32, and this
+    machine's avx512_bf16 would make auto pick bf16 (tests of the choice patch the flags themselves)."""
+    from rectnet.engine import runtime
+
+    monkeypatch.setattr(runtime, "native_bf16_flags", lambda: [])
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """One intra-op thread: small tensors gain nothing from two, and lose a lot on a shared, busy CPU."""

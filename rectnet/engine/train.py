@@ -379,11 +379,10 @@ def _agree_on_step(job: Job, loss: torch.Tensor, epoch: int, step: int) -> bool:
     """Before backward, every rank learns (one all-reduce) whether any rank's loss is NaN or inf, and raises
     the same error if so; returns whether a stop signal arrived (finish the step, save, hand over)."""
     verdict = job.stop.agree(job.ranks, ~torch.isfinite(loss.detach()).to(job.ranks.device))
-    if verdict.nonfinite_ranks:
-        on = f" on rank(s) {verdict.nonfinite_ranks}" if job.ranks.enabled else ""
-        value = f" {loss.item()}" if job.ranks.rank in verdict.nonfinite_ranks else " not finite"
+    if verdict.nonfinite_ranks:  # the same message on every rank
+        what = f"not finite on rank(s) {verdict.nonfinite_ranks}" if job.ranks.enabled else str(loss.item())
         raise NonFiniteLossError(
-            f"training loss is{value}{on} at epoch {epoch}, step {step}: stopped before writing anything; "
+            f"training loss is {what} at epoch {epoch}, step {step}: stopped before writing anything; "
             f"{_last_good(job.run_dir)} Lower optim.lr or check the data."
         )
     return verdict.stop

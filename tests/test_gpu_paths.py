@@ -1,0 +1,313 @@
+"""The CUDA/NCCL paths, covered on a CPU machine (issue 11, "Testing without a GPU").
+
+Where a GPU is needed to run the code itself, a process group whose backend serves only CUDA tensors shows
+what NCCL would refuse, and fakes stand in for torch.cuda and stand between the code and the collectives.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from datetime import timedelta
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from helpers import CONFIGS, TINY, compose_train
+
+from rectnet.config import ConfigError, TrainerConfig, default_run_dir, hydra_output_subdir, to_settings
+from rectnet.data.batches import to_device
+from rectnet.data.sources import SourceContext, make_source
+from rectnet.engine import checkpoint as ckpt
+from rectnet.engine import runtime as rt
+from rectnet.engine.distributed import Dist, collective_device, slurm_tasks_on_this_node
+from rectnet.engine.evaluate import Evaluator
+from rectnet.engine.metrics import Counts
+from rectnet.engine.preemption import StopSignals
+from rectnet.engine.train import NonFiniteLossError, _agree_on_step, _agreed_resume, _any_rank_empty
+
+pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not built in")
+NATIVE_BF16_FLAGS = rt.native_bf16_flags  # conftest's autouse fixture replaces it in every test
+
+
+# ------------------------------------------------------------------------------ 1. collectives' device
+
+
+def _join(rank: int, world: int, store: Path, backend: str) -> None:
+    dist.init_process_group(
+        backend, init_method=f"file://{store}", rank=rank, world_size=world, timeout=timedelta(seconds=30)
+    )
+
+
+def test_a_group_serving_only_cuda_refuses_cpu_tensors_and_dist_reduces_on_its_device(tmp_path):
+    """gloo registered for `cuda` only behaves as NCCL does: a CPU tensor in a collective is an error. Dist
+    learns from the backend which device its collectives need: cuda:LOCAL_RANK here, the CPU under gloo."""
+    _join(0, 1, tmp_path / "store", "cuda:gloo")
+    try:
+        with pytest.raises(RuntimeError, match="device type cpu"):
+            dist.all_reduce(torch.ones(2))
+        assert collective_device(torch.device("cuda", 3)) == torch.device("cuda", 3)
+    finally:
+        dist.destroy_process_group()
+    _join(0, 1, tmp_path / "store2", "gloo")
+    try:
+        assert collective_device(torch.device("cuda", 3)) == torch.device("cpu")
+    finally:
+        dist.destroy_process_group()
+
+
+class FakeCollectives:
+    """Two ranks holding the same values: all_reduce doubles, after checking the tensor is on `device`."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device, self.seen = device, []
+
+    def all_reduce(self, t: torch.Tensor, op=None) -> None:
+        self.seen.append(t.device)
+        assert t.device == self.device, f"collective on {t.device}, the backend serves {self.device}"
+        if t.device.type != "meta":
+            t.mul_(2)
+
+
+def test_dist_moves_every_reduced_tensor_to_its_collective_device(monkeypatch):
+    fake = FakeCollectives(torch.device("meta"))  # a device other than the CPU the tensors start on
+    monkeypatch.setattr(dist, "all_reduce", fake.all_reduce)
+    ranks = Dist(0, 2, device=torch.device("meta"))
+    ranks.sum(Counts(1.5, 1, 2, 3).as_tensor())
+    ranks.max(torch.tensor([1]))
+    assert fake.seen == [torch.device("meta")] * 2
+
+
+def test_evaluation_statistics_and_epoch_sums_go_through_dist(monkeypatch, tmp_path):
+    """Every count the run sums over ranks reaches the collective as Dist hands it over: with two ranks of
+    identical shards faked, the totals are exactly twice one rank's."""
+    fake = FakeCollectives(torch.device("cpu"))
+    monkeypatch.setattr(dist, "all_reduce", fake.all_reduce)
+    ranks = Dist(0, 2)
+    settings = to_settings(compose_train([*TINY, "dataset.num_test=10"], tmp_path))
+    source = make_source(settings, SourceContext(torch.device("cpu"), 0, 1, ranks.sum))
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 16 * 16, 10))
+    runtime = rt.Runtime(torch.device("cpu"), "fp32", None)
+    evaluator = Evaluator(model, model, runtime, Dist(), settings.eval, 16)
+    one, _ = evaluator(source.eval_sets["test"])
+    evaluator.ranks = ranks
+    with pytest.raises(RuntimeError, match="evaluated 20 images"):  # 2 x 10 of a 10-image split: caught
+        evaluator(source.eval_sets["test"])
+    assert Counts.from_tensor(ranks.sum(one.as_tensor())).n == 20
+    assert fake.seen == [torch.device("cpu")] * 2
+
+
+# ------------------------------------------------------------------------------ 2. device per local rank
+
+
+@pytest.fixture
+def four_gpus(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+
+
+def test_cuda_means_the_local_ranks_gpu(four_gpus):
+    assert rt.select_device("cuda", 2, 4) == torch.device("cuda", 2)
+    assert rt.select_device("auto", 3, 4) == torch.device("cuda", 3)
+    assert rt.select_device("cuda:1", 0, 1) == torch.device("cuda", 1)  # one process per node may pin one
+    with pytest.raises(ConfigError, match="cuda:1 with 4 processes on this node"):
+        rt.select_device("cuda:1", 0, 4)
+
+
+def test_a_local_rank_beyond_the_visible_gpus_is_refused(monkeypatch):
+    """Per-task GPU binding (gpu-bind, CUDA_VISIBLE_DEVICES per task) leaves one visible GPU per task."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ConfigError, match="local rank 1 needs cuda:1 but this process sees 1 GPU"):
+        rt.select_device("cuda", 1, 2)
+
+
+def test_the_slurm_launcher_config_states_one_binding_rule():
+    text = (CONFIGS / "hydra" / "launcher" / "slurm.yaml").read_text()
+    assert "gpu-bind: closest" not in text and "rank r of a node uses cuda:r" in text
+
+
+# ------------------------------------------------------------------------------ 3. batches on the device
+
+
+def test_batches_of_a_host_held_split_arrive_on_the_device(tmp_path):
+    """dataset.on_device=false: the split stays on the host, batches are made on the device (here `meta`,
+    a device other than the CPU that needs no GPU)."""
+    settings = to_settings(compose_train([*TINY, "dataset.on_device=false", "dataset.crop_padding=2"], tmp_path))
+    source = make_source(settings, SourceContext(torch.device("meta")))
+    images, labels, _ = next(iter(source.train_epoch(1)))
+    views, eval_labels, _ = next(iter(source.eval_sets["test"].batches()))
+    assert {images.device.type, labels.device.type, views[0].device.type, eval_labels.device.type} == {"meta"}
+    assert images.shape == (64, 3, 16, 16)
+
+
+def test_host_to_gpu_copies_are_pinned_and_do_not_block():
+    calls = []
+
+    class Host:
+        device = torch.device("cpu")
+
+        def pin_memory(self):
+            calls.append("pin")
+            return self
+
+        def to(self, device, non_blocking=False):
+            calls.append((str(device), non_blocking))
+            return "on the gpu"
+
+    assert to_device(Host(), torch.device("cuda", 0)) == "on the gpu"
+    assert calls == ["pin", ("cuda:0", True)]
+
+
+# ------------------------------------------------------------------------------ 4. CUDA RNG of the rank's GPU
+
+
+def test_only_the_ranks_gpu_rng_is_saved_and_restored(monkeypatch):
+    restored = []
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device: torch.tensor([device.index]))
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device: restored.append((state.tolist(), device)))
+    state = rt.rng_state(torch.device("cuda", 5))
+    assert state["cuda"].tolist() == [5]
+    rt.set_rng_state(state, torch.device("cuda", 0))  # requeued on a smaller allocation: its own GPU, no IndexError
+    assert restored == [([5], torch.device("cuda", 0))]
+    # checkpoints of before: one state per visible GPU; the rank's index is used when the list has it
+    old = {**state, "cuda": [torch.tensor([10]), torch.tensor([11])]}
+    rt.set_rng_state(old, torch.device("cuda", 1))
+    rt.set_rng_state(old, torch.device("cuda", 3))
+    assert restored[1:] == [([11], torch.device("cuda", 1))]
+
+
+# ------------------------------------------------------------------------------ 5. deterministic, warn-only
+
+
+def test_deterministic_runs_warn_where_an_op_has_no_deterministic_kernel(tmp_path):
+    settings = to_settings(compose_train([*TINY, "trainer.deterministic=true", "trainer.device=cpu"], tmp_path))
+    try:
+        rt.make_runtime(settings.trainer)
+        assert torch.are_deterministic_algorithms_enabled()
+        assert torch.is_deterministic_algorithms_warn_only_enabled()
+        assert not torch.backends.cudnn.benchmark
+    finally:
+        torch.use_deterministic_algorithms(False)
+
+
+# ------------------------------------------------------------------------------ 7 and resume: ranks agree
+
+
+def _two_rank_worker(rank: int, folder: str) -> None:
+    folder_path = Path(folder)
+    _join(rank, 2, folder_path / "store", "gloo")
+    ranks, out = Dist(rank, 2), {}
+    try:
+        # a step where only rank 1's loss is NaN: a DDP model, so a rank entering backward alone would wait
+        model = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(2, 2))
+        loss = model(torch.ones(1, 2)).sum() * (math.nan if rank == 1 else 1.0)
+        job = SimpleNamespace(ranks=ranks, stop=StopSignals(), run_dir=folder_path)
+        try:
+            _agree_on_step(job, loss, 1, 3)
+            loss.backward()
+            out["nan"] = "no error"
+        except NonFiniteLossError as err:
+            out["nan"] = str(err)
+        # an all-corrupt batch on rank 1 only: both skip the step
+        empty = SimpleNamespace(ranks=ranks, settings=SimpleNamespace(dataset=SimpleNamespace(skip_corrupt=True)))
+        out["skip"] = _any_rank_empty(empty, 0 if rank == 1 else 5)
+        # rank 1 sees no checkpoint (a stale directory listing): it still resumes rank 0's choice
+        out["epoch"] = _agreed_resume("auto", folder_path / f"checkpoints{rank}", ranks)["epoch"]
+    finally:
+        dist.destroy_process_group()
+    (folder_path / f"rank{rank}.json").write_text(json.dumps(out))
+
+
+def _checkpoint(epoch: int) -> dict:
+    keys = {k: None for k in ckpt.REQUIRED_KEYS}
+    return {**keys, "model": {}, "optimizer": {"state": {}}, "epoch": epoch, "format": ckpt.CHECKPOINT_FORMAT}
+
+
+def test_two_ranks_agree_on_a_nan_an_empty_batch_and_the_checkpoint(tmp_path):
+    (tmp_path / "checkpoints0").mkdir()
+    ckpt.atomic_save(_checkpoint(3), tmp_path / "checkpoints0" / "last.pt")
+    context = mp.start_processes(_two_rank_worker, args=(str(tmp_path),), nprocs=2, join=False, start_method="spawn")
+    for process in context.processes:
+        process.join(timeout=120)  # the process group's 30 s timeout bounds a hang
+    assert [p.exitcode for p in context.processes] == [0, 0]
+    results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    message = "training loss is not finite on rank(s) [1] at epoch 1, step 3: stopped before writing anything"
+    assert all(r["nan"].startswith(message) for r in results)
+    assert [r["skip"] for r in results] == [True, True]
+    assert [r["epoch"] for r in results] == [3, 3]
+
+
+# ------------------------------------------------------------------------------ wrong results across ranks
+
+
+def test_only_rank_0_writes_hydra_files_under_submitit(monkeypatch):
+    for key in ("RANK", "SLURM_PROCID", "SLURM_NTASKS"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("SUBMITIT_EXECUTOR", "local")
+    monkeypatch.setenv("SUBMITIT_LOCAL_GLOBALID", "1")
+    assert hydra_output_subdir() is None
+    monkeypatch.setenv("SUBMITIT_LOCAL_GLOBALID", "0")
+    assert hydra_output_subdir() == ".hydra"
+
+
+def test_static_multi_node_torchrun_without_a_run_id_is_refused(monkeypatch):
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "none")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # one node: its ranks share the launch
+    assert default_run_dir() == "outputs/torchrun/none"
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    with pytest.raises(ConfigError, match="--rdzv-id"):
+        default_run_dir()
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job-17")
+    assert default_run_dir() == "outputs/torchrun/job-17"
+
+
+def test_slurm_tasks_per_node_forms():
+    assert [slurm_tasks_on_this_node(v) for v in ("4", "4(x2)", "3(x2),1")] == [4, 4, 3]
+
+
+# ------------------------------------------------------------------------------ precision=auto and threads
+
+
+def test_auto_precision_follows_the_hardware(monkeypatch):
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(rt, "native_bf16_flags", NATIVE_BF16_FLAGS)
+    monkeypatch.setattr(rt, "cpu_flags", lambda: {"avx2", "avx512_bf16"})
+    assert rt.resolve_precision("auto", cpu) == ("bf16", "the CPU has native bf16 (avx512_bf16)")
+    monkeypatch.setattr(rt, "cpu_flags", lambda: {"avx2", "amx_bf16", "amx_tile"})
+    assert rt.resolve_precision("auto", cpu)[0] == "bf16"
+    monkeypatch.setattr(rt, "cpu_flags", lambda: {"avx2", "avx512f"})
+    assert rt.resolve_precision("auto", cpu)[0] == "fp32"
+    assert rt.resolve_precision("bf16", cpu) == ("bf16", "set by trainer.precision")
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device: "H100")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    assert rt.resolve_precision("auto", torch.device("cuda", 0)) == ("bf16", "H100 supports bf16")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
+    assert rt.resolve_precision("auto", torch.device("cuda", 0))[0] == "fp32"
+
+
+def test_the_default_precision_is_auto():
+    assert TrainerConfig().precision == "auto"
+
+
+def test_thread_default_is_this_ranks_share_of_the_usable_cores(monkeypatch, tmp_path):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(rt, "usable_cores", lambda: (8, "CPU affinity"))
+    assert rt.choose_threads(None, 2) == (4, "CPU affinity: 8 core(s) / 2 local rank(s)")
+    assert rt.choose_threads(3, 2) == (3, "trainer.threads")
+    monkeypatch.setenv("OMP_NUM_THREADS", "5")
+    assert rt.choose_threads(None, 2) == (5, "OMP_NUM_THREADS")
+    quota = tmp_path / "cpu.max"
+    for text, cpus in (("200000 100000", 2), ("150000 100000", 2), ("max 100000", None)):
+        quota.write_text(text + "\n")
+        assert rt.cgroup_cpu_quota(str(quota)) == cpus
+    assert rt.cgroup_cpu_quota(str(tmp_path / "absent")) is None
+
+
+def test_usable_cores_do_not_exceed_the_affinity():
+    assert 1 <= rt.usable_cores()[0] <= len(os.sched_getaffinity(0))
