@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 from datetime import timedelta
 from pathlib import Path
 from types import SimpleNamespace
@@ -28,7 +29,7 @@ from rectnet.engine.distributed import Dist, collective_device, slurm_tasks_on_t
 from rectnet.engine.evaluate import Evaluator
 from rectnet.engine.metrics import Counts
 from rectnet.engine.preemption import StopSignals
-from rectnet.engine.train import NonFiniteLossError, _agree_on_step, _agreed_resume, _any_rank_empty
+from rectnet.engine.train import NonFiniteLossError, Window, _agreed_resume, _any_rank_empty, _sync
 
 pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not built in")
 NATIVE_BF16_FLAGS = rt.native_bf16_flags  # conftest's autouse fixture replaces it in every test
@@ -198,24 +199,35 @@ def test_deterministic_runs_warn_where_an_op_has_no_deterministic_kernel(tmp_pat
 # ------------------------------------------------------------------------------ 7 and resume: ranks agree
 
 
+def _window(losses: list[float]) -> Window:
+    window = Window()
+    logits, labels = torch.tensor([[2.0, 1.0], [0.0, 3.0]]), torch.tensor([0, 0])  # top-1 hits: 1 of 2
+    for step, value in enumerate(losses, start=1):
+        window.add(step, torch.tensor(value), logits, labels)
+    return window
+
+
 def _two_rank_worker(rank: int, folder: str) -> None:
     folder_path = Path(folder)
     _join(rank, 2, folder_path / "store", "gloo")
     ranks, out = Dist(rank, 2), {}
+    settings = SimpleNamespace(dataset=SimpleNamespace(skip_corrupt=True, num_classes=2))
     try:
-        # a step where only rank 1's loss is NaN: a DDP model, so a rank entering backward alone would wait
-        model = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(2, 2))
-        loss = model(torch.ones(1, 2)).sum() * (math.nan if rank == 1 else 1.0)
-        job = SimpleNamespace(ranks=ranks, stop=StopSignals(), run_dir=folder_path)
+        # a window whose step 2 is NaN on rank 1 only: every rank raises the same error at the same point
+        job = SimpleNamespace(ranks=ranks, stop=StopSignals(), run_dir=folder_path, settings=settings)
         try:
-            _agree_on_step(job, loss, 1, 3)
-            loss.backward()
+            _sync(job, _window([0.5, math.nan if rank == 1 else 0.4, 0.3]), Counts(), 2)
             out["nan"] = "no error"
         except NonFiniteLossError as err:
             out["nan"] = str(err)
+        # a stop signal on rank 0 only: both stop; the window's counts join the epoch's
+        if rank == 0:
+            job.stop.received = signal.SIGUSR2
+        counts = Counts()
+        out["stop"] = _sync(job, _window([0.5, 0.25]), counts, 2)
+        out["counts"] = [counts.loss_sum, counts.top1, counts.top5, counts.n]
         # an all-corrupt batch on rank 1 only: both skip the step
-        empty = SimpleNamespace(ranks=ranks, settings=SimpleNamespace(dataset=SimpleNamespace(skip_corrupt=True)))
-        out["skip"] = _any_rank_empty(empty, 0 if rank == 1 else 5)
+        out["skip"] = _any_rank_empty(job, 0 if rank == 1 else 5)
         # rank 1 sees no checkpoint (a stale directory listing): it still resumes rank 0's choice
         out["epoch"] = _agreed_resume("auto", folder_path / f"checkpoints{rank}", ranks)["epoch"]
     finally:
@@ -228,7 +240,7 @@ def _checkpoint(epoch: int) -> dict:
     return {**keys, "model": {}, "optimizer": {"state": {}}, "epoch": epoch, "format": ckpt.CHECKPOINT_FORMAT}
 
 
-def test_two_ranks_agree_on_a_nan_an_empty_batch_and_the_checkpoint(tmp_path):
+def test_two_ranks_agree_on_a_nan_a_signal_an_empty_batch_and_the_checkpoint(tmp_path):
     (tmp_path / "checkpoints0").mkdir()
     ckpt.atomic_save(_checkpoint(3), tmp_path / "checkpoints0" / "last.pt")
     context = mp.start_processes(_two_rank_worker, args=(str(tmp_path),), nprocs=2, join=False, start_method="spawn")
@@ -236,8 +248,10 @@ def test_two_ranks_agree_on_a_nan_an_empty_batch_and_the_checkpoint(tmp_path):
         process.join(timeout=120)  # the process group's 30 s timeout bounds a hang
     assert [p.exitcode for p in context.processes] == [0, 0]
     results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
-    message = "training loss is not finite on rank(s) [1] at epoch 1, step 3: stopped before writing anything"
+    message = "training loss is not finite on rank(s) [1] at epoch 2, step 2: stopped before writing anything"
     assert all(r["nan"].startswith(message) for r in results)
+    assert [r["stop"] for r in results] == [True, True]
+    assert [r["counts"] for r in results] == [[2 * 0.5 + 2 * 0.25, 2, 4, 4]] * 2  # this rank's, 2 steps of 2
     assert [r["skip"] for r in results] == [True, True]
     assert [r["epoch"] for r in results] == [3, 3]
 

@@ -19,7 +19,7 @@ from rectnet.config import EvalConfig
 from rectnet.data.sources import EvalSet
 from rectnet.data.views import dense_scores
 from rectnet.engine.distributed import Dist
-from rectnet.engine.metrics import Counts
+from rectnet.engine.metrics import Counts, DeviceCounts
 from rectnet.engine.runtime import Runtime
 
 
@@ -39,17 +39,17 @@ class Evaluator:
         files skipped by request are counted as such); with `keep_logits`, also {"logits", "labels"} of the
         whole split in its order, on every rank."""
         self.forward.eval()
-        counts, kept = Counts(), []
+        counts, skipped_files, kept = DeviceCounts(self.runtime.device), 0, []
         for views, labels, skipped in evalset.batches():
-            counts.skipped += skipped
+            skipped_files += skipped
             if len(labels) == 0:
                 continue
             with self.runtime.autocast():
                 logits = self.view_logits(views, len(labels))
-            counts.add(F.cross_entropy(logits, labels, reduction="sum").item(), logits, labels)
+            counts.add(F.cross_entropy(logits, labels, reduction="sum"), logits, labels)
             if keep_logits:
                 kept.append((logits.cpu(), labels.cpu()))
-        total = Counts.from_tensor(self.ranks.sum(counts.as_tensor()))
+        total = Counts.from_tensor(self.ranks.sum(counts.totals(skipped_files)))  # the evaluation's one host sync
         if total.n + total.skipped != len(evalset):
             raise RuntimeError(
                 f"evaluated {total.n} images (+{total.skipped} skipped) over {self.ranks.world_size} rank(s); "

@@ -7,11 +7,29 @@ from dataclasses import dataclass
 import torch
 
 
-def topk_correct(logits: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...] = (1, 5)) -> list[int]:
-    """How many rows have their label among the k highest logits, for each k (k capped at the class count)."""
+def topk_hits(logits: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...] = (1, 5)) -> torch.Tensor:
+    """How many rows have their label among the k highest logits, for each k (k capped at the class count):
+    an int64 tensor on the logits' device, so counting never waits for the device."""
     top = logits.topk(min(max(ks), logits.shape[1]), dim=1).indices
     hits = top == labels.view(-1, 1)
-    return [int(hits[:, :k].any(dim=1).sum()) for k in ks]
+    return torch.stack([hits[:, :k].any(dim=1).sum() for k in ks])
+
+
+class DeviceCounts:
+    """Summed loss and top-1/top-5 hits kept on the device, batch after batch; the sample count on the host.
+    Nothing here synchronizes: `totals` hands the sums over as a tensor for one transfer (or all-reduce)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss_sum, top1, top5
+        self.n = 0
+
+    def add(self, loss_sum: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        self.sums += torch.cat([loss_sum.detach().view(1), topk_hits(logits.detach(), labels)]).double()
+        self.n += len(labels)
+
+    def totals(self, skipped: int = 0) -> torch.Tensor:
+        """Counts.as_tensor's layout, on the device."""
+        return torch.cat([self.sums, torch.tensor([self.n, skipped], dtype=torch.float64, device=self.sums.device)])
 
 
 @dataclass
@@ -25,12 +43,11 @@ class Counts:
     n: int = 0
     skipped: int = 0
 
-    def add(self, loss_sum: float, logits: torch.Tensor, labels: torch.Tensor) -> None:
-        top1, top5 = topk_correct(logits, labels)
+    def add_batch(self, loss_sum: float, top1: int, top5: int, n: int) -> None:
         self.loss_sum += loss_sum
         self.top1 += top1
         self.top5 += top5
-        self.n += len(labels)
+        self.n += n
 
     def as_tensor(self) -> torch.Tensor:
         return torch.tensor([self.loss_sum, self.top1, self.top5, self.n, self.skipped], dtype=torch.float64)

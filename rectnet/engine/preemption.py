@@ -2,8 +2,8 @@
 
 SLURM warns a job before its time limit (submitit asks for SIGUSR2 by default, `#SBATCH --signal` often
 sends SIGUSR1) and sends SIGTERM on preemption. `StopSignals` only records the signal; the training loop
-asks `agree()` at every step before backward (all ranks agree through one all-reduce, which also carries
-each rank's "my loss is not finite" flag), finishes the step, writes last.pt, and calls
+reads `agreement()` once per log interval (one all-reduce, which also carries each rank's "a loss was not
+finite" flag, so all ranks stop together), writes last.pt, and calls
 `hand_over()`: the handler that was installed before ours runs (submitit's requeues the job and exits),
 and a plain signal without one ends the process with 128 + signal number.
 """
@@ -26,8 +26,8 @@ SIGNALS = tuple(getattr(signal, name) for name in ("SIGUSR1", "SIGUSR2", "SIGTER
 
 
 class StepVerdict(NamedTuple):
-    stop: bool  # some rank got a stop signal: finish this step, write last.pt, hand over
-    nonfinite_ranks: list[int]  # ranks whose loss is NaN or inf at this step (empty: carry on)
+    stop: bool  # some rank got a stop signal: write last.pt, hand over
+    nonfinite: dict[int, int]  # rank -> 1-based position in the window of its first NaN/inf loss (empty: none)
 
 
 class StopSignals:
@@ -50,24 +50,25 @@ class StopSignals:
     def _record(self, signum: int, frame: FrameType | None) -> None:
         self.received, self._frame = signum, frame
 
-    def requested(self, ranks: Dist, device: torch.device) -> bool:
-        """True on every rank as soon as any rank got a signal."""
-        return self.agree(ranks, torch.zeros((), dtype=torch.bool, device=device)).stop
+    def agreement(self, ranks: Dist, first_bad: torch.Tensor) -> torch.Tensor:
+        """[any rank got a signal, then per rank the 1-based position in the step window of its first
+        non-finite loss (0: none)], summed over ranks (one all-reduce; none on a single process). A device
+        tensor: the caller reads it in its one host transfer (`verdict`).
 
-    def agree(self, ranks: Dist, nonfinite: torch.Tensor) -> StepVerdict:
-        """Every rank's view of this step, from one all-reduce (none on a single process): whether any rank
-        got a signal, and which ranks' loss is not finite (`nonfinite`: this rank's 0-d bool tensor).
-
-        A rank that left the step alone (raising on its NaN before backward) would leave the others in DDP's
-        gradient all-reduce until the NCCL timeout; agreeing first makes every rank stop with the same error.
+        A rank that left a step alone (raising on its NaN) would leave the others in DDP's gradient
+        all-reduce until the NCCL timeout; agreeing first makes every rank stop with the same error.
         """
-        if not ranks.enabled:
-            return StepVerdict(self.received is not None, [0] if bool(nonfinite) else [])
-        flags = torch.zeros(ranks.world_size + 1, dtype=torch.int32, device=nonfinite.device)
-        flags[0] = 0 if self.received is None else 1
-        flags[1 + ranks.rank] = nonfinite.to(torch.int32)
-        total = ranks.sum(flags).tolist()
-        return StepVerdict(total[0] > 0, [rank for rank, bad in enumerate(total[1:]) if bad])
+        flags = torch.zeros(ranks.world_size + 1, dtype=torch.int64, device=first_bad.device)
+        if self.received is not None:
+            flags[0] = 1
+        flags[1 + ranks.rank] = first_bad
+        return ranks.sum(flags)
+
+    @staticmethod
+    def verdict(flags: list[float]) -> StepVerdict:
+        """`agreement`'s flags, read on the host."""
+        bad = {rank: round(at) for rank, at in enumerate(flags[1:]) if at}
+        return StepVerdict(flags[0] > 0, bad)
 
     def hand_over(self) -> None:
         """Run the handler that was there before ours (submitit requeues), else exit with 128 + signal."""

@@ -38,9 +38,9 @@ from rectnet.engine.distributed import (
 from rectnet.engine.env import git_state, hardware, versions
 from rectnet.engine.evaluate import Evaluator
 from rectnet.engine.logging import Progress, RunLogger, elapsed, prelu_slopes, read_jsonl, write_json
-from rectnet.engine.metrics import Counts
+from rectnet.engine.metrics import Counts, topk_hits
 from rectnet.engine.optim import Schedule, make_optimizer, make_schedule, step_schedule
-from rectnet.engine.preemption import StopSignals
+from rectnet.engine.preemption import StepVerdict, StopSignals
 from rectnet.engine.runtime import Runtime, compile_model, make_runtime, rng_state, seed_everything, set_rng_state
 
 log = logging.getLogger("rectnet")
@@ -311,12 +311,17 @@ def _steps_per_epoch(trainer: TrainerConfig, source: Source) -> int:
 def _train_epoch(job: Job, source: Source, epoch: int, progress: Progress) -> tuple[Counts, float]:
     """One epoch from the step the state says (0, or where a mid-epoch checkpoint stopped).
 
+    The step itself never waits for the device: losses and top-k hits stay there, and the host reads them
+    once per log interval, at the run's first step, before every checkpoint and at the epoch's last step
+    (`_sync`), where the ranks also agree on stop signals and non-finite losses before anything is written.
+
     Returns the epoch's training counts summed over ranks, and the global images/s of this attempt.
     """
     trainer, runtime = job.settings.trainer, job.runtime
     steps = _steps_per_epoch(trainer, source)
     counts, first = job.state.partial, job.state.step + 1
     already = counts.n  # images counted before a mid-epoch resume
+    window = Window()
     job.forward.train()
     start = time.perf_counter()
     for step, (images, labels, skipped) in enumerate(source.train_epoch(epoch, job.state.step), start=first):
@@ -328,7 +333,6 @@ def _train_epoch(job: Job, source: Source, epoch: int, progress: Progress) -> tu
         with runtime.autocast():
             logits = job.forward(images)
         loss = F.cross_entropy(logits.float(), labels)
-        stopping = _agree_on_step(job, loss, epoch, step)
         job.optimizer.zero_grad(set_to_none=True)
         if runtime.scaler is None:
             loss.backward()
@@ -338,29 +342,89 @@ def _train_epoch(job: Job, source: Source, epoch: int, progress: Progress) -> tu
             runtime.scaler.step(job.optimizer)
             runtime.scaler.update()
         job.schedule.after_step()
-        step_loss = loss.item()
-        counts.add(step_loss * len(labels), logits.detach(), labels)
-        if epoch == 1 and step == 1:
-            _check_initial_loss(step_loss, job.settings.dataset.num_classes)
+        window.add(step, loss, logits, labels)
+        checkpoint = bool(trainer.checkpoint_every_steps) and step % trainer.checkpoint_every_steps == 0
+        checkpoint = checkpoint and step < steps
+        if not (checkpoint or step % trainer.log_every_steps == 0 or step == steps or (epoch, step) == (1, 1)):
+            continue
+        stopping = _sync(job, window, counts, epoch)
         rate = (counts.n - already) / max(time.perf_counter() - start, 1e-9)  # this rank's images/s
-        progress.update(
-            epoch,
-            trainer.epochs,
-            step,
-            steps,
-            step_loss,
-            counts.loss_sum / counts.n,
-            rate * job.ranks.world_size,
-            (steps - step) * len(labels) / rate,
-        )
-        if stopping or (trainer.checkpoint_every_steps and step % trainer.checkpoint_every_steps == 0 and step < steps):
+        for at, step_loss, epoch_mean, size in window.read:
+            progress.update(
+                epoch,
+                trainer.epochs,
+                at,
+                steps,
+                step_loss,
+                epoch_mean,
+                rate * job.ranks.world_size,
+                (steps - at) * size / rate,
+            )
+        window.clear()
+        if stopping or checkpoint:
             job.state.epoch, job.state.step, job.state.partial = epoch - 1, step, counts
             job.save()
         if stopping:
             job.stop.hand_over()
+    if window.steps:  # the last steps were skipped as corrupt: the ones before still count
+        _sync(job, window, counts, epoch)
     progress.end_epoch()
     images_per_s = (counts.n - already) * job.ranks.world_size / elapsed(start, runtime.device)
     return Counts.from_tensor(job.ranks.sum(counts.as_tensor())), images_per_s
+
+
+@dataclass
+class Window:
+    """The training steps since the host last read the device: their losses and top-k hits stay there."""
+
+    steps: list[int] = field(default_factory=list)
+    sizes: list[int] = field(default_factory=list)
+    losses: list[torch.Tensor] = field(default_factory=list)
+    hits: torch.Tensor | None = None  # top-1, top-5 summed over the window
+    read: list[tuple[int, float, float, int]] = field(default_factory=list)  # by `_sync`: step, loss, epoch mean, b
+
+    def add(self, step: int, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        self.steps.append(step)
+        self.sizes.append(len(labels))
+        self.losses.append(loss.detach())
+        hits = topk_hits(logits.detach(), labels)
+        self.hits = hits if self.hits is None else self.hits + hits
+
+    def clear(self) -> None:
+        self.steps, self.sizes, self.losses, self.hits, self.read = [], [], [], None, []
+
+
+def _sync(job: Job, window: Window, counts: Counts, epoch: int) -> bool:
+    """The one host synchronization of a log interval: every rank learns whether any rank got a stop signal
+    or saw a non-finite loss in the window (and then raises the same error, before anything is written),
+    and the window's losses and hits join `counts`. Returns whether to stop (save, hand over)."""
+    losses = torch.stack(window.losses).float()
+    bad = ~torch.isfinite(losses)
+    first_bad = torch.where(bad.any(), bad.int().argmax() + 1, 0)  # 1-based position in the window; 0: none
+    flags = job.stop.agreement(job.ranks, first_bad)
+    host = torch.cat([flags.double().to(losses.device), window.hits.double(), losses.double()]).tolist()
+    n_flags = job.ranks.world_size + 1
+    flags_read, (top1, top5), values = host[:n_flags], host[n_flags : n_flags + 2], host[n_flags + 2 :]
+    verdict = StopSignals.verdict(flags_read)
+    if verdict.nonfinite:
+        _raise_nonfinite(job, epoch, window, verdict, values)
+    for step, size, value in zip(window.steps, window.sizes, values, strict=True):
+        counts.add_batch(value * size, 0, 0, size)  # step by step, as the loss sum was always accumulated
+        window.read.append((step, value, counts.loss_sum / counts.n, size))
+    counts.add_batch(0.0, round(top1), round(top5), 0)
+    if epoch == 1 and window.steps[0] == 1:
+        _check_initial_loss(values[0], job.settings.dataset.num_classes)
+    return verdict.stop
+
+
+def _raise_nonfinite(job: Job, epoch: int, window: Window, verdict: StepVerdict, values: list[float]) -> None:
+    """The same message on every rank, naming the window's first bad step; a single process names the value."""
+    at = min(verdict.nonfinite.values()) - 1
+    what = f"not finite on rank(s) {sorted(verdict.nonfinite)}" if job.ranks.enabled else str(values[at])
+    raise NonFiniteLossError(
+        f"training loss is {what} at epoch {epoch}, step {window.steps[at]}: stopped before writing anything; "
+        f"{_last_good(job.run_dir)} Lower optim.lr or check the data."
+    )
 
 
 def _any_rank_empty(job: Job, batch: int) -> bool:
@@ -373,19 +437,6 @@ def _any_rank_empty(job: Job, batch: int) -> bool:
     if bool(empty) and batch > 0:
         log.warning("another rank's batch was all corrupt files: every rank skips this step")
     return bool(empty)
-
-
-def _agree_on_step(job: Job, loss: torch.Tensor, epoch: int, step: int) -> bool:
-    """Before backward, every rank learns (one all-reduce) whether any rank's loss is NaN or inf, and raises
-    the same error if so; returns whether a stop signal arrived (finish the step, save, hand over)."""
-    verdict = job.stop.agree(job.ranks, ~torch.isfinite(loss.detach()).to(job.ranks.device))
-    if verdict.nonfinite_ranks:  # the same message on every rank
-        what = f"not finite on rank(s) {verdict.nonfinite_ranks}" if job.ranks.enabled else str(loss.item())
-        raise NonFiniteLossError(
-            f"training loss is {what} at epoch {epoch}, step {step}: stopped before writing anything; "
-            f"{_last_good(job.run_dir)} Lower optim.lr or check the data."
-        )
-    return verdict.stop
 
 
 def _agreed_resume(resume: str | None, checkpoint_dir: Path, ranks: Dist) -> dict | None:
