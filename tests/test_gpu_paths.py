@@ -29,7 +29,7 @@ from rectnet.engine.distributed import Dist, collective_device, slurm_tasks_on_t
 from rectnet.engine.evaluate import Evaluator
 from rectnet.engine.metrics import Counts
 from rectnet.engine.preemption import StopSignals
-from rectnet.engine.train import NonFiniteLossError, Window, _agreed_resume, _any_rank_empty, _sync
+from rectnet.engine.train import NonFiniteLossError, Window, _agreed_resume, _any_rank_empty, _sync, run
 
 pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not built in")
 NATIVE_BF16_FLAGS = rt.native_bf16_flags  # conftest's autouse fixture replaces it in every test
@@ -325,3 +325,33 @@ def test_thread_default_is_this_ranks_share_of_the_usable_cores(monkeypatch, tmp
 
 def test_usable_cores_do_not_exceed_the_affinity():
     assert 1 <= rt.usable_cores()[0] <= len(os.sched_getaffinity(0))
+
+
+# ------------------------------------------------------------------------------ host syncs in the hot loop
+
+SYNCS = ("item", "tolist", "__bool__", "__int__", "__float__", "numpy")  # every way a value reaches the host
+
+
+def _host_reads(overrides: list[str], run_dir: Path) -> int:
+    """How many times a whole run reads a tensor's value on the host."""
+    calls = []
+    with pytest.MonkeyPatch.context() as patch:
+        for name in SYNCS:
+            original = getattr(torch.Tensor, name)
+
+            def counted(self, *args, _original=original, **kwargs):
+                calls.append(1)
+                return _original(self, *args, **kwargs)
+
+            patch.setattr(torch.Tensor, name, counted)
+        run(compose_train(overrides, run_dir))
+    return len(calls)
+
+
+def test_training_steps_read_the_device_once_per_log_interval(tmp_path, one_thread):
+    """Eight more steps (two more log intervals of 4) cost exactly two more host reads: none per step, one
+    per interval. Before, each step read the loss (.item), its finiteness (bool) and two top-k counts (int)."""
+    base = [*TINY, "trainer.batch_size=32", "trainer.epochs=1", "trainer.log_every_steps=4", "logger=none"]
+    short = _host_reads([*base, "trainer.max_steps_per_epoch=8"], tmp_path / "short")
+    long = _host_reads([*base, "trainer.max_steps_per_epoch=16"], tmp_path / "long")
+    assert long - short == 2
