@@ -20,7 +20,15 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from helpers import CONFIGS, TINY, compose_train
 
-from rectnet.config import ConfigError, TrainerConfig, default_run_dir, hydra_output_subdir, to_settings
+from rectnet.config import (
+    ConfigError,
+    EvalConfig,
+    OptimConfig,
+    TrainerConfig,
+    default_run_dir,
+    hydra_output_subdir,
+    to_settings,
+)
 from rectnet.data.batches import to_device
 from rectnet.data.sources import SourceContext, make_source
 from rectnet.engine import checkpoint as ckpt
@@ -28,6 +36,7 @@ from rectnet.engine import runtime as rt
 from rectnet.engine.distributed import Dist, collective_device, slurm_tasks_on_this_node
 from rectnet.engine.evaluate import Evaluator
 from rectnet.engine.metrics import Counts
+from rectnet.engine.optim import make_optimizer, param_groups
 from rectnet.engine.preemption import StopSignals
 from rectnet.engine.train import NonFiniteLossError, Window, _agreed_resume, _any_rank_empty, _sync, run
 
@@ -355,3 +364,32 @@ def test_training_steps_read_the_device_once_per_log_interval(tmp_path, one_thre
     short = _host_reads([*base, "trainer.max_steps_per_epoch=8"], tmp_path / "short")
     long = _host_reads([*base, "trainer.max_steps_per_epoch=16"], tmp_path / "long")
     assert long - short == 2
+
+
+def test_sgd_is_fused_where_the_device_has_the_kernel_with_the_foreach_values():
+    torch.manual_seed(0)
+    model = torch.nn.Linear(8, 4)
+    reference = torch.nn.Linear(8, 4)
+    reference.load_state_dict(model.state_dict())
+    fused = make_optimizer(model, OptimConfig(lr=0.1, momentum=0.9, weight_decay=5e-4))
+    plain = torch.optim.SGD(param_groups(reference, OptimConfig(weight_decay=5e-4)), lr=0.1, momentum=0.9)
+    assert fused.defaults["fused"] is True and not plain.defaults["fused"]
+    for _ in range(3):
+        x = torch.randn(16, 8)
+        for net, opt in ((model, fused), (reference, plain)):
+            opt.zero_grad()
+            net(x).square().sum().backward()
+            opt.step()
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), reference.parameters(), strict=True))
+    assert make_optimizer(torch.nn.Linear(2, 2, device="meta"), OptimConfig()).defaults["fused"] is False
+
+
+def test_dense_scoring_turns_cudnn_autotuning_off_and_back_on(monkeypatch):
+    seen = []
+    evaluator = Evaluator(None, None, None, Dist(), EvalConfig("dense"), 32)
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", True)
+    with evaluator._autotuning():
+        seen.append(torch.backends.cudnn.benchmark)
+    assert seen == [False] and torch.backends.cudnn.benchmark
+    with Evaluator(None, None, None, Dist(), EvalConfig("ten_view"), 32)._autotuning():
+        assert torch.backends.cudnn.benchmark  # fixed-size crops: autotuning pays

@@ -9,6 +9,8 @@ what comes out is the protocol's score and cross-entropy is its loss, whatever t
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -40,15 +42,16 @@ class Evaluator:
         whole split in its order, on every rank."""
         self.forward.eval()
         counts, skipped_files, kept = DeviceCounts(self.runtime.device), 0, []
-        for views, labels, skipped in evalset.batches():
-            skipped_files += skipped
-            if len(labels) == 0:
-                continue
-            with self.runtime.autocast():
-                logits = self.view_logits(views, len(labels))
-            counts.add(F.cross_entropy(logits, labels, reduction="sum"), logits, labels)
-            if keep_logits:
-                kept.append((logits.cpu(), labels.cpu()))
+        with self._autotuning():
+            for views, labels, skipped in evalset.batches():
+                skipped_files += skipped
+                if len(labels) == 0:
+                    continue
+                with self.runtime.autocast():
+                    logits = self.view_logits(views, len(labels))
+                counts.add(F.cross_entropy(logits, labels, reduction="sum"), logits, labels)
+                if keep_logits:
+                    kept.append((logits.cpu(), labels.cpu()))
         total = Counts.from_tensor(self.ranks.sum(counts.totals(skipped_files)))  # the evaluation's one host sync
         if total.n + total.skipped != len(evalset):
             raise RuntimeError(
@@ -60,6 +63,11 @@ class Evaluator:
         mine = {"logits": [k[0] for k in kept], "labels": [k[1] for k in kept]}
         shards = self.ranks.gather(mine)  # contiguous shards in rank order: concatenated, the split's order
         return total, {key: torch.cat([part for shard in shards for part in shard[key]]) for key in mine}
+
+    def _autotuning(self) -> contextlib.AbstractContextManager:
+        """cudnn.benchmark off while scoring dense views: every new image size would autotune every conv
+        again (three scales, and as many sizes as the images' aspect ratios), costing more than it saves."""
+        return _cudnn_benchmark_off() if self.protocol.protocol == "dense" else contextlib.nullcontext()
 
     def view_logits(self, views: list[torch.Tensor], images: int) -> torch.Tensor:
         """(images, K) logits from each image's views (consecutive rows of each tensor in `views`)."""
@@ -85,3 +93,13 @@ class Evaluator:
             probe = torch.zeros(1, 3, self.crop, self.crop, device=self.runtime.device)
             self._window = self.model.features(probe).shape[-1]
         return self._window
+
+
+@contextlib.contextmanager
+def _cudnn_benchmark_off() -> Iterator[None]:
+    before = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = before

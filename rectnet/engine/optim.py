@@ -30,7 +30,17 @@ def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict]:
 
 
 def make_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
-    return torch.optim.SGD(param_groups(model, cfg), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
+    """SGD, fused (one kernel for every parameter's update) where the parameters' device has the fused
+    kernel: fewer launches per step on a GPU, and on the CPU the same values as the foreach loop."""
+    groups = param_groups(model, cfg)
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, fused=_fusable(model))
+
+
+def _fusable(model: nn.Module) -> bool:
+    from torch.optim.optimizer import _get_fused_kernels_supported_devices
+
+    supported = _get_fused_kernels_supported_devices()
+    return all(p.is_floating_point() and p.device.type in supported for p in model.parameters())
 
 
 Scheduler = torch.optim.lr_scheduler.LRScheduler | torch.optim.lr_scheduler.ReduceLROnPlateau
