@@ -185,9 +185,11 @@ def dry_run(plan: list[tuple[str, str, list[str]]], out: Path) -> int:
 
     print(json.dumps({"dry_run": True, **machine()}))
     for name, kind, overrides in plan:
+        row = {"stage": name, "kind": kind, "would_run": overrides}
         if kind != "eval":
-            to_settings(compose_config(overrides, out / name))  # the same validation a run does
-        print(json.dumps({"stage": name, "kind": kind, "would_run": overrides}))
+            settings = to_settings(compose_config(overrides, out / name))  # the same validation a run does
+            row["train_gflops_per_image"] = round(train_flops_per_image(settings) / 1e9, 3)
+        print(json.dumps(row), flush=True)
     if not torch.cuda.is_available():
         print("no CUDA device here: every config composes; run without --dry-run on a GPU machine", file=sys.stderr)
     return 0
@@ -199,7 +201,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=None, help="run directories (default: a temporary folder)")
     parser.add_argument("--cifar-root", default=None, help="real CIFAR-10 (dataset.root); synthetic without")
     args = parser.parse_args()
-    out = args.out or Path(tempfile.mkdtemp(prefix="gpu_check_"))
+    out = args.out or (Path(tempfile.gettempdir()) / "gpu_check" if args.dry_run else Path(tempfile.mkdtemp()))
     cifar = [*CIFAR, f"dataset.root={args.cifar_root}"] if args.cifar_root else [*CIFAR, *SYNTHETIC_CIFAR]
     folder = out / "imagenet_sample"
     plan = [

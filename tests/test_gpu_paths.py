@@ -10,6 +10,8 @@ import json
 import math
 import os
 import signal
+import subprocess
+import sys
 from datetime import timedelta
 from pathlib import Path
 from types import SimpleNamespace
@@ -18,7 +20,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from helpers import CONFIGS, TINY, compose_train
+from helpers import CONFIGS, ROOT, TINY, compose_train
 
 from rectnet.config import (
     ConfigError,
@@ -382,3 +384,31 @@ def test_dense_scoring_turns_cudnn_autotuning_off_and_back_on(monkeypatch):
     assert seen == [False] and torch.backends.cudnn.benchmark
     with Evaluator(None, None, None, Dist(), EvalConfig("ten_view"), 32)._autotuning():
         assert torch.backends.cudnn.benchmark  # fixed-size crops: autotuning pays
+
+
+def test_the_gpu_check_dry_run_composes_every_stage_on_a_cpu_machine():
+    proc = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "gpu_check.sh"), "--dry-run"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHON": sys.executable},
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert rows[0]["dry_run"] and rows[0]["cuda_available"] == torch.cuda.is_available()
+    stages = [row["stage"] for row in rows[1:]]
+    assert stages == [
+        "cifar_bf16",
+        "cifar_fp16",
+        "cifar_fp32",
+        "cifar_auto_compile",
+        "nccl_1rank",
+        "imagenet",
+        "eval_center",
+        "eval_ten_view",
+        "eval_dense",
+        "resume",
+    ]
+    assert all(row["train_gflops_per_image"] > 0 for row in rows[1:] if row["kind"] != "eval")
