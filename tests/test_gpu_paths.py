@@ -20,7 +20,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from helpers import CONFIGS, ROOT, TINY, compose_train
+from helpers import CONFIGS, ROOT, TINY, compose_train, make_image_folder
 
 from rectnet.config import (
     ConfigError,
@@ -31,7 +31,9 @@ from rectnet.config import (
     hydra_output_subdir,
     to_settings,
 )
+from rectnet.data import sources
 from rectnet.data.batches import to_device
+from rectnet.data.imagenet import ImageFolderError, index_image_folder
 from rectnet.data.sources import SourceContext, make_source
 from rectnet.engine import checkpoint as ckpt
 from rectnet.engine import runtime as rt
@@ -412,3 +414,23 @@ def test_the_gpu_check_dry_run_composes_every_stage_on_a_cpu_machine():
         "resume",
     ]
     assert all(row["train_gflops_per_image"] > 0 for row in rows[1:] if row["kind"] != "eval")
+
+
+def test_only_rank_0_scans_the_image_tree_and_its_error_reaches_every_rank(tmp_path, monkeypatch):
+    root = make_image_folder(tmp_path / "images")
+    settings = to_settings(compose_train(["dataset=imagenet", "dataset.num_classes=2", f"dataset.root={root}"]))
+    scanned = index_image_folder(root, "train")
+    monkeypatch.setattr(sources, "index_image_folder", lambda *args: pytest.fail("rank 1 scanned the tree"))
+    rank_1 = SourceContext(torch.device("cpu"), 1, 2, share=lambda obj: (scanned, None))
+    assert sources._index_split(settings, rank_1, "train", None) is scanned
+    failed = SourceContext(torch.device("cpu"), 1, 2, share=lambda obj: (None, "the image folder x does not exist"))
+    with pytest.raises(ImageFolderError, match="the image folder x does not exist"):
+        sources._index_split(settings, failed, "train", None)
+
+
+def test_preprocessing_constants_live_on_the_device():
+    state = {"mean": torch.zeros(3), "std": torch.ones(3), "mean_image": torch.zeros(3, 4, 4)}
+    for per_pixel in (False, True):
+        prep = sources.make_preprocess(state, True, per_pixel, False, SourceContext(torch.device("meta")))
+        tensors = [prep.eigval, prep.eigvec, *((prep.mean_image,) if per_pixel else (prep.mean, prep.std))]
+        assert {t.device.type for t in tensors} == {"meta"}

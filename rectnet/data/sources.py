@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator, Sequence
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import torch
 
@@ -25,6 +25,8 @@ from rectnet.config import ConfigError, TrainConfig
 from rectnet.data import DATASETS, load_dataset
 from rectnet.data.batches import BatchAugment, TrainBatches, eval_batches
 from rectnet.data.imagenet import (
+    IMAGENET_EIGVAL,
+    IMAGENET_EIGVEC,
     ImageFolderError,
     ImageIndex,
     Preprocess,
@@ -74,12 +76,14 @@ class Source(Protocol):
 
 
 class SourceContext(NamedTuple):
-    """Where a source runs: the device, this process's rank, the rank count and a sum over ranks."""
+    """Where a source runs: the device, this process's rank, the rank count, a sum over ranks and a
+    broadcast of rank 0's object to every rank."""
 
     device: torch.device
     rank: int = 0
     world_size: int = 1
     reduce: Reduce = lambda t: t
+    share: Callable[[Any], Any] = lambda obj: obj
 
 
 # ------------------------------------------------------------------------------------- tensor splits
@@ -201,9 +205,10 @@ class ImageFolderSource:
     ) -> None:
         data, trainer = settings.dataset, settings.trainer
         data.image_folder_checks()
-        test = _index_split(settings, data.test_split, data.num_test)
+        test = _index_split(settings, where, data.test_split, data.num_test)
         # eval.py with a checkpoint's statistics never reads the training tree (1.28M files on ImageNet)
-        train_index = _index_split(settings, data.train_split, data.num_train, test) if train or not state else None
+        needs_train = train or not state
+        train_index = _index_split(settings, where, data.train_split, data.num_train, test) if needs_train else None
         self.state = state or image_statistics(train_index.sample(data.stats_images), settings, where)
         preprocess = make_preprocess(self.state, data.normalize, data.per_pixel_mean, trainer.channels_last, where)
         self.loader = None
@@ -232,11 +237,14 @@ class ImageFolderSource:
             yield TrainInput(self.preprocess(images, lighting), labels, len(batch.skipped))
 
 
-def _index_split(settings: TrainConfig, split: str, n: int | None, other: ImageIndex | None = None) -> ImageIndex:
+def _index_split(
+    settings: TrainConfig, where: SourceContext, split: str, n: int | None, other: ImageIndex | None = None
+) -> ImageIndex:
     """Index <root>/<split> and keep a fixed sample of n images; its classes must be the dataset's (and
-    `other` split's: a label means the same class in both)."""
+    `other` split's: a label means the same class in both). Rank 0 scans the tree (1.28M files for
+    ImageNet's training split) and the other ranks receive its index."""
     data = settings.dataset
-    index = index_image_folder(data.root, split or None)
+    index = _from_rank_0(where, lambda: index_image_folder(data.root, split or None))
     if other is not None and index.classes != other.classes:
         extra = sorted(set(index.classes) ^ set(other.classes))
         raise ImageFolderError(
@@ -249,6 +257,21 @@ def _index_split(settings: TrainConfig, split: str, n: int | None, other: ImageI
             f"set dataset.num_classes={len(index.classes)} to use this tree"
         )
     return index.sample(n)
+
+
+def _from_rank_0(where: SourceContext, make: Callable[[], Any]) -> Any:
+    """`make()` run on rank 0 only; its result, or its ImageFolderError, on every rank (a rank raising alone
+    would leave the others waiting in the broadcast)."""
+    result: tuple[Any, str | None] = (None, None)
+    if where.rank == 0:
+        try:
+            result = (make(), None)
+        except ImageFolderError as err:
+            result = (None, str(err))
+    value, error = where.share(result)
+    if error is not None:
+        raise ImageFolderError(error)
+    return value
 
 
 def image_statistics(index: ImageIndex, settings: TrainConfig, where: SourceContext) -> dict[str, torch.Tensor]:
@@ -284,11 +307,14 @@ def image_statistics(index: ImageIndex, settings: TrainConfig, where: SourceCont
 def make_preprocess(
     state: dict[str, torch.Tensor], normalize: bool, per_pixel: bool, channels_last: bool, where: SourceContext
 ) -> Preprocess:
-    """He et al.: subtract the mean image; Shang et al.: per-channel mean/std; normalize=false: x / 255."""
+    """He et al.: subtract the mean image; Shang et al.: per-channel mean/std; normalize=false: x / 255.
+    Every constant is put on the device once here, not copied from the host for every batch."""
+    device = where.device
+    pca = {"eigval": IMAGENET_EIGVAL.to(device), "eigvec": IMAGENET_EIGVEC.to(device)}
     if normalize and per_pixel:
-        return Preprocess(mean_image=state["mean_image"].to(where.device), channels_last=channels_last)
+        return Preprocess(mean_image=state["mean_image"].to(device), channels_last=channels_last, **pca)
     mean, std = (state["mean"], state["std"]) if normalize else (torch.zeros(3), torch.ones(3))
-    return Preprocess(mean.float().to(where.device), std.float().to(where.device), channels_last=channels_last)
+    return Preprocess(mean.float().to(device), std.float().to(device), channels_last=channels_last, **pca)
 
 
 # ------------------------------------------------------------------------------------------ registry

@@ -85,7 +85,7 @@ def evaluate_checkpoint(run_dir: Path, checkpoint: Path, overrides: Sequence[str
     ranks = init_distributed(ranks, runtime.device)
     label_log_records(ranks)
     try:
-        where = SourceContext(runtime.device, ranks.rank, ranks.world_size, ranks.sum)
+        where = SourceContext(runtime.device, ranks.rank, ranks.world_size, ranks.sum, ranks.broadcast)
         source = make_source(settings, where, payload.get("data"), train=False)
         model = build_model(settings, settings.dataset.num_classes, source.in_chans)
         try:

@@ -167,7 +167,7 @@ def _train(
     resume = _agreed_resume(trainer.resume, run_dir / "checkpoints", ranks)  # fail fast on a bad path
 
     seed_everything(settings.seed)  # the same on every rank: identical initial weights
-    where = SourceContext(runtime.device, ranks.rank, ranks.world_size, ranks.sum)
+    where = SourceContext(runtime.device, ranks.rank, ranks.world_size, ranks.sum, ranks.broadcast)
     source = make_source(settings, where, resume.get("data") if resume else None)
     _check_single_protocol(trainer, source)
     job = _build_job(settings, config, run_dir, runtime, ranks, source)
