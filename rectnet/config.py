@@ -300,6 +300,8 @@ class TrainConfig:
 def default_run_dir() -> str:
     """outputs/<date>/<time>; under torchrun outputs/torchrun/<run id>, which every rank of a launch shares
     (each rank composes its own config, and their clocks may straddle a second)."""
+    if "RECTNET_RUN_DIR" in os.environ:  # it wins (train.yaml), but OmegaConf resolves this default anyway
+        return os.environ["RECTNET_RUN_DIR"]
     run_id = os.environ.get("TORCHELASTIC_RUN_ID")
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if run_id and world > 1:

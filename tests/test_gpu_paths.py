@@ -283,6 +283,7 @@ def test_only_rank_0_writes_hydra_files_under_submitit(monkeypatch):
 
 
 def test_static_multi_node_torchrun_without_a_run_id_is_refused(monkeypatch):
+    monkeypatch.delenv("RECTNET_RUN_DIR", raising=False)
     monkeypatch.setenv("TORCHELASTIC_RUN_ID", "none")
     monkeypatch.setenv("WORLD_SIZE", "4")
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # one node: its ranks share the launch
@@ -290,6 +291,9 @@ def test_static_multi_node_torchrun_without_a_run_id_is_refused(monkeypatch):
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
     with pytest.raises(ConfigError, match="--rdzv-id"):
         default_run_dir()
+    monkeypatch.setenv("RECTNET_RUN_DIR", "/runs/pinned")  # a pinned folder is not shared by accident
+    assert default_run_dir() == "/runs/pinned"
+    monkeypatch.delenv("RECTNET_RUN_DIR")
     monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job-17")
     assert default_run_dir() == "outputs/torchrun/job-17"
 
