@@ -12,7 +12,11 @@ pre-made batch, to separate model speed from input-pipeline speed. The plain var
 (a fresh interpreter with PyTorch's defaults); rectnet's run in a process set up as train.py sets one up
 (rectnet.engine.runtime.make_runtime: threads, malloc keeping freed activation memory, the fused PReLU
 backward). "rectnet_prelu_unfused" = PReLU with
-F.prelu's own CPU backward instead of the fused one (rectnet/layers/fused.py). The last line is one JSON object.
+F.prelu's own CPU backward instead of the fused one (rectnet/layers/fused.py). "rectnet_relu_bf16" = the ReLU
+variant under bf16 autocast, "rectnet_relu_auto" = under what trainer.precision=auto picks on this CPU (bf16
+with avx512_bf16 or amx_bf16, else fp32). Beside images/s the JSON gives each variant's achieved GFLOP/s
+(3x the forward FLOPs torch's counter finds, per image) and this CPU's measured fp32 and bf16 GEMM rates in
+the same run, with the CPU model and its bf16 flags. The last line is one JSON object.
 
 On a shared machine pass --threads with no more threads than free cores: oversubscribed OpenMP threads
 spin against each other and single steps then vary by several times.
@@ -21,6 +25,7 @@ spin against each other and single steps then vary by several times.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import multiprocessing as mp
 import platform
@@ -38,7 +43,7 @@ from torchvision import transforms
 from rectnet.config import TrainerConfig
 from rectnet.data.batches import BatchAugment, TrainBatches
 from rectnet.data.split import Split
-from rectnet.engine.runtime import make_runtime
+from rectnet.engine.runtime import AUTOCAST_DTYPES, cpu_flags, make_runtime, native_bf16_flags, resolve_precision
 from rectnet.layers import fused
 from rectnet.models import create
 
@@ -87,18 +92,58 @@ def all_epochs(batches: TrainBatches) -> Iterator:
         yield from batches.epoch(epoch)
 
 
-def stepper(model: nn.Module, batches: Iterator) -> Callable[[], None]:
+def stepper(model: nn.Module, batches: Iterator, precision: str = "fp32") -> Callable[[], None]:
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=5e-4)
     model.train()
 
     def step() -> None:
         images, labels = next(batches)
-        loss = F.cross_entropy(model(images), labels)
+        with autocast(precision):
+            logits = model(images)
+        loss = F.cross_entropy(logits.float(), labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
 
     return step
+
+
+def autocast(precision: str) -> contextlib.AbstractContextManager:
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast("cpu", dtype=AUTOCAST_DTYPES[precision])
+
+
+def gemm_gflops(dtype: torch.dtype, n: int = 1024, repeats: int = 5) -> float:
+    """This CPU's matrix-multiply rate in `dtype` (n x n by n x n, the best of `repeats`)."""
+    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+    a @ b  # warm-up: oneDNN picks and caches its kernel
+    best = min(_seconds(lambda: a @ b) for _ in range(repeats))
+    return 2 * n**3 / best / 1e9
+
+
+def _seconds(work: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    work()
+    return time.perf_counter() - start
+
+
+def train_flops_per_image(width: float) -> float:
+    """3x the forward FLOPs of one 32x32 image (a backward costs about two forwards)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = create("convpool_cnn_c", act="relu", width=width).eval()
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(torch.zeros(1, 3, 32, 32))
+    return 3.0 * counter.get_total_flops()
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+    except OSError:
+        return platform.processor() or platform.machine()
 
 
 def unfused(step: Callable[[], None]) -> Callable[[], None]:
@@ -128,6 +173,10 @@ def rectnet_variants(split: Split, batch: int, width: float) -> dict[str, Callab
         steps[f"rectnet_{act}"] = stepper(model, all_epochs(rectnet_batches))
     model = create("convpool_cnn_c", act="prelu", width=width).to(memory_format=torch.channels_last)
     steps["rectnet_prelu_unfused"] = unfused(stepper(model, all_epochs(rectnet_batches)))
+    auto = resolve_precision("auto", torch.device("cpu"))[0]
+    for name, precision in (("rectnet_relu_bf16", "bf16"), ("rectnet_relu_auto", auto)):
+        model = create("convpool_cnn_c", act="relu", width=width).to(memory_format=torch.channels_last)
+        steps[name] = stepper(model, all_epochs(rectnet_batches), precision)
     return steps
 
 
@@ -183,7 +232,7 @@ def main() -> None:
     parser.add_argument("--width", type=float, default=1.0, help="filter multiplier (plain loop only at 1.0)")
     parser.add_argument("--images", type=int, default=2048, help="size of the random uint8 training split")
     parser.add_argument(
-        "--threads", type=int, help="intra-op threads (default: torch's); on a shared machine, no more than free cores"
+        "--threads", type=int, help="intra-op threads (default: train.py's); shared machine: at most the free cores"
     )
     args = parser.parse_args()
 
@@ -195,7 +244,8 @@ def main() -> None:
         )
         child.start()
         variants |= {name: remote(conn, name) for name in conn.recv()}
-    make_runtime(TrainerConfig(device="cpu", threads=args.threads))  # what train.py sets up for a CPU run
+    make_runtime(TrainerConfig(device="cpu", threads=args.threads, precision="fp32"))  # as train.py sets up a CPU run
+    gemm = {"fp32": gemm_gflops(torch.float32), "bf16": gemm_gflops(torch.bfloat16)}
     local = {
         name: timed(step) for name, step in rectnet_variants(random_split(args.images), args.batch, args.width).items()
     }
@@ -210,6 +260,7 @@ def main() -> None:
         conn.send(None)
         child.join()
     rate = {name: args.batch / statistics.median(t) for name, t in times.items()}
+    flops = train_flops_per_image(args.width)
     for name, r in rate.items():
         print(f"{name:>22}: {r:8.1f} images/s  (step {1000 * args.batch / r:7.1f} ms)")
     result = {
@@ -217,15 +268,21 @@ def main() -> None:
         "model": "convpool_cnn_c",
         "width": args.width,
         "batch": args.batch,
-        "precision": "fp32",
+        "precision": "fp32 unless the variant's name says bf16 or auto",
+        "precision_auto": resolve_precision("auto", torch.device("cpu"))[0],
         "images_per_s": {k: round(v, 2) for k, v in rate.items()},
+        "achieved_gflops": {k: round(v * flops / 1e9, 2) for k, v in rate.items()},
+        "gemm_gflops": {k: round(v, 1) for k, v in gemm.items()},
+        "bf16_over_fp32": round(rate["rectnet_relu_bf16"] / rate["rectnet_relu"], 3),
         "prelu_over_relu_step_time": round(rate["rectnet_relu"] / rate["rectnet_prelu"], 3),
         "unfused_prelu_over_relu_step_time": round(rate["rectnet_relu"] / rate["rectnet_prelu_unfused"], 3),
         "rounds": args.rounds,
         "steps_per_round": args.steps,
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": cpu_model(),
+        "cpu_bf16_flags": native_bf16_flags(),
+        "cpu_has_avx512f": "avx512f" in cpu_flags(),
         "numpy": np.__version__,
     }
     if "plain" in rate:
