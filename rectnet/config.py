@@ -221,7 +221,9 @@ class TrainerConfig:
     # torch.use_deterministic_algorithms(warn_only=True) + cudnn.benchmark off: ops without a deterministic
     # kernel (adaptive_max_pool2d's CUDA backward, SPP nets) warn instead of failing (runtime.set_determinism)
     deterministic: bool = False
-    log_every_steps: int = 50  # plain progress lines when the output is not a terminal
+    # progress every N steps; also how often the host reads losses from the device (the bar then redraws) and
+    # the ranks agree on stop signals and NaN (engine/train.py, _sync)
+    log_every_steps: int = 50
     progress: str = "auto"  # auto (bar on a terminal, lines otherwise) | bar | lines | none
     max_steps_per_epoch: int | None = None  # cap for quick checks; null = the whole epoch
     checkpoint_every_steps: int = 0  # also write last.pt every N steps inside an epoch (0: at epoch ends only)

@@ -7,6 +7,7 @@ what NCCL would refuse, and fakes stand in for torch.cuda and stand between the 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import signal
@@ -37,7 +38,7 @@ from rectnet.data.imagenet import ImageFolderError, index_image_folder
 from rectnet.data.sources import SourceContext, make_source
 from rectnet.engine import checkpoint as ckpt
 from rectnet.engine import runtime as rt
-from rectnet.engine.distributed import Dist, collective_device, slurm_tasks_on_this_node
+from rectnet.engine.distributed import Dist, collective_device, slurm_tasks_on_this_node, stop_file_logging
 from rectnet.engine.evaluate import Evaluator
 from rectnet.engine.metrics import Counts
 from rectnet.engine.optim import fused_sgd_applies, make_optimizer
@@ -438,3 +439,16 @@ def test_preprocessing_constants_live_on_the_device():
         prep = sources.make_preprocess(state, True, per_pixel, False, SourceContext(torch.device("meta")))
         tensors = [prep.eigval, prep.eigvec, *((prep.mean_image,) if per_pixel else (prep.mean, prep.std))]
         assert {t.device.type for t in tensors} == {"meta"}
+
+
+def test_ranks_other_than_0_stop_appending_to_train_log(tmp_path):
+    root = logging.getLogger()
+    to_file, to_console = logging.FileHandler(tmp_path / "train.log"), logging.StreamHandler()
+    root.addHandler(to_file)
+    root.addHandler(to_console)
+    try:
+        stop_file_logging()
+        assert to_file not in root.handlers and to_console in root.handlers and to_file.stream is None
+    finally:
+        root.removeHandler(to_console)
+        root.removeHandler(to_file)

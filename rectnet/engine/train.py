@@ -433,10 +433,10 @@ def _any_rank_empty(job: Job, batch: int) -> bool:
     Costs an all-reduce per step only when files can be skipped."""
     if not (job.ranks.enabled and job.settings.dataset.skip_corrupt):
         return batch == 0
-    empty = job.ranks.max(torch.tensor(int(batch == 0), device=job.ranks.device))
-    if bool(empty) and batch > 0:
+    empty = bool(job.ranks.max(torch.tensor(int(batch == 0), device=job.ranks.device)))
+    if empty and batch > 0:
         log.warning("another rank's batch was all corrupt files: every rank skips this step")
-    return bool(empty)
+    return empty
 
 
 def _agreed_resume(resume: str | None, checkpoint_dir: Path, ranks: Dist) -> dict | None:
