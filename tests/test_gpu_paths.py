@@ -486,3 +486,9 @@ def test_activations_learn_the_same_under_bf16_autocast(act, one_thread):
         assert grad.norm() > 0, name  # a real gradient to compare, not zeros
         assert (mixed[name] - grad).norm() <= 0.03 * grad.norm(), name
     assert all(p.dtype == torch.float32 for p in block.parameters())
+
+
+def test_compile_uses_cuda_graphs_for_one_cuda_process_only():
+    assert rt.compile_mode(torch.device("cuda", 0), distributed=False) == "reduce-overhead"
+    assert rt.compile_mode(torch.device("cuda", 0), distributed=True) is None
+    assert rt.compile_mode(torch.device("cpu"), distributed=False) is None

@@ -213,7 +213,7 @@ def set_determinism(deterministic: bool, device: torch.device) -> None:
         torch.backends.cudnn.benchmark = True
 
 
-def compile_model(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+def compile_model(model: torch.nn.Module, device: torch.device, distributed: bool = False) -> torch.nn.Module:
     """torch.compile, after checking what it needs here, so a failure reads as a config problem."""
     if not torch._dynamo.is_dynamo_supported():
         raise ConfigError(
@@ -225,7 +225,14 @@ def compile_model(model: torch.nn.Module, device: torch.device) -> torch.nn.Modu
             "trainer.compile=true on a CPU needs a C++ compiler (g++ or clang++, or $CXX) for "
             "TorchInductor; install one or use trainer.compile=false"
         )
-    return torch.compile(model)
+    return torch.compile(model, mode=compile_mode(device, distributed))
+
+
+def compile_mode(device: torch.device, distributed: bool) -> str | None:
+    """One CUDA process: "reduce-overhead", CUDA graphs replaying a step's kernels with one launch (the step
+    reads nothing back to the host to break the capture, train.py `_sync`; tensor datasets keep every step's
+    shapes). Under DDP, whose backward hooks launch NCCL calls, and on CPUs: the default mode."""
+    return "reduce-overhead" if device.type == "cuda" and not distributed else None
 
 
 def seed_everything(seed: int) -> None:

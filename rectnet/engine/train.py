@@ -286,7 +286,7 @@ def _build_job(
             model, device_ids=[runtime.device.index] if runtime.device.type == "cuda" else None
         )
     if trainer.compile:
-        forward = compile_model(forward, runtime.device)
+        forward = compile_model(forward, runtime.device, ranks.enabled)
     optimizer = make_optimizer(model, settings.optim)
     return Job(
         settings,
