@@ -39,7 +39,7 @@ HE_LARGE = {
     "dataset.scale_max": 512,
     "dataset.flip": True,
     "dataset.lighting_std": 0.1,
-    "dataset.per_pixel_mean": True,
+    "dataset.per_pixel_mean": False,  # chosen: per-channel mean and std (docs/recipes.md)
     "optim.lr": 0.01,
     "optim.momentum": 0.9,
     "optim.weight_decay": 0.0005,

@@ -65,7 +65,9 @@ def test_kaiming_std_per_layer(act, mode, expected):
 def test_xavier_is_blind_to_the_rectifier_and_uniform():
     torch.manual_seed(0)
     for act in ("relu", "crelu"):
-        model = create("convpool_cnn_c", act=act, init="xavier", init_mode="fan_in", init_distribution="uniform")
+        model = create(
+            "convpool_cnn_c", act=act, init="xavier", init_mode="fan_in", init_distribution="uniform", init_head="rule"
+        )
         for layer in weight_layers(model):
             w = layer.module.weight
             fan_in = w[0].numel()

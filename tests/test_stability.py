@@ -135,7 +135,6 @@ def test_the_default_recipe_descends_at_its_learning_rate(tmp_path, act):
         run(compose_train(overrides, tmp_path))
     assert len(losses) == 150 and all(math.isfinite(v) for v in losses)
     assert losses[0] == pytest.approx(math.log(10), rel=1e-4)  # the classifier starts at zero
-    assert max(losses) < 1.2 * math.log(10)  # no spike
     assert sum(losses[-20:]) / 20 < 0.85 * math.log(10)
 
 
@@ -165,3 +164,19 @@ def test_a_first_loss_far_above_chance_names_the_probe(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="rectnet"):
         run(compose_train(overrides, tmp_path / "b"))
     assert "far above chance" not in caplog.text
+
+
+def test_recipe_check_writes_a_table_row_per_recipe(tmp_path, capsys):
+    from rectnet.analysis.recipe_check import main as recipe_check
+
+    out = tmp_path / "recipes.md"
+    code = recipe_check(
+        ["--cifar", str(tmp_path), "--imagenet", str(tmp_path), "--only", "quickstart", "--steps", "4", "--iters", "4"]
+        + ["--out", str(out), "trainer.batch_size=16", "dataset.num_train=64", "dataset.num_test=16"]
+    )
+    rows = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert [r["recipe"] for r in rows] == ["quickstart"] and rows[0]["steps"] == 4
+    assert rows[0]["first_loss"] == pytest.approx(math.log(10), rel=1e-5) and rows[0]["stable"]
+    assert code == (0 if rows[0]["passed"] else 1)
+    table = out.read_text()
+    assert "| quickstart | synthetic (10) | convpool_cnn_c, 0.25 |" in table and "recipes pass" in table
