@@ -38,6 +38,7 @@ from rectnet.data.imagenet import ImageFolderError, index_image_folder
 from rectnet.data.sources import SourceContext, make_source
 from rectnet.engine import checkpoint as ckpt
 from rectnet.engine import runtime as rt
+from rectnet.engine import train as train_module
 from rectnet.engine.distributed import Dist, collective_device, slurm_tasks_on_this_node, stop_file_logging
 from rectnet.engine.evaluate import Evaluator
 from rectnet.engine.metrics import Counts
@@ -72,8 +73,10 @@ def test_a_group_serving_only_cuda_refuses_cpu_tensors_and_dist_reduces_on_its_d
     _join(0, 1, tmp_path / "store2", "gloo")
     try:
         assert collective_device(torch.device("cuda", 3)) == torch.device("cpu")
+        assert Dist().enabled  # a group set up by the caller is used, even with one rank (gpu_check.py)
     finally:
         dist.destroy_process_group()
+    assert not Dist().enabled
 
 
 class FakeCollectives:
@@ -492,3 +495,25 @@ def test_compile_uses_cuda_graphs_for_one_cuda_process_only():
     assert rt.compile_mode(torch.device("cuda", 0), distributed=False) == "reduce-overhead"
     assert rt.compile_mode(torch.device("cuda", 0), distributed=True) is None
     assert rt.compile_mode(torch.device("cpu"), distributed=False) is None
+
+
+def test_a_callers_one_rank_group_runs_the_distributed_paths_and_learns_the_same(tmp_path, one_thread, monkeypatch):
+    """What gpu_check.py's nccl_1rank stage does, with gloo: DDP, summed counts and agreed flags in a 1-rank
+    group give exactly the plain run's weights; run() leaves no group behind."""
+    args = [*TINY, "trainer.epochs=1", "logger=none"]
+    run(compose_train(args, tmp_path / "plain"))
+    wrapped = []
+
+    class Recorded(torch.nn.parallel.DistributedDataParallel):
+        def __init__(self, *args, **kwargs):
+            wrapped.append(1)
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "DistributedDataParallel", Recorded)
+    _join(0, 1, tmp_path / "store", "gloo")
+    results = run(compose_train(args, tmp_path / "grouped"))
+    assert wrapped == [1] and not dist.is_initialized() and results["world_size"] == 1
+    a, b = (
+        torch.load(tmp_path / d / "checkpoints" / "last.pt", weights_only=True)["model"] for d in ("plain", "grouped")
+    )
+    assert all(torch.equal(a[k], b[k]) for k in a)
