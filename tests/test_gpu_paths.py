@@ -370,13 +370,18 @@ def _host_reads(overrides: list[str], run_dir: Path) -> int:
     return len(calls)
 
 
-def test_training_steps_read_the_device_once_per_log_interval(tmp_path, one_thread):
+@pytest.mark.parametrize("grouped", [False, True], ids=["one_process", "ddp"])
+def test_training_steps_read_the_device_once_per_log_interval(tmp_path, one_thread, grouped):
     """Eight more steps (two more log intervals of 4) cost exactly two more host reads: none per step, one
-    per interval. Before, each step read the loss (.item), its finiteness (bool) and two top-k counts (int)."""
+    per interval, with DDP too (its stop/NaN all-reduce rides in the same read). Before, each step read the
+    loss (.item), its finiteness (bool) and two top-k counts (int), and under DDP the stop flag (.item)."""
     base = [*TINY, "trainer.batch_size=32", "trainer.epochs=1", "trainer.log_every_steps=4", "logger=none"]
-    short = _host_reads([*base, "trainer.max_steps_per_epoch=8"], tmp_path / "short")
-    long = _host_reads([*base, "trainer.max_steps_per_epoch=16"], tmp_path / "long")
-    assert long - short == 2
+    reads = []
+    for steps in (8, 16):
+        if grouped:
+            _join(0, 1, tmp_path / f"store{steps}", "gloo")  # run() takes it (DDP) and destroys it
+        reads.append(_host_reads([*base, f"trainer.max_steps_per_epoch={steps}"], tmp_path / str(steps)))
+    assert reads[1] - reads[0] == 2
 
 
 def test_sgd_is_fused_on_cuda_and_keeps_the_cpu_loop():
