@@ -120,7 +120,7 @@ class TrainBatches:
         for step in range(start_step, len(self)):
             index = order[step * self.global_batch : (step + 1) * self.global_batch]
             params = self.augment.draw(self.global_batch, generator(self.seed, epoch, step))
-            index = index[mine].to(self.split.images.device)
+            index = to_device(index[mine], self.split.images.device)  # pinned, not blocking the host
             mine_params = {k: v[mine] for k, v in params.items()}
             images = to_device(self.split.images[index], self.device)
             yield self.augment(images, mine_params), to_device(self.split.labels[index], self.device)
