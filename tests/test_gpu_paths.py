@@ -118,6 +118,14 @@ def test_evaluation_statistics_and_epoch_sums_go_through_dist(monkeypatch, tmp_p
         evaluator(source.eval_sets["test"])
     assert Counts.from_tensor(ranks.sum(one.as_tensor())).n == 20
     assert fake.seen == [torch.device("cpu")] * 2
+    # ImageFolder statistics: sums and image count both doubled, so the same mean and std as one rank's
+    root = make_image_folder(tmp_path / "images")
+    overrides = ["dataset=imagenet", "dataset.num_classes=2", f"dataset.root={root}", "dataset.workers=0"]
+    folder = to_settings(compose_train(overrides))
+    index = index_image_folder(root, "train")
+    alone = sources.image_statistics(index, folder, SourceContext(torch.device("cpu")))
+    paired = sources.image_statistics(index, folder, SourceContext(torch.device("cpu"), 0, 1, ranks.sum))
+    assert len(fake.seen) == 3 and all(torch.allclose(alone[k], paired[k]) for k in alone)
 
 
 # ------------------------------------------------------------------------------ 2. device per local rank
