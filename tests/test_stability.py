@@ -141,10 +141,14 @@ def test_the_default_recipe_descends_at_its_learning_rate(tmp_path, act):
 def test_unscaled_pixels_without_small_fc_stds_are_refused():
     from rectnet.config import to_settings
 
-    with pytest.raises(ConfigError, match=r"dataset.per_pixel_mean=true.*model.init_std"):
-        to_settings(compose_train(["dataset=imagenet", "dataset.per_pixel_mean=true", "model=allcnn_b"]))
-    settings = to_settings(compose_train(["dataset=imagenet", "dataset.per_pixel_mean=true", "model=prelu_small14"]))
-    assert settings.model.init_std == {12: 0.01, 13: 0.01, 14: 0.001}  # the paper's pairing is the default
+    for model in ("allcnn_b", "prelu_small14"):
+        with pytest.raises(ConfigError, match=r"dataset.per_pixel_mean=true.*model.init_std"):
+            to_settings(compose_train(["dataset=imagenet", "dataset.per_pixel_mean=true", f"model={model}"]))
+    paper = "+model.init_std={12: 0.01, 13: 0.01, 14: 0.001}"
+    settings = to_settings(
+        compose_train(["dataset=imagenet", "dataset.per_pixel_mean=true", "model=prelu_small14", paper])
+    )
+    assert settings.model.init_std == {12: 0.01, 13: 0.01, 14: 0.001}
 
 
 def test_progress_shows_the_recent_loss_beside_the_epoch_mean(caplog):
