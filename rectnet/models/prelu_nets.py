@@ -27,9 +27,10 @@ from (rounding, or a counting convention that differs for C) is not known; A and
 
 fc initialisation (§3): Gaussian std 0.01 for fc1/fc2 and 0.001 for fc3, through `model.init_std`
 (weight-layer index -> std; fc1-fc3 are layers 12-14 of the 14-layer model, 28-30 of the 30-layer one, 17-19
-of A, 20-22 of B/C). The model configs (configs/model/prelu_*.yaml) set it by default: the paper pairs these
-small stds with unscaled, mean-subtracted pixels, and a net whose fc layers follow Eq. 10/14 on such input
-starts with logits of RMS ~190 (see rectnet.config's check of dataset.per_pixel_mean).
+of A, 20-22 of B/C). The paper pairs them with unscaled, mean-subtracted pixels (dataset.per_pixel_mean=true),
+and rectnet refuses that input without them: Eq. 10/14 fc layers on such input start with logits of RMS ~190.
+With per-channel normalized input (the default) the fc layers follow the init like the conv layers;
+docs/recipes.md has the measurements behind both.
 """
 
 from rectnet.layers.spp import SPP
