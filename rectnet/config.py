@@ -141,13 +141,13 @@ class InitConfig:
     name: str = "kaiming"  # kaiming | xavier
     mode: str = "fan_in"  # kaiming: fan_in (Eq. 10) | fan_out (Eq. 14); xavier also: avg
     distribution: str = "normal"  # normal | uniform
-    # The class-score layer: zero (starts at 0; initial loss ln(classes)) | rule (the init's own rule, as
-    # every other layer). Why zero is the default: rectnet/layers/init.py and docs/recipes.md.
-    head: str = "zero"
+    # The class-score layer's std is the init's rule times head_scale (1: the rule, as every other layer).
+    # Why 0.1 is the default: rectnet/layers/init.py and docs/recipes.md.
+    head_scale: float = 0.1
     count_dropout: bool = True  # kaiming: count inverted dropout's 1/(1-p) in Eq. 7 (rectnet/layers/init.py)
 
     def validate(self) -> None:
-        _one_of("init.head", self.head, ("zero", "rule"))
+        _require(self.head_scale >= 0, "init.head_scale", "must be >= 0", self.head_scale)
         _one_of("init.mode", self.mode, ("fan_in", "fan_out", "avg"))
         _one_of("init.distribution", self.distribution, ("normal", "uniform"))
 

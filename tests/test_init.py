@@ -56,7 +56,7 @@ def test_kaiming_std_per_layer(act, mode, expected):
     # the paper's rule on every layer: the classifier by the rule too, dropout not counted
     torch.manual_seed(0)
     model = create(
-        "convpool_cnn_c", act=act, init="kaiming", init_mode=mode, init_head="rule", init_count_dropout=False
+        "convpool_cnn_c", act=act, init="kaiming", init_mode=mode, init_head_scale=1.0, init_count_dropout=False
     )
     for measured, theory in zip(_conv_stds(model), expected, strict=True):
         assert measured == pytest.approx(theory, rel=0.05)
@@ -65,9 +65,8 @@ def test_kaiming_std_per_layer(act, mode, expected):
 def test_xavier_is_blind_to_the_rectifier_and_uniform():
     torch.manual_seed(0)
     for act in ("relu", "crelu"):
-        model = create(
-            "convpool_cnn_c", act=act, init="xavier", init_mode="fan_in", init_distribution="uniform", init_head="rule"
-        )
+        uniform = {"init_distribution": "uniform", "init_head_scale": 1.0}
+        model = create("convpool_cnn_c", act=act, init="xavier", init_mode="fan_in", **uniform)
         for layer in weight_layers(model):
             w = layer.module.weight
             fan_in = w[0].numel()
@@ -93,8 +92,8 @@ def test_dropout_scales_the_gain_by_the_keep_probability(act):
     # the dropout) and n̂ Var[w] = (1-p)/r (backward: the layer before it)
     torch.manual_seed(0)
     doubled = act == "crelu"
-    fan_in = create("convpool_cnn_c", act=act, init="kaiming", init_mode="fan_in", init_head="rule")
-    fan_out = create("convpool_cnn_c", act=act, init="kaiming", init_mode="fan_out", init_head="rule")
+    fan_in = create("convpool_cnn_c", act=act, init="kaiming", init_mode="fan_in", init_head_scale=1.0)
+    fan_out = create("convpool_cnn_c", act=act, init="kaiming", init_mode="fan_out", init_head_scale=1.0)
     r = 1.0 if doubled else 0.5
     for i, (c, d, k) in enumerate(CONVPOOL):
         c_read = c * (2 if doubled and i else 1)
@@ -105,17 +104,23 @@ def test_dropout_scales_the_gain_by_the_keep_probability(act):
 
 
 @pytest.mark.parametrize("init", ["kaiming", "xavier"])
-def test_the_classifier_starts_at_zero_and_the_loss_at_chance(init):
+def test_the_classifier_starts_at_a_tenth_of_the_rule_and_the_loss_near_chance(init):
     torch.manual_seed(0)
-    model = create("convpool_cnn_c", act="prelu", width=0.25, init=init).train()
-    assert torch.count_nonzero(weight_layers(model)[-1].module.weight) == 0
-    assert torch.count_nonzero(weight_layers(model)[-2].module.weight) > 0
-    loss = nn.functional.cross_entropy(model(torch.randn(4, 3, 32, 32)), torch.tensor([0, 1, 2, 3]))
-    assert loss.item() == pytest.approx(math.log(10), rel=1e-6)
+    small = create("convpool_cnn_c", act="prelu", width=0.25, init=init).train()
+    torch.manual_seed(0)
+    rule = create("convpool_cnn_c", act="prelu", width=0.25, init=init, init_head_scale=1.0).train()
+    small_w, rule_w = (weight_layers(m)[-1].module.weight for m in (small, rule))
+    assert small_w.std().item() == pytest.approx(0.1 * rule_w.std().item(), rel=1e-5)  # same draw, scaled
+    for a, b in zip(weight_layers(small)[:-1], weight_layers(rule)[:-1], strict=True):
+        assert torch.equal(a.module.weight, b.module.weight)  # every other layer untouched
+    zero = create("convpool_cnn_c", act="prelu", width=0.25, init=init, init_head_scale=0.0)
+    assert torch.count_nonzero(weight_layers(zero)[-1].module.weight) == 0
+    loss = nn.functional.cross_entropy(zero(torch.randn(4, 3, 32, 32)), torch.tensor([0, 1, 2, 3]))
+    assert loss.item() == pytest.approx(math.log(10), rel=1e-6)  # zero scores: the loss is chance exactly
 
 
 def test_a_classifier_followed_by_a_rectifier_keeps_the_rule():
-    # CReLU (all): relu'(0) = 0, so a zero classifier under a rectifier would never learn
+    # CReLU (all): a classifier whose scores pass through a rectifier is not scaled down
     model = create("allcnn_b", act="crelu", num_classes=10, width=0.125)
     last = weight_layers(model)[-1]
     assert last.after is not None
@@ -123,7 +128,7 @@ def test_a_classifier_followed_by_a_rectifier_keeps_the_rule():
 
 
 def test_a_fixed_std_of_zero_is_kept():
-    model = create("convpool_cnn_c", width=0.25, init_std={2: 0.0}, init_head="rule")
+    model = create("convpool_cnn_c", width=0.25, init_std={2: 0.0}, init_head_scale=1.0)
     assert torch.count_nonzero(weight_layers(model)[1].module.weight) == 0
     assert torch.count_nonzero(weight_layers(model)[-1].module.weight) > 0
 

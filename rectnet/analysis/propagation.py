@@ -5,7 +5,7 @@
         init=kaiming init.mode=fan_in dataset.image_size=224 trainer.batch_size=16
 
 The model is composed and built as train.py builds it (init included; `seed` seeds it), with the paper's rule
-on every layer: `init.head=rule` and `init.count_dropout=false` unless the overrides say otherwise. One random batch,
+on every layer: `init.head_scale=1` and `init.count_dropout=false` unless the overrides say otherwise. One random batch,
 `trainer.batch_size` images of `dataset.image_size`² N(0, 1) pixels (what per-channel normalised data looks
 like) with uniform random labels, goes forward and, through the cross-entropy loss, backward. The model is
 in eval mode: dropout is off and BatchNorm applies its initial running statistics (the identity, up to eps),
@@ -64,9 +64,9 @@ from rectnet.engine.build import build_model
 from rectnet.layers.spp import SpatialPyramidPool
 from rectnet.summary import compose_settings
 
-# The paper's rule on every layer: the classifier too (a zero classifier passes no gradient back, so there
-# would be no backward variances to measure), and no dropout counted (eval mode: dropout is off).
-PAPER_INIT = ("init.head=rule", "init.count_dropout=false")
+# The paper's rule on every layer, the classifier too (its scale sets every backward variance measured), and
+# no dropout counted (eval mode: dropout is off).
+PAPER_INIT = ("init.head_scale=1", "init.count_dropout=false")
 POOLS = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveMaxPool2d, nn.AdaptiveAvgPool2d, SpatialPyramidPool)
 KINDS = {nn.Conv2d: "conv", nn.Linear: "linear"}
 

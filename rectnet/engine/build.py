@@ -41,6 +41,6 @@ def build_model(settings: TrainConfig, num_classes: int, in_chans: int = 3, chec
         init_mode=settings.init.mode,
         init_distribution=settings.init.distribution,
         init_std=m.init_std,
-        init_head=settings.init.head,
+        init_head_scale=settings.init.head_scale,
         init_count_dropout=settings.init.count_dropout,
     )

@@ -26,18 +26,18 @@ Two rules the paper's derivation leaves to the network at hand (rectnet's choice
   (variance x 1/(1-p)), so under Eq. 14 that layer's gain is multiplied by sqrt(1-p) (`keep_out`). Without
   dropout nothing changes, so the He et al. nets' conv layers get the paper's values exactly (their
   dropout sits before fc2 and fc3, whose stds the paper fixes, §3).
-* The class-score layer (`head`, every init). It is followed by the softmax, not a rectifier, and Eq. 10's
-  variance-keeping argument is about signals that later layers read, not about the logits: He et al. give
-  their last fc layer std 0.001 (§3), far below Eq. 10's sqrt(2/4096) = 0.022. `head="zero"` (default)
-  starts it at 0, as Fixup does (Zhang et al. 2019, §3): every class score is 0, the initial loss is
-  exactly ln(classes), and the curvature that a large random classifier puts on every layer below it
-  (the Gauss-Newton term scales with the classifier's weights squared) is absent at the start, so SGD is
-  stable at the learning rates the papers use (measured: `rectnet.analysis.sharpness`, docs/recipes.md).
-  The classifier still learns from the first step (its gradient is the features times the softmax
-  error), and the layers below from the second. A classifier followed by a rectifier (CReLU (all) of the
-  CReLU paper) keeps the rule: a rectifier's gradient at exactly 0 is 0, so a zero start would never move.
-  `head="rule"` applies the init's own rule to it (the pre-extension behaviour). A model's `init_std`
-  for a layer wins over both.
+* The class-score layer (`head_scale`, every init). It is followed by the softmax, not a rectifier, and
+  Eq. 10's variance-keeping argument is about signals that later layers read, not about the logits: He et
+  al. give their last fc layer std 0.001 (§3), 1/22 of Eq. 10's sqrt(2/4096) = 0.022. rectnet scales the
+  init's own std for that layer by `head_scale` (default 0.1): the logits start with 1/100 of the rule's
+  variance, so the first loss is within a few hundredths of ln(classes), and the curvature that a large
+  random classifier puts on every layer below it (the Gauss-Newton term scales with its weights squared)
+  shrinks 100-fold, which keeps SGD stable at the papers' learning rates (measured:
+  `rectnet.analysis.sharpness`, docs/recipes.md). Not zero: a zero classifier passes no gradient down at
+  first, and on a deep plain net, whose features at init are nearly the same for every image, the
+  classifier then learns too slowly to ever pass one (He et al.'s 30-layer net stalled at chance with a zero
+  classifier, measured). A classifier followed by a rectifier (CReLU (all) of the CReLU paper) keeps the
+  rule. `head_scale=1` applies the init's rule to it unchanged; a model's `init_std` for a layer wins.
 """
 
 from __future__ import annotations
@@ -143,25 +143,22 @@ def xavier_std(layer: WeightLayer, mode: str) -> float:
     return 1.0 / math.sqrt(fan)
 
 
-HEAD_RULES = ("zero", "rule")
-
-
 def init_model(
     model: nn.Module,
     name: str = "kaiming",
     mode: str = "fan_in",
     distribution: str = "normal",
     generator: torch.Generator | None = None,
-    head: str = "zero",
+    head_scale: float = 0.1,
     count_dropout: bool = True,
 ) -> list[tuple[str, float]]:
     """Initialise every conv/linear layer of `model`; returns (layer name, std used) in order.
 
-    `head` and `count_dropout`: see the module docstring. A layer's own `init_std` (0 included) wins.
+    `head_scale` and `count_dropout`: see the module docstring. A layer's own `init_std` (0 included) wins.
     """
     std_of = INITS.get(name)
-    if head not in HEAD_RULES:
-        raise ValueError(f"unknown init head rule {head!r}; valid: {', '.join(HEAD_RULES)}")
+    if not head_scale >= 0:
+        raise ValueError(f"init head_scale must be >= 0, got {head_scale}")
     layers = weight_layers(model)
     if not count_dropout:
         layers = [replace(layer, keep_in=1.0, keep_out=1.0) for layer in layers]
@@ -169,8 +166,8 @@ def init_model(
     for layer in layers:
         if hasattr(layer.module, "init_std"):
             std = layer.module.init_std
-        elif head == "zero" and layer is layers[-1] and layer.after is None:
-            std = 0.0
+        elif layer is layers[-1] and layer.after is None:
+            std = head_scale * std_of(layer, mode)
         else:
             std = std_of(layer, mode)
         _fill(layer.module.weight, std, distribution, generator)
