@@ -141,9 +141,9 @@ class InitConfig:
     name: str = "kaiming"  # kaiming | xavier
     mode: str = "fan_in"  # kaiming: fan_in (Eq. 10) | fan_out (Eq. 14); xavier also: avg
     distribution: str = "normal"  # normal | uniform
-    # The class-score layer's std is the init's rule times head_scale (1: the rule, as every other layer).
-    # Why 0.1 is the default: rectnet/layers/init.py and docs/recipes.md.
-    head_scale: float = 0.1
+    # The class-score layer's std is the init's rule times head_scale: 0 (default) starts it at zero, 1 is the
+    # rule, as every other layer. Why zero: rectnet/layers/init.py and docs/recipes.md.
+    head_scale: float = 0.0
     count_dropout: bool = True  # kaiming: count inverted dropout's 1/(1-p) in Eq. 7 (rectnet/layers/init.py)
 
     def validate(self) -> None:

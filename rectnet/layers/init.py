@@ -28,16 +28,16 @@ Two rules the paper's derivation leaves to the network at hand (rectnet's choice
   dropout sits before fc2 and fc3, whose stds the paper fixes, §3).
 * The class-score layer (`head_scale`, every init). It is followed by the softmax, not a rectifier, and
   Eq. 10's variance-keeping argument is about signals that later layers read, not about the logits: He et
-  al. give their last fc layer std 0.001 (§3), 1/22 of Eq. 10's sqrt(2/4096) = 0.022. rectnet scales the
-  init's own std for that layer by `head_scale` (default 0.1): the logits start with 1/100 of the rule's
-  variance, so the first loss is within a few hundredths of ln(classes), and the curvature that a large
-  random classifier puts on every layer below it (the Gauss-Newton term scales with its weights squared)
-  shrinks 100-fold, which keeps SGD stable at the papers' learning rates (measured:
-  `rectnet.analysis.sharpness`, docs/recipes.md). Not zero: a zero classifier passes no gradient down at
-  first, and on a deep plain net, whose features at init are nearly the same for every image, the
-  classifier then learns too slowly to ever pass one (He et al.'s 30-layer net stalled at chance with a zero
-  classifier, measured). A classifier followed by a rectifier (CReLU (all) of the CReLU paper) keeps the
-  rule. `head_scale=1` applies the init's rule to it unchanged; a model's `init_std` for a layer wins.
+  al. give their last fc layer std 0.001 (§3), 1/22 of Eq. 10's sqrt(2/4096) = 0.022. rectnet multiplies
+  the init's own std for that layer by `head_scale`, by default 0: the classifier starts at zero, as in
+  Fixup (Zhang et al. 2019, §3). Every class score is then 0 and the first loss exactly ln(classes), and the
+  curvature that a large random classifier puts on every layer below it (the Gauss-Newton term scales with
+  its weights squared) is absent at the start, which keeps SGD stable at the papers' learning rates
+  (measured: `rectnet.analysis.sharpness`, docs/recipes.md). The classifier learns from the first step (its
+  gradient is the features times the softmax error), the layers below from the second. A classifier
+  followed by a rectifier (CReLU (all) of the CReLU paper) keeps the rule: a rectifier's gradient at
+  exactly 0 is 0. `head_scale=1` applies the init's rule unchanged, values between scale it; a model's
+  `init_std` for a layer wins over all of them.
 """
 
 from __future__ import annotations
@@ -149,7 +149,7 @@ def init_model(
     mode: str = "fan_in",
     distribution: str = "normal",
     generator: torch.Generator | None = None,
-    head_scale: float = 0.1,
+    head_scale: float = 0.0,
     count_dropout: bool = True,
 ) -> list[tuple[str, float]]:
     """Initialise every conv/linear layer of `model`; returns (layer name, std used) in order.

@@ -34,7 +34,7 @@ def create(
     init_mode: str = "fan_in",
     init_distribution: str = "normal",
     init_std: dict[int, float] | None = None,
-    init_head_scale: float = 0.1,
+    init_head_scale: float = 0.0,
     init_count_dropout: bool = True,
     **act_params: Any,
 ) -> SpecNet:
