@@ -11,7 +11,7 @@ mode, as during training: dropout is on (one fixed mask per batch, drawn once) a
 batch statistics.
 
 The largest eigenvalue lambda_max of the Hessian of the mean cross-entropy loss (plus weight decay) is
-found by power iteration on Hessian-vector products (Pearlmutter 1994: differentiate the gradient's dot
+found by Lanczos iteration on Hessian-vector products (Pearlmutter 1994: differentiate the gradient's dot
 product with v; one double-backward per product through one retained graph). Heavy-ball SGD,
 v <- mu v + g, theta <- theta - eta v (PyTorch's SGD without dampening), is stable on a quadratic with
 curvature lambda only if eta lambda < 2 (1 + mu) (Polyak 1964; with Nesterov momentum:
@@ -68,47 +68,55 @@ def _scale(a: Vector, factor: float) -> Vector:
     return [x * factor for x in a]
 
 
-def power_iteration(
-    hvp: Callable[[Vector], Vector], like: Vector, iters: int = 50, tol: float = 1e-3, seed: int = 0
+def top_eigen(
+    hvp: Callable[[Vector], Vector], like: Vector, iters: int = 30, tol: float = 1e-3, seed: int = 0
 ) -> TopEigen:
-    """The algebraically largest eigenvalue of the symmetric operator `hvp`.
+    """The algebraically largest eigenvalue of the symmetric operator `hvp`, by Lanczos iteration.
 
-    Plain power iteration finds the eigenvalue of largest magnitude; if that one is negative (a saddle's
-    direction), the iteration is rerun on H - lambda I, whose largest-magnitude eigenvalue is then
-    lambda_top - lambda (>= 0), and lambda is added back. Stops when the Rayleigh quotient changes by less
-    than `tol` (relative) between iterations.
+    Lanczos (with full reorthogonalization) builds an orthonormal Krylov basis q_1..q_k in which the operator
+    is tridiagonal; the largest eigenvalue of that k x k matrix (a Ritz value) converges to the operator's
+    largest one from below, typically in a few tens of products. Plain power iteration does not do here: a
+    Hessian at init is indefinite, and when the classifier starts at zero its eigenvalues come in +/- pairs
+    of equal size (the mixed classifier/feature block), where power iteration's Rayleigh quotient hovers near
+    0 instead of converging. Stops when the top Ritz value changes by less than `tol` (relative); the returned
+    vector is the Ritz vector and `product` its H v (one extra product).
     """
-    top = _power(hvp, like, iters, tol, seed)
-    if top.value >= 0:
-        return top
-    shift = top.value
-
-    def shifted(v: Vector) -> Vector:
-        return [h - shift * x for h, x in zip(hvp(v), v, strict=True)]
-
-    found = _power(shifted, like, iters, tol, seed + 1)
-    product = [h + shift * x for h, x in zip(found.product, found.vector, strict=True)]
-    return TopEigen(found.value + shift, found.vector, product, top.iterations + found.iterations, found.converged)
-
-
-def _power(hvp: Callable[[Vector], Vector], like: Vector, iters: int, tol: float, seed: int) -> TopEigen:
     generator = torch.Generator().manual_seed(seed)
-    v = [torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device) for x in like]
-    v = _scale(v, 1 / math.sqrt(_dot(v, v)))
-    value, converged, iteration = math.nan, False, 0
-    for iteration in range(1, iters + 1):
-        hv = hvp(v)
-        new = _dot(v, hv)  # Rayleigh quotient of the unit vector v
-        done = iteration > 1 and abs(new - value) <= tol * abs(new)
-        value = new
-        if done:
-            converged = True
+    q = [torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device) for x in like]
+    q = _scale(q, 1 / math.sqrt(_dot(q, q)))
+    basis, alphas, betas = [q], [], []
+    value, converged = math.nan, False
+    w = hvp(q)
+    for k in range(1, iters + 1):
+        alpha = _dot(w, basis[-1])
+        alphas.append(alpha)
+        ritz = torch.linalg.eigvalsh(_tridiagonal(alphas, betas))[-1].item()
+        if k > 1 and abs(ritz - value) <= tol * abs(ritz):
+            value, converged = ritz, True
             break
-        norm = math.sqrt(_dot(hv, hv))
-        if norm == 0:  # v is in the null space: the operator is 0 along every direction tried
-            return TopEigen(0.0, v, hv, iteration, True)
-        v = _scale(hv, 1 / norm)
-    return TopEigen(value, v, hvp(v) if not converged else hv, iteration, converged)
+        value = ritz
+        for b in basis:  # full reorthogonalization: keeps the basis orthonormal in floating point
+            w = [x - _dot(w, b) * y for x, y in zip(w, b, strict=True)]
+        beta = math.sqrt(_dot(w, w))
+        if k == iters or beta <= 1e-10 * max(abs(value), 1e-30):  # done, or the Krylov space is exhausted
+            converged = converged or beta <= 1e-10 * max(abs(value), 1e-30)
+            break
+        betas.append(beta)
+        basis.append(_scale(w, 1 / beta))
+        w = [x - beta * y for x, y in zip(hvp(basis[-1]), basis[-2], strict=True)]
+    _, vectors = torch.linalg.eigh(_tridiagonal(alphas, betas))
+    weights = vectors[:, -1].tolist()
+    vector = [sum(c * b[i] for c, b in zip(weights, basis, strict=False)) for i in range(len(like))]
+    vector = _scale(vector, 1 / math.sqrt(_dot(vector, vector)))
+    product = hvp(vector)
+    return TopEigen(_dot(vector, product), vector, product, len(alphas) + 1, converged)
+
+
+def _tridiagonal(alphas: list[float], betas: list[float]) -> torch.Tensor:
+    k = len(alphas)
+    t = torch.diag(torch.tensor(alphas, dtype=torch.float64))
+    off = torch.tensor(betas[: k - 1], dtype=torch.float64)
+    return t + torch.diag(off, 1) + torch.diag(off, -1)
 
 
 def lr_limit(lambda_max: float, optim: OptimConfig) -> float:
@@ -180,11 +188,11 @@ def prepare(overrides: Sequence[str]) -> tuple[TrainConfig, Source, nn.Module]:
 
 
 def measure(
-    settings: TrainConfig, source: Source, model: nn.Module, batches: int = 1, iters: int = 50, tol: float = 1e-3
+    settings: TrainConfig, source: Source, model: nn.Module, batches: int = 1, iters: int = 30, tol: float = 1e-3
 ) -> dict:
     """lambda_max of the model's loss on the source's first `batches` training batches, and what it implies."""
     hvp, params, loss = loss_hvp(model, _real_batches(source, batches), settings.optim.weight_decay)
-    top = power_iteration(hvp, [p.detach() for p in params], iters, tol, settings.seed)
+    top = top_eigen(hvp, [p.detach() for p in params], iters, tol, settings.seed)
     lr = settings.optim.lr
     limit = lr_limit(top.value, settings.optim)
     return {
@@ -207,7 +215,7 @@ def measure(
     }
 
 
-def probe(overrides: Sequence[str], batches: int = 1, iters: int = 50, tol: float = 1e-3) -> dict:
+def probe(overrides: Sequence[str], batches: int = 1, iters: int = 30, tol: float = 1e-3) -> dict:
     """Build the configured model and data as train.py does and measure lambda_max at initialisation."""
     return measure(*prepare(overrides), batches, iters, tol)
 
@@ -232,7 +240,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         description="Largest Hessian eigenvalue at init and the largest stable SGD learning rate it implies.",
     )
     parser.add_argument("--batches", type=int, default=1, help="real training batches the loss averages (1)")
-    parser.add_argument("--iters", type=int, default=50, help="most Hessian-vector products (50)")
+    parser.add_argument("--iters", type=int, default=30, help="most Lanczos steps (Hessian-vector products) (30)")
     parser.add_argument("--tol", type=float, default=1e-3, help="relative change of lambda that stops (1e-3)")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. activation=prelu optim.lr=0.01")
     args = parser.parse_args(argv)
