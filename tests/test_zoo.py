@@ -190,8 +190,9 @@ def test_vgg_crelu_halves_the_listed_layers():
 
 
 def test_paper_fc_init_std():
-    """He et al. §3: fc1/fc2 std 0.01, fc3 0.001 (experiment prelu_a_relu), convs follow the init policy."""
-    settings = compose_settings(["experiment=prelu_a_relu", "model.width=0.125"])
+    """He et al. §3: fc1/fc2 std 0.01, fc3 0.001 (prelu_a_relu's literal pairing), convs follow the init policy."""
+    literal = ["dataset.per_pixel_mean=true", "+model.init_std={17: 0.01, 18: 0.01, 19: 0.001}"]
+    settings = compose_settings(["experiment=prelu_a_relu", "model.width=0.125", *literal])
     model = build_model(settings, 10)
     fcs = [m for m in model.modules() if isinstance(m, nn.Linear)]
     assert [fc.init_std for fc in fcs] == [0.01, 0.01, 0.001]
