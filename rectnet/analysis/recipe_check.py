@@ -138,7 +138,7 @@ def render(rows: Sequence[dict], command: str) -> str:
         f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads; "
         f"versions: {json.dumps(versions())}",
         "",
-        "λ_max: the largest Hessian eigenvalue of the training loss at init on the first batch (power iteration);"
+        "λ_max: the largest Hessian eigenvalue of the training loss at init on the first batch (Lanczos iteration);"
         " 'stable lr <': the heavy-ball SGD limit 2(1+μ)/λ_max; 'sharpest': the layer with the largest share of"
         " λ_max. A recipe passes when its lr is below the limit and its steps do not diverge (a loss that is not"
         " finite or above twice the larger of the first loss and chance, ln classes).",
