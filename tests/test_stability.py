@@ -111,6 +111,26 @@ def test_probe_cli_prints_a_report_and_one_json_line(capsys):
     assert "largest stable lr" in lines[-2]
 
 
+def test_a_warming_up_recipe_is_checked_at_its_first_steps_lr(capsys):
+    main(["--iters", "4", *TINY, "trainer.batch_size=32", "schedule.warmup_steps=50", "schedule.warmup_factor=0.25"])
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["lr"] == pytest.approx(0.0025) and result["peak_lr"] == 0.01
+    assert result["ratio"] == pytest.approx(0.0025 / result["lr_max_stable"])
+
+
+def test_a_checkpoint_is_probed_at_its_weights_and_the_lr_it_reached(tmp_path, capsys):
+    # 16 of 40 warmup steps (512 images, batch 32, one epoch): LinearLR's lr is lr * (f + (1 - f) * 16 / 40).
+    train = [*TINY, "trainer.batch_size=32", "schedule.warmup_steps=40", "schedule.warmup_factor=0.1"]
+    run(compose_train([*train, "trainer.epochs=1"], tmp_path))
+    capsys.readouterr()
+    main(["--iters", "4", "--checkpoint", str(tmp_path / "checkpoints" / "last.pt"), *train])
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["lr"] == pytest.approx(0.01 * (0.1 + 0.9 * 16 / 40))
+    assert result["initial_loss"] != pytest.approx(math.log(10), rel=1e-3)  # the classifier is no longer zero
+    with pytest.raises(SystemExit, match="does not fit the configured model"):
+        main(["--checkpoint", str(tmp_path / "checkpoints" / "last.pt"), *train, "model.width=0.25"])
+
+
 AVR_SLOW_START = pytest.mark.xfail(
     strict=True, reason="AVR stays at chance for the first hundreds of steps at lr 0.01 (docs/recipes.md, open)"
 )

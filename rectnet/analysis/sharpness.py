@@ -3,6 +3,7 @@
     python -m rectnet.analysis.sharpness [--batches K] [--iters N] [Hydra overrides, as for train.py]
     python -m rectnet.analysis.sharpness activation=prelu dataset.root=data      # the default recipe
     python -m rectnet.analysis.sharpness experiment=small14_prelu dataset.root=/data/imagenet
+    python -m rectnet.analysis.sharpness --checkpoint RUN/checkpoints/last.pt <the run's overrides>
 
 Run it before spending GPU time on a recipe. The config is composed as train.py composes it; the model is
 built and initialised as train.py builds it (same seed), and `--batches` real training batches of
@@ -20,6 +21,12 @@ the sharpest direction grow geometrically from the first steps, and the loss spi
 the curvature has a chance to fall. lambda_max is a property of the starting point only: training changes
 it, so a recipe well inside the limit (ratio lr / lr_max < 1) can still go wrong later (that is what
 warmup and schedules are for), while a ratio far above 1 fails at once.
+
+Which lr is checked: the lr of the first step, i.e. optim.lr x schedule.warmup_factor when the recipe warms
+up (a linear warmup exists to start below the limit while the curvature falls; Goyal et al. 2017, §2.2),
+else optim.lr. `--checkpoint` measures a run's saved weights instead of the init (e.g. at the end of warmup)
+against the lr that run had reached there (the checkpoint's optimizer state): whether the peak lr is stable
+once the warmup has done its work.
 
 Where the curvature sits: the top eigenvector v is split by layer, and each layer reports its share
 v_l . (H v)_l / lambda_max of the eigenvalue (the shares sum to 1) and the eigenvector's mass |v_l|^2. A
@@ -43,6 +50,7 @@ from torch import nn
 
 from rectnet.config import OptimConfig, TrainConfig
 from rectnet.data.sources import Source, SourceContext, make_source
+from rectnet.engine import checkpoint
 from rectnet.engine.build import build_model
 from rectnet.engine.runtime import seed_everything
 from rectnet.layers import fused
@@ -174,6 +182,25 @@ def _real_batches(source: Source, count: int) -> list[tuple[torch.Tensor, torch.
     return batches
 
 
+def start_lr(settings: TrainConfig) -> float:
+    """The lr of the first step: optim.lr scaled by the warmup's start factor when the schedule warms up."""
+    warms_up = settings.schedule.warmup_steps or settings.schedule.warmup_epochs
+    return settings.optim.lr * (settings.schedule.warmup_factor if warms_up else 1.0)
+
+
+def load_weights(model: nn.Module, path: str) -> float:
+    """Put a run's checkpointed weights into `model`; returns the lr the run had reached (its optimizer's)."""
+    state = checkpoint.load(path)
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as err:
+        first = str(err).splitlines()[1].strip() if "\n" in str(err) else str(err)
+        raise checkpoint.CheckpointError(
+            f"{path} does not fit the configured model; pass the run's own overrides ({first})"
+        ) from None
+    return float(state["optimizer"]["param_groups"][0]["lr"])
+
+
 def prepare(overrides: Sequence[str]) -> tuple[TrainConfig, Source, nn.Module]:
     """Settings, data source and initialised model (train mode), built as train.py builds them."""
     settings = compose_settings(overrides)
@@ -188,12 +215,19 @@ def prepare(overrides: Sequence[str]) -> tuple[TrainConfig, Source, nn.Module]:
 
 
 def measure(
-    settings: TrainConfig, source: Source, model: nn.Module, batches: int = 1, iters: int = 30, tol: float = 1e-3
+    settings: TrainConfig,
+    source: Source,
+    model: nn.Module,
+    batches: int = 1,
+    iters: int = 30,
+    tol: float = 1e-3,
+    lr: float | None = None,
 ) -> dict:
-    """lambda_max of the model's loss on the source's first `batches` training batches, and what it implies."""
+    """lambda_max of the model's loss on the source's first `batches` training batches, and what it implies
+    for `lr` (default: the first step's, `start_lr`)."""
     hvp, params, loss = loss_hvp(model, _real_batches(source, batches), settings.optim.weight_decay)
     top = top_eigen(hvp, [p.detach() for p in params], iters, tol, settings.seed)
-    lr = settings.optim.lr
+    lr = start_lr(settings) if lr is None else lr
     limit = lr_limit(top.value, settings.optim)
     return {
         "model": settings.model.name,
@@ -206,6 +240,7 @@ def measure(
         "chance_loss": math.log(settings.dataset.num_classes),
         "lambda_max": top.value,
         "lr": lr,
+        "peak_lr": settings.optim.lr,
         "lr_max_stable": limit,
         "ratio": lr / limit,
         "stable": lr < limit,
@@ -215,9 +250,21 @@ def measure(
     }
 
 
-def probe(overrides: Sequence[str], batches: int = 1, iters: int = 30, tol: float = 1e-3) -> dict:
-    """Build the configured model and data as train.py does and measure lambda_max at initialisation."""
-    return measure(*prepare(overrides), batches, iters, tol)
+def probe(
+    overrides: Sequence[str], batches: int = 1, iters: int = 30, tol: float = 1e-3, checkpoint_path: str | None = None
+) -> dict:
+    """Build the configured model and data as train.py does and measure lambda_max at initialisation (or at
+    `checkpoint_path`'s weights, against the lr the run had reached there)."""
+    settings, source, model = prepare(overrides)
+    lr = load_weights(model, checkpoint_path) if checkpoint_path else None
+    result = measure(settings, source, model, batches, iters, tol, lr)
+    return {**result, "checkpoint": checkpoint_path}
+
+
+def _lr_origin(result: dict) -> str:
+    if result.get("checkpoint"):
+        return " (the checkpoint's)"
+    return f" (first step of warmup to {result['peak_lr']:.4g})" if result["lr"] != result["peak_lr"] else " (optim.lr)"
 
 
 def format_report(result: dict) -> str:
@@ -229,7 +276,7 @@ def format_report(result: dict) -> str:
         f"lambda_max {result['lambda_max']:.4g} ({result['iterations']} products"
         f"{'' if result['converged'] else ', not converged'}); initial loss {result['initial_loss']:.4g} "
         f"(chance {result['chance_loss']:.4g}); largest stable lr {result['lr_max_stable']:.4g}; "
-        f"optim.lr {result['lr']:.4g}: {verdict} (lr / limit = {result['ratio']:.3g})"
+        f"lr {result['lr']:.4g}{_lr_origin(result)}: {verdict} (lr / limit = {result['ratio']:.3g})"
     )
     return "\n".join(rows)
 
@@ -242,11 +289,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--batches", type=int, default=1, help="real training batches the loss averages (1)")
     parser.add_argument("--iters", type=int, default=30, help="most Lanczos steps (Hessian-vector products) (30)")
     parser.add_argument("--tol", type=float, default=1e-3, help="relative change of lambda that stops (1e-3)")
+    parser.add_argument("--checkpoint", help="measure this checkpoint's weights instead of the init")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. activation=prelu optim.lr=0.01")
     args = parser.parse_args(argv)
     if args.batches < 1 or args.iters < 1 or args.tol <= 0:
         parser.error("--batches and --iters must be >= 1 and --tol > 0")
-    result = probe(args.overrides, args.batches, args.iters, args.tol)
+    try:
+        result = probe(args.overrides, args.batches, args.iters, args.tol, args.checkpoint)
+    except checkpoint.CheckpointError as err:
+        raise SystemExit(f"error: {err}") from None
     print(format_report(result))
     print(json.dumps(result))
 
