@@ -11,7 +11,8 @@ import torch
 from torch import nn
 
 from rectnet.analysis.sharpness import loss_hvp, lr_limit, main, top_eigen
-from rectnet.config import ConfigError, OptimConfig
+from rectnet.config import ConfigError, OptimConfig, to_settings
+from rectnet.engine.build import build_model
 from rectnet.engine.logging import Progress
 from rectnet.engine.train import run
 from tests.helpers import TINY, compose_train
@@ -174,8 +175,21 @@ def test_the_default_recipe_descends_at_its_learning_rate(tmp_path, act):
     assert sum(losses[-20:]) / 20 < 0.85 * math.log(10)
 
 
+def test_avr_brings_its_own_dropout_rate_and_an_override_wins():
+    # Springenberg's 0.2 / 0.5 keeps AVR at chance (configs/activation/avr.yaml); the activation group comes after
+    # the model group, so AVR's rate replaces the model's, and the command line replaces AVR's.
+    def rates(*overrides: str) -> list[float]:
+        settings = to_settings(compose_train(list(overrides)))
+        model = build_model(settings, 10, 3)
+        return sorted({m.p for m in model.modules() if isinstance(m, nn.Dropout)})
+
+    assert rates("activation=relu") == [0.2, 0.5]
+    assert rates("activation=avr") == [0.1]
+    assert rates("experiment=convpool_avr") == [0.1]
+    assert rates("activation=avr", "model.dropout=0.3") == [0.3]
+
+
 def test_unscaled_pixels_without_small_fc_stds_are_refused():
-    from rectnet.config import to_settings
 
     for model in ("allcnn_b", "prelu_small14"):
         with pytest.raises(ConfigError, match=r"dataset.per_pixel_mean=true.*model.init_std"):
