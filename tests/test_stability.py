@@ -190,7 +190,6 @@ def test_avr_brings_its_own_dropout_rate_and_an_override_wins():
 
 
 def test_unscaled_pixels_without_small_fc_stds_are_refused():
-
     for model in ("allcnn_b", "prelu_small14"):
         with pytest.raises(ConfigError, match=r"dataset.per_pixel_mean=true.*model.init_std"):
             to_settings(compose_train(["dataset=imagenet", "dataset.per_pixel_mean=true", f"model={model}"]))
