@@ -22,7 +22,8 @@ from omegaconf import OmegaConf
 
 from rectnet.config import to_settings
 from rectnet.engine.train import run
-from rectnet.tables import paper_tables, variant_from_config
+from rectnet.results.papers import paper_tables
+from rectnet.results.variants import variant_from_config
 
 EXPERIMENTS = sorted(p.stem for p in (CONFIGS / "experiment").glob("*.yaml"))
 
@@ -207,7 +208,7 @@ def test_recipe_pins_the_papers_values(name):
     assert not wrong, f"experiment={name}: key -> (composed, expected): {wrong}"
 
 
-# The table rows each recipe's runs fill, by rectnet.tables' own grouping (variant and init of the saved config).
+# The table rows each recipe's runs fill, by rectnet.results' own grouping (variant and init of the saved config).
 ROWS = {
     "small14_relu": {"prelu_table2:ReLU"},
     "small14_relu_xavier": {"prelu_table2:ReLU, Xavier init (§2.2)"},

@@ -1,5 +1,6 @@
-"""rectnet.tables on run directories fabricated here: grouping, mean ± std (n), the CReLU paper's Average and
-Vote computed by hand from fabricated logits, and failed / missing runs shown as missing, never as zeros."""
+"""rectnet.results (`python -m rectnet.tables`) on run directories fabricated here: grouping, mean ± std (n),
+the CReLU paper's Average and Vote computed by hand from fabricated logits, and failed / missing runs shown as
+missing, never as zeros."""
 
 from __future__ import annotations
 
@@ -13,20 +14,12 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from rectnet.tables import (
-    crelu_table1,
-    crelu_table4,
-    fill_table,
-    find_run_dirs,
-    group_runs,
-    main,
-    make_variant,
-    other_runs,
-    prelu_table2,
-    prelu_table4,
-    read_runs,
-    vote_error,
-)
+from rectnet.results.cli import main
+from rectnet.results.papers import crelu_table1, crelu_table4, prelu_table2, prelu_table4
+from rectnet.results.runs import find_run_dirs, read_runs
+from rectnet.results.statistics import vote_error
+from rectnet.results.table import fill_table, group_runs, other_runs, paper_table, row
+from rectnet.results.variants import make_variant
 
 TEST_SIZE, CLASSES = 60, 10
 
@@ -299,3 +292,10 @@ def test_a_failed_run_without_any_config_is_inventoried_but_in_no_table(tmp_path
     main([str(tmp_path), "--out", str(out)])
     assert "1 run directories have no readable config" in (out / "tables.md").read_text()
     assert "crashed,failed" in (out / "runs.csv").read_text()
+
+
+def test_a_paper_value_under_a_column_the_table_lacks_is_refused():
+    columns = crelu_table1().columns
+    with pytest.raises(ValueError, match="no column \\['c10_test'\\]"):
+        paper_table("t", "T", columns, [row("Baseline", make_variant("convpool_cnn_c", "relu"), c10_test=9.17)])
+
