@@ -298,4 +298,3 @@ def test_a_paper_value_under_a_column_the_table_lacks_is_refused():
     columns = crelu_table1().columns
     with pytest.raises(ValueError, match="no column \\['c10_test'\\]"):
         paper_table("t", "T", columns, [row("Baseline", make_variant("convpool_cnn_c", "relu"), c10_test=9.17)])
-
