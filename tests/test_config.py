@@ -9,7 +9,7 @@ from omegaconf.errors import ValidationError
 
 from rectnet.config import ConfigError, to_settings
 
-GROUPS = ["dataset", "model", "activation", "init", "optim", "schedule", "trainer", "logger", "experiment"]
+GROUPS = ["dataset", "model", "activation", "init", "optim", "schedule", "trainer", "logger", "recipe", "experiment"]
 
 
 def _options() -> list[tuple[str, str]]:
@@ -24,7 +24,7 @@ def test_every_group_the_issue_names_has_options():
 @pytest.mark.parametrize("group,option", _options())
 def test_each_option_composes_and_validates(group, option):
     settings = to_settings(compose_train([f"{group}={option}"]))
-    if group not in ("trainer", "logger", "experiment"):
+    if group not in ("trainer", "logger", "recipe", "experiment"):
         assert getattr(settings, group).name == option  # each option file names itself
 
 
