@@ -2,8 +2,7 @@
 "ours" (Kaiming, Eq. 10) vs "Xavier" (n·Var[w] = 1). The paper (ImageNet, full width): ours converges,
 Xavier "completely stalls" because every layer halves the signal's variance (Eq. 8), 2^-27 over its 27 convs.
 
-    python /work/shared/tools/make_cifar10.py --out data     # once: real CIFAR-10 (or dataset.download=true)
-    .venv/bin/python scripts/fig3_small.py --data data       # 2-6 min on 2 CPU cores
+    .venv/bin/python scripts/fig3_small.py --data data       # 2-6 min on 2 CPU cores; data/: README, CIFAR data
     .venv/bin/python scripts/fig3_small.py --data data --figure 2 --out outputs/fig2_small   # Fig. 2: model B
 
 Each run is `python train.py experiment=fig3_plain30_<init> ...` with the same overrides (printed), so the two

@@ -468,7 +468,7 @@ def test_gpus_keep_the_global_batch(tmp_path):
     done = _script("crelu_table4.sh", "--dry-run", "--sweep-dir", str(tmp_path), env={"GPUS": "8", "LAUNCHER": "slurm"})
     assert done.returncode == 0, done.stderr
     train = _overrides(next(c for c in _commands(done.stdout) if c[1].endswith("train.py")))
-    assert train["trainer.batch_size"] == "16"  # 8 x 16 = the recipes' 128 (He et al. A3: not raised for GPUs)
+    assert train["trainer.batch_size"] == "16"  # 8 x 16 = the recipes' 128 (He et al. 2015 §3: not raised for GPUs)
     assert (train["hydra/launcher"], train["hydra.launcher.tasks_per_node"]) == ("slurm", "8")
     assert _script("crelu_table4.sh", "--dry-run", env={"GPUS": "3", "LAUNCHER": "slurm"}).returncode != 0
 

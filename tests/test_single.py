@@ -1,4 +1,4 @@
-"""The CReLU paper's "Single" protocol (scripts/single.sh, papers.md B3): stage 1 records the training loss at
+"""The CReLU paper's "Single" protocol (scripts/single.sh, Shang et al. 2016 §3.1): stage 1 records the training loss at
 its best held-out error, stage 2 retrains on every image until the held-out loss reaches it. The recorded loss
 is checked against a hand-written evaluation of stage 1's best checkpoint."""
 

@@ -163,7 +163,8 @@ def test_timm_create_model(name, act):
 
 
 def test_crelu_classifier_emits_num_classes_after_its_activation():
-    """CReLU (all), papers.md B5: conv12 gets 500 filters, its CReLU gives the 1000 logits."""
+    """CReLU (all), the reading that fits Shang et al. 2016 Table 5's 4.7M: conv12 gets 500 filters, its CReLU
+    gives the 1000 logits."""
     with torch.device("meta"):
         model = create("allcnn_b", num_classes=1000, act="crelu", halve_at=range(1, 13), init=None)
     last_conv = [m for m in model.modules() if isinstance(m, nn.Conv2d)][-1]

@@ -88,7 +88,8 @@ run fills; the "runs" column counts the row's run directories as they are.
 Single = final test error of the retraining runs of the paper's protocol (scripts/single.sh), or where a
 row has none, of runs trained without folds for their configured schedule (see `python -m rectnet.tables --help`).
 Single train = last epoch's running training error (augmentation and dropout on). ImageNet columns come from
-eval_center.json / eval_ten_view.json / eval_dense.json. Paper values: /work/shared/docs/papers.md."""
+eval_center.json / eval_ten_view.json / eval_dense.json. Paper values: as printed in the papers'
+tables (rectnet/results/papers/, one module per paper)."""
 
 
 def write_all(runs: Sequence[Run], out: Path) -> list[Path]:
