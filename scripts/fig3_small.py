@@ -15,10 +15,10 @@ scaled down, not a reproduction of the figure's numbers:
 
 It prints the train loss and test error of both runs after every short epoch, then one JSON line. With ReLU and
 10 classes, a stalled net sits at the chance loss ln 10 = 2.303 and 90% error. With the defaults (8 x 100 steps
-of 64 images, about one pass over the training set) one run gave:
+of 64 images, about one pass over the training set) one run gave (docs/results/fig3_small.md):
 
     steps          100   200   300   400   500   600   700   800
-    Kaiming loss  2.244 2.024 1.974 1.952 1.908 1.914 1.891 1.864   test error 72.6% at 800
+    Kaiming loss  2.302 2.209 2.108 2.030 1.997 1.970 1.936 1.911   test error 78.9% at 800
     Xavier loss   2.303 2.303 2.303 2.303 2.303 2.303 2.303 2.304   test error 90.1% at 800 (chance)
 """
 
