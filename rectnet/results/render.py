@@ -89,7 +89,11 @@ Single = final test error of the retraining runs of the paper's protocol (script
 row has none, of runs trained without folds for their configured schedule (see `python -m rectnet.tables --help`).
 Single train = last epoch's running training error (augmentation and dropout on). ImageNet columns come from
 eval_center.json / eval_ten_view.json / eval_dense.json. Paper values: as printed in the papers'
-tables (rectnet/results/papers/, one module per paper)."""
+tables (rectnet/results/papers/, one module per paper).
+‡ = some of the cell's values come from runs that did not run their recipe's full schedule and data (steps
+per epoch capped, a subset of the training or test images, or the epoch count set on the command line): a
+smoke or miniature run, not comparable with the paper's value. The notes under the table name the runs'
+settings."""
 
 
 def write_all(runs: Sequence[Run], out: Path) -> list[Path]:

@@ -18,6 +18,9 @@ from omegaconf import OmegaConf
 
 from rectnet.results.variants import Variant, variant_from_config
 
+# Command-line overrides that shorten a run's schedule or data
+SHORTENING_KEYS = ("trainer.epochs", "dataset.num_train", "dataset.num_test")
+
 
 @dataclass
 class Run:
@@ -64,6 +67,21 @@ class Run:
     def variant(self) -> Variant | None:
         return variant_from_config(self.config) if self.config else None
 
+    def shortened(self) -> list[str]:
+        """Why this run did not run its recipe's full schedule and data, e.g. ["trainer.max_steps_per_epoch=10",
+        "dataset.num_train=1000"]; empty for a full run. A capped epoch, and the epoch count or a subset of the
+        training or test images set on the command line (`.hydra/overrides.yaml`; a recipe's own subset, such
+        as Fig. 2's 3,000 test images, is its recipe), make its numbers incomparable with the paper's."""
+        if not self.config:
+            return []
+        capped = self.config.get("trainer", {}).get("max_steps_per_epoch")
+        reasons = [] if capped is None else [f"trainer.max_steps_per_epoch={capped}"]
+        for override in _overrides(self.path):
+            key, _, value = override.lstrip("+").partition("=")
+            if key in SHORTENING_KEYS and value not in ("null", "None"):  # null: the whole split
+                reasons.append(override)
+        return reasons
+
     def failure(self) -> str:
         """The first line of FAILED (the error), for the inventory."""
         path = self.path / "FAILED"
@@ -109,6 +127,16 @@ def _read_hydra_config(run_dir: Path) -> dict | None:
         return OmegaConf.to_container(OmegaConf.load(path), resolve=False)
     except Exception:  # a half-written or foreign yaml: the run stays unattributed, the table goes on
         return None
+
+
+def _overrides(run_dir: Path) -> list[str]:
+    """The command-line overrides Hydra saved for the run (`.hydra/overrides.yaml`); [] when absent."""
+    path = run_dir / ".hydra" / "overrides.yaml"
+    try:
+        overrides = OmegaConf.to_container(OmegaConf.load(path)) if path.is_file() else []
+    except Exception:  # a half-written yaml: no overrides known
+        return []
+    return [o for o in overrides if isinstance(o, str)] if isinstance(overrides, list) else []
 
 
 def read_run(path: Path) -> Run:

@@ -42,6 +42,7 @@ import torch
 from rectnet.results.runs import Run, read_json, read_metrics
 
 DASH = "—"  # a cell without a value: never 0
+SHORT_MARK = "‡"  # a cell with values from runs shorter than their recipe: not comparable with the paper
 
 
 @dataclass
@@ -54,6 +55,7 @@ class Cell:
     failed: int = 0
     missing: int = 0
     notes: list[str] = field(default_factory=list)
+    shortened: int = 0  # of the n values, those that come from runs shorter than their recipe (Run.shortened)
 
     def text(self, digits: int = 2) -> str:
         lost = [f"{k} {what}" for k, what in ((self.failed, "failed"), (self.missing, "missing")) if k]
@@ -62,7 +64,12 @@ class Cell:
         value = f"{self.mean:.{digits}f}"
         if self.spread is not None:
             value += f" ± {self.spread:.{digits}f}"
-        return f"{value} (n={self.n}" + (f"; {', '.join(lost)})" if lost else ")")
+        mark = f" {SHORT_MARK}" if self.shortened else ""
+        return f"{value} (n={self.n}" + (f"; {', '.join(lost)})" if lost else ")") + mark
+
+    def mark_shortened(self, runs: Sequence[Run]) -> None:
+        """Count the runs behind the values that ran less than their recipe (the row's notes say how)."""
+        self.shortened = sum(bool(r.shortened()) for r in runs)
 
 
 def summarise(values: Sequence[float], failed: int, missing: int, standard_error: bool = False) -> Cell:
@@ -93,7 +100,7 @@ def per_run(runs: Sequence[Run], read: Callable[[Run], float | None], standard_e
     slots: dict[tuple[int | None, int | None], list[Run]] = {}
     for run in runs:
         slots.setdefault(_slot(run), []).append(run)
-    values, lost = [], {"failed": 0, "missing": 0}
+    values, used, lost = [], [], {"failed": 0, "missing": 0}
     for slot_runs in slots.values():
         completed = [r for r in slot_runs if r.status == "completed"]
         if not completed:
@@ -104,7 +111,10 @@ def per_run(runs: Sequence[Run], read: Callable[[Run], float | None], standard_e
                 lost["missing"] += 1
             else:
                 values.append(value)
-    return summarise(values, lost["failed"], lost["missing"], standard_error)
+                used.append(run)
+    cell = summarise(values, lost["failed"], lost["missing"], standard_error)
+    cell.mark_shortened(used)
+    return cell
 
 
 def final_test_err(run: Run) -> float | None:
@@ -176,8 +186,9 @@ def _has_logits(run: Run) -> bool:
     return run.status == "completed" and (run.path / "test_logits.pt").is_file()
 
 
-def _vote_of_set(fold_runs: Sequence[Run], num_folds: int) -> tuple[float | None, dict[str, int]]:
-    """The Vote error of one fold set; None and the failed/missing fold counts when a fold has no usable run."""
+def _vote_of_set(fold_runs: Sequence[Run], num_folds: int) -> tuple[float | None, dict[str, int], list[Run]]:
+    """The Vote error of one fold set, the failed/missing fold counts and the runs voting; None when a fold has
+    no usable run."""
     by_fold: dict[int, list[Run]] = {}
     for run in sorted(fold_runs, key=lambda r: r.path):  # a fold run twice (a rerun elsewhere): the first path
         by_fold.setdefault(run.fold, []).append(run)
@@ -187,22 +198,25 @@ def _vote_of_set(fold_runs: Sequence[Run], num_folds: int) -> tuple[float | None
         if run is None:  # a completed run without test_logits.pt is missing that file
             lost["missing" if any(r.status == "completed" for r in by_fold[fold]) else _unfilled(by_fold[fold])] += 1
     if lost["failed"] or lost["missing"]:
-        return None, lost
-    return vote_error([usable[f].path / "test_logits.pt" for f in range(num_folds)]), lost
+        return None, lost, []
+    voters = [usable[f] for f in range(num_folds)]
+    return vote_error([run.path / "test_logits.pt" for run in voters]), lost, voters
 
 
 def fold_vote(runs: Sequence[Run]) -> Cell:
     """CReLU "Vote": per complete fold set the error of the averaged softmax; mean ± std over sets."""
-    values, notes, failed, missing = [], [], 0, 0
+    values, notes, failed, missing, voters = [], [], 0, 0, []
     for (seed, k), fold_runs in _fold_sets(runs).items():
-        vote, lost = _vote_of_set(fold_runs, k)
+        vote, lost, set_voters = _vote_of_set(fold_runs, k)
         if vote is None:
             notes.append(f"Vote of seed {seed} needs all {k} folds with test_logits.pt")
             failed, missing = failed + lost["failed"], missing + lost["missing"]
         else:
             values.append(vote)
+            voters.append(set_voters)
     cell = summarise(values, failed, missing)
     cell.notes = notes
+    cell.shortened = sum(any(run.shortened() for run in set_voters) for set_voters in voters)  # sets, like n
     return cell
 
 
@@ -233,4 +247,5 @@ def params_m(runs: Sequence[Run]) -> Cell:
     """Parameters in millions (results.json "params"); no spread: the runs of a group share the network."""
     cell = per_run(runs, lambda r: r.results["params"] / 1e6 if "params" in r.results else None)
     cell.spread = None
+    cell.shortened = 0  # a network's size does not depend on how long it trained
     return cell

@@ -13,7 +13,15 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from rectnet.results.runs import Run, count_statuses
-from rectnet.results.statistics import Cell, final_test_err, final_test_top5, fold_average, fold_vote, per_run
+from rectnet.results.statistics import (
+    SHORT_MARK,
+    Cell,
+    final_test_err,
+    final_test_top5,
+    fold_average,
+    fold_vote,
+    per_run,
+)
 from rectnet.results.variants import Variant
 
 
@@ -135,6 +143,17 @@ def _mixed_recipe_note(runs: Sequence[Run]) -> str | None:
     return f"mixed recipes ({', '.join(differ)} differ between runs)"
 
 
+def _shortened_note(runs: Sequence[Run]) -> str | None:
+    """A note naming how the row's completed runs that ran less than their recipe were shortened."""
+    short = [r for r in runs if r.status == "completed" and r.shortened()]
+    if not short:
+        return None
+    reasons = sorted({reason for r in short for reason in r.shortened()})
+    completed = sum(r.status == "completed" for r in runs)
+    how = ", ".join(reasons)
+    return f"{len(short)} of {completed} completed runs not on their recipe's full schedule and data ({how}) {SHORT_MARK}"
+
+
 def fill_table(table: PaperTable, groups: dict[GroupKey, list[Run]], used: set[GroupKey]) -> list[TableRow]:
     """One line per (paper row, init seen in the runs); a paper row without runs gets one line of dashes."""
     datasets = {c.dataset for c in table.columns}
@@ -148,6 +167,7 @@ def fill_table(table: PaperTable, groups: dict[GroupKey, list[Run]], used: set[G
             cells = {c.title: c.measure(groups.get((row.variant, init, c.dataset), [])) for c in table.columns}
             runs = [r for k in keys for r in groups[k]]
             notes = [n for k in keys if (n := _mixed_recipe_note(groups[k]))]
+            notes += [n for n in [_shortened_note(runs)] if n]
             notes += [f"{title}: {n}" for title, cell in cells.items() for n in cell.notes]
             lines.append(TableRow(row.label, row.variant, init, cells, row.paper, count_statuses(runs), notes))
     return lines
@@ -169,7 +189,7 @@ def other_runs(groups: dict[GroupKey, list[Run]], used: set[GroupKey]) -> list[T
         variant, init, dataset = key
         runs = groups[key]
         cells = {title: measure(runs) for title, measure in OTHER_RUNS_MEASURES.items()}
-        notes = [n for n in [_mixed_recipe_note(runs)] if n]
+        notes = [n for n in [_mixed_recipe_note(runs), _shortened_note(runs)] if n]
         notes += [f"{title}: {n}" for title, cell in cells.items() for n in cell.notes]
         lines.append(TableRow(dataset, variant, init, cells, {}, count_statuses(runs), notes))
     return lines
