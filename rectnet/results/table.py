@@ -151,7 +151,7 @@ def _shortened_note(runs: Sequence[Run]) -> str | None:
     reasons = sorted({reason for r in short for reason in r.shortened()})
     completed = sum(r.status == "completed" for r in runs)
     how = ", ".join(reasons)
-    return f"{len(short)} of {completed} completed runs not on their recipe's full schedule and data ({how}) {SHORT_MARK}"
+    return f"{len(short)} of {completed} completed runs short of their recipe's schedule and data ({how}) {SHORT_MARK}"
 
 
 def fill_table(table: PaperTable, groups: dict[GroupKey, list[Run]], used: set[GroupKey]) -> list[TableRow]:
