@@ -1,4 +1,4 @@
-"""The CUDA/NCCL paths, covered on a CPU machine (issue 11, "Testing without a GPU").
+"""The CUDA/NCCL paths, covered on a CPU machine.
 
 Where a GPU is needed to run the code itself, a process group whose backend serves only CUDA tensors shows
 what NCCL would refuse, and fakes stand in for torch.cuda and stand between the code and the collectives.

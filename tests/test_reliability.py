@@ -1,4 +1,5 @@
-"""Fault injection: every fault of issue 12 is injected here and its exact outcome asserted.
+"""Fault injection: each fault a run can meet (a full disk, a killed process, a corrupt checkpoint, a busy run
+directory, ...) is injected here and its exact outcome asserted.
 
 Tiny synthetic runs (helpers.TINY) on the CPU. Each test names the fault it injects; the outcome is the
 refusal, the fallback, the identical resume or the message text.
