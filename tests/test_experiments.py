@@ -473,6 +473,7 @@ def test_gpus_keep_the_global_batch(tmp_path):
     assert _script("crelu_table4.sh", "--dry-run", env={"GPUS": "3", "LAUNCHER": "slurm"}).returncode != 0
 
 
+@pytest.mark.slow
 def test_rerun_skips_finished_runs_and_resumes_the_rest(tmp_path):
     """One real CIFAR-script run at a tiny size: the run directory is the one grid.py predicts; a second
     invocation trains nothing; a run whose results are gone is launched again and resumes from its checkpoint."""
@@ -498,6 +499,7 @@ def test_rerun_skips_finished_runs_and_resumes_the_rest(tmp_path):
     assert json.loads((runs[0] / "results.json").read_text())["status"] == "completed"
 
 
+@pytest.mark.slow
 def test_single_protocol_runs_both_stages_once(tmp_path):
     """SINGLE=1: stage 1 (4/5 of the images, training loss recorded at the best held-out error), then per
     stage-1 run its stage 2 (every image, stopped at that loss); a second invocation trains nothing."""

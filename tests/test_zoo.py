@@ -220,6 +220,7 @@ def test_summary_cli_last_line_is_json(capsys):
     assert any(line.startswith("features.") for line in lines)
 
 
+@pytest.mark.slow
 def test_summary_runs_as_a_module():
     done = subprocess.run(
         [sys.executable, "-m", "rectnet.summary", "model=allcnn_b", "model.width=0.25", "dataset.image_size=64"],
