@@ -52,7 +52,7 @@ class DatasetConfig:
     num_folds: int = 0  # k-fold cross-validation (CReLU paper: 10): train on k-1 folds; 0 = off
     fold: int = 0  # the held-out fold, 0..num_folds-1: evaluated every epoch as val/...
     # Train on every fold, the held-out one included, and still report it as val/: the retraining stage of
-    # the CReLU paper's "Single" protocol (papers.md B3, after Goodfellow et al. 2013); see scripts/single.sh
+    # the CReLU paper's "Single" protocol (Shang et al. 2016 §3.1, after Goodfellow et al. 2013); scripts/single.sh
     holdout_in_train: bool = False
     # ImageFolder datasets (imagenet) only; image_size is the training crop (224).
     train_split: str = "train"  # <root>/<train_split>/<class>/*.JPEG ("" = root itself)
@@ -227,7 +227,7 @@ class TrainerConfig:
     progress: str = "auto"  # auto (bar on a terminal, lines otherwise) | bar | lines | none
     max_steps_per_epoch: int | None = None  # cap for quick checks; null = the whole epoch
     checkpoint_every_steps: int = 0  # also write last.pt every N steps inside an epoch (0: at epoch ends only)
-    # "Single" protocol (CReLU paper, papers.md B3): stage 1 measures the training loss (eval mode, whole
+    # "Single" protocol (Shang et al. 2016 §3.1): stage 1 measures the training loss (eval mode, whole
     # training split) at each new best held-out error; stage 2 stops once the held-out loss reaches it.
     record_train_loss_at_best: bool = False
     stop_at_val_loss: float | None = None
@@ -262,7 +262,8 @@ class TrainerConfig:
 
 @dataclass
 class EvalConfig:
-    """Test protocols (papers.md A4, B5): how every epoch's test split is scored, and eval.py's default."""
+    """Test protocols (He et al. 2015 §3; Shang et al. 2016 §3.2): how every epoch's test split is scored, and
+    eval.py's default."""
 
     protocol: str = "center"  # center | ten_view | dense (ImageFolder datasets); tensor datasets: whole images
     size: int = 256  # center / ten_view: shorter side before the crop (dataset.image_size) is cut

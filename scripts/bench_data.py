@@ -6,7 +6,7 @@ DIR is an ImageFolder (DIR/<class>/*.JPEG, or DIR/NAME/<class>/... with dataset.
 sample: tar -xf ../shared/data/imagenet-sample-100.tar -C /tmp, then dataset.root=/tmp/imagenet-sample.
 Overrides are Hydra-style key=value words, as train.py takes them; options start with --.
 
-Both pipelines do the He et al. 2015 training transform (papers.md A3): shorter side s uniform in [256, 512],
+Both pipelines do the He et al. 2015 training transform (§3): shorter side s uniform in [256, 512],
 random 224 crop, horizontal flip. "plain" is what a user writes by hand: torchvision ImageFolder (PIL loader),
 a transform drawing s per call then Resize(s), RandomCrop(224), RandomHorizontalFlip, ToTensor, Normalize.
 "fast" is rectnet.data.imagenet: one decode (reduced by the JPEG decoder when the image is >= 2x the resized

@@ -2,8 +2,7 @@
 "ours" (Kaiming, Eq. 10) vs "Xavier" (n·Var[w] = 1). The paper (ImageNet, full width): ours converges,
 Xavier "completely stalls" because every layer halves the signal's variance (Eq. 8), 2^-27 over its 27 convs.
 
-    python /work/shared/tools/make_cifar10.py --out data     # once: real CIFAR-10 (or dataset.download=true)
-    .venv/bin/python scripts/fig3_small.py --data data       # 2-6 min on 2 CPU cores
+    .venv/bin/python scripts/fig3_small.py --data data       # 2-6 min on 2 CPU cores; data/: README, CIFAR data
     .venv/bin/python scripts/fig3_small.py --data data --figure 2 --out outputs/fig2_small   # Fig. 2: model B
 
 Each run is `python train.py experiment=fig3_plain30_<init> ...` with the same overrides (printed), so the two
@@ -16,10 +15,10 @@ scaled down, not a reproduction of the figure's numbers:
 
 It prints the train loss and test error of both runs after every short epoch, then one JSON line. With ReLU and
 10 classes, a stalled net sits at the chance loss ln 10 = 2.303 and 90% error. With the defaults (8 x 100 steps
-of 64 images, about one pass over the training set) one run gave:
+of 64 images, about one pass over the training set) one run gave (docs/results/fig3_small.md):
 
     steps          100   200   300   400   500   600   700   800
-    Kaiming loss  2.244 2.024 1.974 1.952 1.908 1.914 1.891 1.864   test error 72.6% at 800
+    Kaiming loss  2.302 2.209 2.108 2.030 1.997 1.970 1.936 1.911   test error 78.9% at 800
     Xavier loss   2.303 2.303 2.303 2.303 2.303 2.303 2.303 2.304   test error 90.1% at 800 (chance)
 """
 

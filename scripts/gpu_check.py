@@ -1,4 +1,4 @@
-"""The CUDA paths on one GPU in a few minutes: what scripts/gpu_check.sh runs (issue 11).
+"""The CUDA paths on one GPU in a few minutes: what scripts/gpu_check.sh runs.
 
     python scripts/gpu_check.py [--dry-run] [--out DIR] [--cifar-root DIR]
 

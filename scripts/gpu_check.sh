@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The CUDA paths on one GPU in under 5 minutes (issue 11): CIFAR held on the GPU in bf16, fp16, fp32 and
+# The CUDA paths on one GPU in under 5 minutes: CIFAR held on the GPU in bf16, fp16, fp32 and
 # compiled; a 1-rank NCCL run under torch.cuda.set_sync_debug_mode("warn"); an ImageNet sample through
 # pinned loading; eval.py under center, ten_view and dense; a resume. One JSON line per stage on stdout
 # (images/s, achieved TFLOP/s against the device's peak, checks); scripts/gpu_check.py has the details.

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The CReLU paper's "Single" protocol (Shang et al. 2016 §3.1, after Goodfellow et al. 2013; papers.md B3):
+# The CReLU paper's "Single" protocol (Shang et al. 2016 §3.1, after Goodfellow et al. 2013):
 #   stage 1: train on all folds but one, record the training loss (eval mode, whole training split) at the
 #            epoch of the best held-out error;
 #   stage 2: retrain from scratch on the whole training split until the held-out fold's loss reaches it.
@@ -10,7 +10,7 @@
 # Writes <out dir>/stage1 and <out dir>/stage2 (python -m rectnet.tables reads stage 2 as "Single").
 # Safe to re-run: each stage resumes from its checkpoint, a finished stage is not retrained.
 # SINGLE_FOLDS (default 5: 10,000 of CIFAR's 50,000 images held out) sets the held-out share; the paper
-# does not give the size of its held-out set (papers.md, "not found").
+# does not give the size of its held-out set.
 set -euo pipefail
 if [[ $# -lt 1 || "$1" == -* ]]; then
     sed -n '2,15p' "$0"

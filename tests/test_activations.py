@@ -112,7 +112,7 @@ def test_wrong_activation_parameter_is_refused():
         make_activation("relu", slope=0.3)
 
 
-def test_registry_holds_every_activation_the_issue_names():
+def test_registry_holds_every_activation_of_the_two_papers():
     assert {"relu", "prelu", "prelu_shared", "crelu", "avr", "leaky_relu"} <= set(ACTIVATIONS.names())
 
 

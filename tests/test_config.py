@@ -9,14 +9,14 @@ from omegaconf.errors import ValidationError
 
 from rectnet.config import ConfigError, to_settings
 
-GROUPS = ["dataset", "model", "activation", "init", "optim", "schedule", "trainer", "logger", "experiment"]
+GROUPS = ["dataset", "model", "activation", "init", "optim", "schedule", "trainer", "logger", "recipe", "experiment"]
 
 
 def _options() -> list[tuple[str, str]]:
     return [(group, path.stem) for group in GROUPS for path in sorted((CONFIGS / group).glob("*.yaml"))]
 
 
-def test_every_group_the_issue_names_has_options():
+def test_every_config_group_has_options():
     groups = {group for group, _ in _options()}
     assert groups == set(GROUPS)
 
@@ -24,11 +24,11 @@ def test_every_group_the_issue_names_has_options():
 @pytest.mark.parametrize("group,option", _options())
 def test_each_option_composes_and_validates(group, option):
     settings = to_settings(compose_train([f"{group}={option}"]))
-    if group not in ("trainer", "logger", "experiment"):
+    if group not in ("trainer", "logger", "recipe", "experiment"):
         assert getattr(settings, group).name == option  # each option file names itself
 
 
-def test_issue_override_keys_exist():
+def test_the_readmes_override_keys_exist():
     cfg = compose_train(["trainer.epochs=3", "dataset.root=/data/x", "seed=7", "activation=prelu", "init=kaiming"])
     settings = to_settings(cfg)
     assert (settings.trainer.epochs, settings.dataset.root, settings.seed) == (3, "/data/x", 7)

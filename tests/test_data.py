@@ -138,6 +138,7 @@ def test_eval_shards_tile_the_split_exactly(n, world):
     assert seen == split.labels.tolist()
 
 
+@pytest.mark.slow
 def test_real_cifar10_from_shared_has_the_known_statistics(shared_cifar10):
     from rectnet.config import DatasetConfig
 

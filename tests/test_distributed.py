@@ -43,6 +43,7 @@ def _straight_then_background(args: list[str], straight: Path, interrupted: Path
 DDP_RUN = [*TINY, "dataset.num_test=201", "trainer.epochs=2"]
 
 
+@pytest.mark.slow
 def test_two_ranks_follow_the_one_rank_run(tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
     single = run_cli([*DDP_RUN, "trainer.batch_size=64", f"hydra.run.dir={one}"])
@@ -63,6 +64,7 @@ def test_two_ranks_follow_the_one_rank_run(tmp_path):
     assert "[rank 1/2]" in double.stdout + double.stderr
 
 
+@pytest.mark.slow
 def test_kill_9_mid_epoch_then_resume_is_bitwise_exact(tmp_path):
     args = [*TINY, "model.dropout=0.3", "trainer.epochs=3", "trainer.batch_size=16", "trainer.checkpoint_every_steps=4"]
     straight, killed = tmp_path / "straight", tmp_path / "killed"
@@ -93,6 +95,7 @@ def test_kill_9_mid_epoch_then_resume_is_bitwise_exact(tmp_path):
     assert [m["train/loss"] for m in lines] == pytest.approx([m["train/loss"] for m in expected], rel=1e-12)
 
 
+@pytest.mark.slow
 def test_sigterm_writes_a_checkpoint_and_the_resumed_run_is_exact(tmp_path):
     args = [*TINY, "model.dropout=0.3", "trainer.epochs=3", "trainer.batch_size=16"]
     straight, stopped = tmp_path / "straight", tmp_path / "stopped"
@@ -124,6 +127,7 @@ def _submitit_local_tasks(folder: Path) -> list[int]:
     return pids
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds submitit's tasks through /proc")
 def test_submitit_local_two_tasks_preempted_requeue_and_finish(tmp_path):
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
@@ -153,6 +157,7 @@ def test_submitit_local_two_tasks_preempted_requeue_and_finish(tmp_path):
     assert len(list(tmp_path.glob("*/results.json"))) == 1  # both tasks, one run directory
 
 
+@pytest.mark.slow
 def test_two_node_rendezvous_on_one_machine(tmp_path):
     """Two torchrun agents (--nnodes=2, c10d rendezvous) as two nodes would run them."""
     import socket

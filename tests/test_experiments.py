@@ -1,9 +1,10 @@
-"""Every experiment recipe (configs/experiment/) pins the papers' settings, composes, and trains one step at a
-tiny size; every reproduction script (scripts/reproduce/) launches its table's grid, and re-running one skips
-what has finished.
+"""Every experiment (configs/experiment/) is its family's recipe (configs/recipe/) plus what its table row
+changes, composes exactly as committed, and trains one step at a tiny size; every recipe pins what its paper
+states; every reproduction script (scripts/reproduce/) launches its table's grid, and re-running one skips what
+has finished.
 
-The expected values are written here from /work/shared/docs/papers.md (section named at each), not read back
-from the yaml files; values the papers do not give are the recipes' documented choices, marked "chosen".
+What the papers state is written here from the papers (section or table named at each), not read back from the
+yaml files; what a recipe chose where its paper is silent is read from configs/recipe/<name>.yaml.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import os
 import re
 import shlex
 import subprocess
+from functools import cache
 from pathlib import Path
 
 import pytest
@@ -22,17 +24,19 @@ from omegaconf import OmegaConf
 
 from rectnet.config import to_settings
 from rectnet.engine.train import run
-from rectnet.tables import paper_tables, variant_from_config
+from rectnet.results.papers import paper_tables
+from rectnet.results.variants import variant_from_config
 
 EXPERIMENTS = sorted(p.stem for p in (CONFIGS / "experiment").glob("*.yaml"))
+RECIPES = sorted(p.stem for p in (CONFIGS / "recipe").glob("*.yaml"))
+SNAPSHOT = ROOT / "tests" / "snapshots" / "experiments.json"
 
-# --------------------------------------------------------------------------------------- the papers' recipes
+# --------------------------------------------------------------------------------------- what the papers state
 
-# He et al. 2015 §3 (papers.md A3): large models. SGD momentum 0.9, weight decay 5e-4, mini-batch 128, lr 1e-2
-# divided by 10 twice, ~80 epochs, scale jitter [256, 512], 224 crops, flips, AlexNet PCA lighting, per-pixel
-# mean, dropout 0.5 on fc1/fc2, Eq. 14 (fan_out) init, fc1-fc3 std 0.01 / 0.01 / 0.001. Chosen: per-channel
-# mean and std instead of the mean image, and then the fc layers under the init (docs/recipes.md).
-HE_LARGE = {
+# He et al. 2015 §3: large models. ImageNet, 224 crops of shorter side s ~ U[256, 512], flips, colour altering
+# (AlexNet's lighting), SGD momentum 0.9, weight decay 5e-4 (none on PReLU slopes, §2.1), mini-batch 128, lr 1e-2
+# divided by 10 twice, ~80 epochs, dropout 0.5 on fc1/fc2, Eq. 14 (fan_out) init.
+HE_LARGE_STATED = {
     "dataset.name": "imagenet",
     "dataset.image_size": 224,
     "dataset.num_classes": 1000,
@@ -40,152 +44,130 @@ HE_LARGE = {
     "dataset.scale_max": 512,
     "dataset.flip": True,
     "dataset.lighting_std": 0.1,
-    "dataset.per_pixel_mean": False,  # chosen: per-channel mean and std (docs/recipes.md)
-    "model.init_std": {},  # chosen: the paper's fc stds are for unscaled input (docs/recipes.md)
     "optim.lr": 0.01,
     "optim.momentum": 0.9,
     "optim.weight_decay": 0.0005,
-    "optim.decay_slopes": False,  # A6: no weight decay on PReLU slopes
+    "optim.decay_slopes": False,
     "schedule.gamma": 0.1,
     "trainer.epochs": 80,
     "trainer.batch_size": 128,
     "model.dropout": 0.5,
     "init.name": "kaiming",
     "init.mode": "fan_out",
-    "eval.protocol": "center",  # per-epoch test; Tables 4-6 come from eval.py (ten_view / dense)
-    "eval.size": 256,
 }
-# He et al. Table 2 (A7): the 14-layer model, 75 epochs, shorter side 256 for training and testing. The rest is
-# not in the paper: the recipes take A3's (chosen).
-HE_SMALL = {**HE_LARGE, "dataset.scale_max": 256, "trainer.epochs": 75}
-# Figs. 2-3 (A9): top-1 on 3,000 validation images, centre crop, per epoch; x-axes ~3 and 9 epochs (chosen lengths).
-FIG2 = {**HE_LARGE, "dataset.num_test": 3000, "trainer.epochs": 3, "model.name": "prelu_b", "activation.name": "relu"}
-FIG3 = {**HE_SMALL, "dataset.num_test": 3000, "trainer.epochs": 9, "model.name": "prelu_plain30"}
-FIG3.update({"activation.name": "relu", "init.mode": "fan_in"})
-XAVIER = {"init.name": "xavier", "init.mode": "fan_in", "init.distribution": "uniform"}  # A8/A9, Caffe's filler
-
-# Shang et al. 2016 B3: CIFAR, per-channel mean/std, flips only. B4: everything else not found; the recipes use
-# Springenberg et al.'s CIFAR recipe (secondary): momentum 0.9, wd 1e-3, 350 epochs, x0.1 at 200/250/300; lr 0.01
-# and batch 128 (chosen).
-CONVPOOL = {
-    "dataset.name": "cifar10",
-    "dataset.flip": True,
-    "dataset.crop_padding": 0,
-    "dataset.normalize": True,
-    "model.name": "convpool_cnn_c",
-    "model.dropout": None,  # Springenberg's 0.2 / 0.5
-    "optim.lr": 0.01,  # chosen by the stability probe: every row at least 2x below its limit (the header)
-    "optim.momentum": 0.9,
-    "optim.weight_decay": 0.001,
-    "schedule.name": "multistep",
-    "schedule.milestones": [200, 250, 300],
-    "schedule.gamma": 0.1,
-    "trainer.epochs": 350,
-    "trainer.batch_size": 128,
-    "eval.protocol": "center",
+STATED = {
+    "he_large": HE_LARGE_STATED,
+    # He et al. Table 2: the 14-layer model, 75 epochs, shorter side 256 for training and testing
+    "he_small": {**HE_LARGE_STATED, "dataset.scale_max": 256, "trainer.epochs": 75},
+    # Shang et al. 2016 §3.1: CIFAR, per-channel mean/std, flips only; ConvPool-CNN-C (Springenberg et al. 2014)
+    "convpool": {
+        "dataset.name": "cifar10",
+        "dataset.flip": True,
+        "dataset.crop_padding": 0,
+        "dataset.normalize": True,
+        "model.name": "convpool_cnn_c",
+    },
+    # Shang et al. §3.1: VGG "follow[s] the training procedure in Zagoruyko (2015)": flips and random shifts,
+    # mean/std; Zagoruyko's train.lua: momentum 0.9, wd 5e-4, batch 128, lr halved every 25 epochs, 300 epochs,
+    # MSR init fan_out (its lr 1 is dampened: PyTorch's 0.1)
+    "vgg_cifar": {
+        "dataset.name": "cifar10",
+        "dataset.flip": True,
+        "dataset.normalize": True,
+        "model.name": "vgg_cifar",
+        "optim.lr": 0.1,
+        "optim.momentum": 0.9,
+        "optim.weight_decay": 0.0005,
+        "schedule.name": "step",
+        "schedule.step_size": 25,
+        "schedule.gamma": 0.5,
+        "trainer.epochs": 300,
+        "trainer.batch_size": 128,
+        "init.name": "kaiming",
+        "init.mode": "fan_out",
+    },
+    # Shang et al. §3.2: ImageNet, mean/std per channel (not a mean image), AlexNet augmentation (crops, flips,
+    # PCA lighting); tested on the centre crop and 10 patches
+    "allcnn_b": {
+        "dataset.name": "imagenet",
+        "dataset.image_size": 224,
+        "dataset.num_classes": 1000,
+        "dataset.per_pixel_mean": False,
+        "dataset.normalize": True,
+        "dataset.flip": True,
+        "dataset.lighting_std": 0.1,
+        "model.name": "allcnn_b",
+    },
 }
-# B3: VGG "follow[s] the training procedure in Zagoruyko (2015)": flips and random shifts, mean/std. Zagoruyko's
-# train.lua (secondary): lr 1 (= 0.1 undamped), momentum 0.9, wd 5e-4, batch 128, lr halved every 25 epochs,
-# 300 epochs, MSR init fan_out.
-VGG = {
-    "dataset.name": "cifar10",
-    "dataset.flip": True,
-    "dataset.normalize": True,
-    "model.name": "vgg_cifar",
-    "optim.lr": 0.1,
-    "optim.momentum": 0.9,
-    "optim.weight_decay": 0.0005,
-    "schedule.name": "step",
-    "schedule.step_size": 25,
-    "schedule.gamma": 0.5,
-    "trainer.epochs": 300,
-    "trainer.batch_size": 128,
-    "init.name": "kaiming",
-    "init.mode": "fan_out",
-}
-# B5: ImageNet, mean/std per channel (not a mean image), AlexNet augmentation (crops, flips, PCA lighting); tested on
-# the centre crop and 10 patches. B6: training not found: AlexNet's recipe (chosen).
-ALLCNN = {
-    "dataset.name": "imagenet",
-    "dataset.image_size": 224,
-    "dataset.num_classes": 1000,
-    "dataset.per_pixel_mean": False,
-    "dataset.normalize": True,
-    "dataset.flip": True,
-    "dataset.lighting_std": 0.1,
-    "model.name": "allcnn_b",
-    "optim.lr": 0.01,
-    "optim.momentum": 0.9,
-    "optim.weight_decay": 0.0005,
-    "trainer.epochs": 90,
-    "trainer.batch_size": 128,
-    "eval.protocol": "center",
-    "eval.size": 256,
-}
+# Every He et al. recipe lets the fc layers follow the init (the paper's fc stds belong to unscaled input,
+# docs/recipes.md): the model configs' init_std stays empty.
+FC_UNDER_INIT = {"model.init_std": {}}
+# Glorot & Bengio's init as He et al. §2.2 compares it, with Caffe's uniform filler
+XAVIER = {"init.name": "xavier", "init.mode": "fan_in", "init.distribution": "uniform"}
 UP_TO = {n: list(range(1, n + 1)) for n in (4, 7, 9, 12)}
 
 
-EXPECTED: dict[str, dict] = {
-    # He et al. Table 2 (A7): ReLU / PReLU channel-shared / channel-wise; §2.2's Xavier row (A9)
-    "small14_relu": {**HE_SMALL, "model.name": "prelu_small14", "activation.name": "relu"},
-    "small14_relu_xavier": {**HE_SMALL, **XAVIER, "model.name": "prelu_small14"},
-    "small14_prelu_shared": {
-        **HE_SMALL,
-        "model.name": "prelu_small14",
-        "activation.name": "prelu_shared",
-        "activation.slope": 0.25,  # A6: a_i = 0.25
+def _crelu_at(layers: list[int]) -> dict:
+    """Shang et al. Tables 2 and 4: CReLU after these layers, their filters halved."""
+    return {"activation.name": "crelu", "model.act_at": layers, "model.halve_at": layers}
+
+
+# experiment -> (its recipe, what its table row changes)
+CHANGES: dict[str, tuple[str | None, dict]] = {
+    # He et al. Table 2: ReLU / PReLU channel-shared / channel-wise (a_i = 0.25, §2.1); §2.2's Xavier row
+    "small14_relu": ("he_small", {**FC_UNDER_INIT, "model.name": "prelu_small14", "activation.name": "relu"}),
+    "small14_relu_xavier": ("he_small", {**FC_UNDER_INIT, **XAVIER, "model.name": "prelu_small14"}),
+    "small14_prelu_shared": (
+        "he_small",
+        {**FC_UNDER_INIT, "model.name": "prelu_small14", "activation.name": "prelu_shared", "activation.slope": 0.25},
+    ),
+    "small14_prelu": (
+        "he_small",
+        {**FC_UNDER_INIT, "model.name": "prelu_small14", "activation.name": "prelu", "activation.slope": 0.25},
+    ),
+    # Tables 4-6: A ReLU / A, B, C PReLU; B and C with ReLU are controls without a paper row
+    **{
+        f"prelu_{m}_{act}": ("he_large", {**FC_UNDER_INIT, "model.name": f"prelu_{m}", "activation.name": act})
+        for m in "abc"
+        for act in ("relu", "prelu")
     },
-    "small14_prelu": {
-        **HE_SMALL,
-        "model.name": "prelu_small14",
-        "activation.name": "prelu",
-        "activation.slope": 0.25,
+    # Fig. 2: model B, ReLU, ours (Eq. 14) vs Xavier, top-1 on 3,000 validation images per epoch, ~3 epochs
+    "fig2_b_kaiming": ("he_large", {"dataset.num_test": 3000, "trainer.epochs": 3, "model.name": "prelu_b"}),
+    "fig2_b_xavier": ("he_large", {"dataset.num_test": 3000, "trainer.epochs": 3, "model.name": "prelu_b", **XAVIER}),
+    # Fig. 3: 30-layer, ReLU, ours (Eq. 10 here) vs Xavier, epochs 0-9
+    "fig3_plain30_kaiming": (
+        "he_small",
+        {"dataset.num_test": 3000, "trainer.epochs": 9, "model.name": "prelu_plain30", "init.mode": "fan_in"},
+    ),
+    "fig3_plain30_xavier": (
+        "he_small",
+        {"dataset.num_test": 3000, "trainer.epochs": 9, "model.name": "prelu_plain30", **XAVIER},
+    ),
+    # CReLU Table 1: baseline, double (width 2), AVR, CReLU (same filters), half (CReLU, width 0.5)
+    "convpool_baseline": ("convpool", {"activation.name": "relu", "model.width": 1.0}),
+    "convpool_double": ("convpool", {"activation.name": "relu", "model.width": 2.0}),
+    "convpool_avr": ("convpool", {"activation.name": "avr", "model.width": 1.0, "model.dropout": 0.1}),
+    "convpool_crelu": ("convpool", {"activation.name": "crelu", "model.width": 1.0}),
+    "convpool_crelu_half": ("convpool", {"activation.name": "crelu", "model.width": 0.5}),
+    # CReLU Table 2: CReLU at conv1 / 1,3 / 1,3,5 with those layers halved
+    "vgg_cifar_baseline": ("vgg_cifar", {"activation.name": "relu", "model.act_at": None, "model.halve_at": []}),
+    "vgg_cifar_crelu1": ("vgg_cifar", _crelu_at([1])),
+    "vgg_cifar_crelu13": ("vgg_cifar", _crelu_at([1, 3])),
+    "vgg_cifar_crelu135": ("vgg_cifar", _crelu_at([1, 3, 5])),
+    # CReLU Table 4: All-CNN-B and its AVR / CReLU placements
+    "allcnn_b_baseline": ("allcnn_b", {"activation.name": "relu", "model.halve_at": []}),
+    **{
+        f"allcnn_b_{act}1_{n}": ("allcnn_b", {"activation.name": act, "model.act_at": UP_TO[n], "model.halve_at": []})
+        for act in ("avr", "crelu")
+        for n in (4, 7, 9)
     },
-    # Tables 4-6 (A2): A ReLU / A, B, C PReLU; B and C with ReLU are controls without a paper row
-    "prelu_a_relu": {**HE_LARGE, "model.name": "prelu_a", "activation.name": "relu"},
-    "prelu_a_prelu": {**HE_LARGE, "model.name": "prelu_a", "activation.name": "prelu"},
-    "prelu_b_prelu": {**HE_LARGE, "model.name": "prelu_b", "activation.name": "prelu"},
-    "prelu_c_prelu": {**HE_LARGE, "model.name": "prelu_c", "activation.name": "prelu"},
-    "prelu_b_relu": {**HE_LARGE, "model.name": "prelu_b", "activation.name": "relu"},
-    "prelu_c_relu": {**HE_LARGE, "model.name": "prelu_c", "activation.name": "relu"},
-    # Fig. 2: model B, ReLU, ours (Eq. 14) vs Xavier; Fig. 3: 30-layer, ReLU, ours (Eq. 10 here) vs Xavier
-    "fig2_b_kaiming": FIG2,
-    "fig2_b_xavier": {**FIG2, **XAVIER},
-    "fig3_plain30_kaiming": {**FIG3, "init.name": "kaiming"},
-    "fig3_plain30_xavier": {**FIG3, **XAVIER},
-    # CReLU Table 1 (B2): baseline, double (width 2), AVR, CReLU (same filters), half (CReLU, width 0.5)
-    "convpool_baseline": {**CONVPOOL, "activation.name": "relu", "model.width": 1.0},
-    "convpool_double": {**CONVPOOL, "activation.name": "relu", "model.width": 2.0},
-    "convpool_avr": {**CONVPOOL, "activation.name": "avr", "model.width": 1.0},
-    "convpool_crelu": {**CONVPOOL, "activation.name": "crelu", "model.width": 1.0},
-    "convpool_crelu_half": {**CONVPOOL, "activation.name": "crelu", "model.width": 0.5},
-    # CReLU Table 2 (B3): CReLU at conv1 / 1,3 / 1,3,5 with those layers halved
-    "vgg_cifar_baseline": {**VGG, "activation.name": "relu", "model.act_at": None, "model.halve_at": []},
-    "vgg_cifar_crelu1": {**VGG, "activation.name": "crelu", "model.act_at": [1], "model.halve_at": [1]},
-    "vgg_cifar_crelu13": {**VGG, "activation.name": "crelu", "model.act_at": [1, 3], "model.halve_at": [1, 3]},
-    "vgg_cifar_crelu135": {
-        **VGG,
-        "activation.name": "crelu",
-        "model.act_at": [1, 3, 5],
-        "model.halve_at": [1, 3, 5],
-    },
-    # CReLU Table 4 (B5): All-CNN-B and its AVR / CReLU placements
-    "allcnn_b_baseline": {**ALLCNN, "activation.name": "relu", "model.halve_at": []},
-    "allcnn_b_avr1_4": {**ALLCNN, "activation.name": "avr", "model.act_at": UP_TO[4], "model.halve_at": []},
-    "allcnn_b_avr1_7": {**ALLCNN, "activation.name": "avr", "model.act_at": UP_TO[7], "model.halve_at": []},
-    "allcnn_b_avr1_9": {**ALLCNN, "activation.name": "avr", "model.act_at": UP_TO[9], "model.halve_at": []},
-    "allcnn_b_crelu1_4": {**ALLCNN, "activation.name": "crelu", "model.act_at": UP_TO[4], "model.halve_at": []},
-    "allcnn_b_crelu1_7": {**ALLCNN, "activation.name": "crelu", "model.act_at": UP_TO[7], "model.halve_at": []},
-    "allcnn_b_crelu1_9": {**ALLCNN, "activation.name": "crelu", "model.act_at": UP_TO[9], "model.halve_at": []},
-    "allcnn_b_crelu147": {
-        **ALLCNN,
-        "activation.name": "crelu",
-        "model.act_at": [1, 4, 7],
-        "model.halve_at": [1, 4, 7],
-    },
-    "allcnn_b_crelu_all": {**ALLCNN, "activation.name": "crelu", "model.act_at": None, "model.halve_at": UP_TO[12]},
+    "allcnn_b_crelu147": ("allcnn_b", _crelu_at([1, 4, 7])),
+    "allcnn_b_crelu_all": (
+        "allcnn_b",
+        {"activation.name": "crelu", "model.act_at": None, "model.halve_at": UP_TO[12]},
+    ),
     # not a paper recipe: the offline smoke run (README)
-    "quickstart": {"dataset.name": "synthetic", "model.name": "convpool_cnn_c", "trainer.epochs": 6},
+    "quickstart": (None, {"dataset.name": "synthetic", "model.name": "convpool_cnn_c", "trainer.epochs": 6}),
 }
 
 
@@ -196,18 +178,79 @@ def _get(settings, dotted: str):
     return value
 
 
-def test_every_recipe_has_expectations():
-    assert set(EXPECTED) == set(EXPERIMENTS)
+def _dotted(node: dict, prefix: str = "") -> list[str]:
+    keys = []
+    for key, value in node.items():
+        if isinstance(value, dict) and value:
+            keys += _dotted(value, f"{prefix}{key}.")
+        else:
+            keys.append(f"{prefix}{key}")
+    return keys
+
+
+def _recipe_keys(recipe: str) -> set[str]:
+    """The keys configs/recipe/<recipe>.yaml sets, the groups it selects (as <group>.name) and those of a recipe
+    it builds on."""
+    text = OmegaConf.to_container(OmegaConf.load(CONFIGS / "recipe" / f"{recipe}.yaml"))
+    keys = set(_dotted({k: v for k, v in text.items() if k != "defaults"}))
+    for entry in text.get("defaults", []):
+        if isinstance(entry, dict):  # override /<group>: <option>
+            keys |= {f"{group.split('/')[-1]}.name" for group in entry}
+        elif entry != "_self_":  # another recipe
+            keys |= _recipe_keys(entry)
+    return keys
+
+
+@cache
+def recipe_values(recipe: str) -> dict:
+    """What `recipe=<recipe>` pins: each key the recipe sets, with the value it composes to."""
+    settings = to_settings(compose_train([f"recipe={recipe}"]))
+    return {key: _get(settings, key) for key in _recipe_keys(recipe)}
+
+
+def expected(name: str) -> dict:
+    """The experiment's recipe with its row's changes."""
+    recipe, row = CHANGES[name]
+    return {**(recipe_values(recipe) if recipe else {}), **row}
+
+
+def test_every_experiment_has_expectations():
+    assert set(CHANGES) == set(EXPERIMENTS)
+    assert {recipe for recipe, _ in CHANGES.values() if recipe} == set(RECIPES) == set(STATED)
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_recipe_pins_what_its_paper_states(recipe):
+    settings = to_settings(compose_train([f"recipe={recipe}"]))
+    wrong = {key: (_get(settings, key), want) for key, want in STATED[recipe].items() if _get(settings, key) != want}
+    assert not wrong, f"recipe={recipe}: key -> (composed, stated): {wrong}"
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
-def test_recipe_pins_the_papers_values(name):
+def test_experiment_is_its_recipe_with_its_rows_changes(name):
     settings = to_settings(compose_train([f"experiment={name}"]))
-    wrong = {key: (_get(settings, key), want) for key, want in EXPECTED[name].items() if _get(settings, key) != want}
+    want = expected(name)
+    wrong = {key: (_get(settings, key), value) for key, value in want.items() if _get(settings, key) != value}
     assert not wrong, f"experiment={name}: key -> (composed, expected): {wrong}"
 
 
-# The table rows each recipe's runs fill, by rectnet.tables' own grouping (variant and init of the saved config).
+def _composed(name: str) -> dict:
+    return OmegaConf.to_container(compose_train([f"experiment={name}"], "/run_dir"), resolve=False)
+
+
+def test_every_experiment_composes_as_committed():
+    """The whole composed config of every experiment, against tests/snapshots/experiments.json: a recipe edit
+    shows here as the rows it changes. After an intended change, RECTNET_UPDATE_SNAPSHOT=1 rewrites the file."""
+    composed = {name: _composed(name) for name in EXPERIMENTS}
+    if os.environ.get("RECTNET_UPDATE_SNAPSHOT"):
+        SNAPSHOT.write_text(json.dumps(composed, indent=1, sort_keys=True) + "\n")
+    committed = json.loads(SNAPSHOT.read_text())
+    assert sorted(committed) == EXPERIMENTS
+    changed = {name for name in EXPERIMENTS if composed[name] != committed[name]}
+    assert not changed, f"composed differently from {SNAPSHOT.name}: {sorted(changed)}"
+
+
+# The table rows each recipe's runs fill, by rectnet.results' own grouping (variant and init of the saved config).
 ROWS = {
     "small14_relu": {"prelu_table2:ReLU"},
     "small14_relu_xavier": {"prelu_table2:ReLU, Xavier init (§2.2)"},
@@ -255,10 +298,14 @@ def test_recipe_lands_in_its_table_row(name):
 
 @pytest.mark.parametrize("name", [n for n in EXPERIMENTS if n != "quickstart"])
 def test_recipe_says_what_it_chose(name):
-    """Every paper recipe cites papers.md and says where it chose because the paper is silent."""
+    """Every paper row cites its paper, names its recipe, which says where it chose because the paper is silent,
+    and names the script that sweeps it."""
+    recipe, _ = CHANGES[name]
     text = (CONFIGS / "experiment" / f"{name}.yaml").read_text()
-    assert text.startswith("# @package _global_\n")
-    assert "papers.md" in text and "Chosen" in text
+    recipe_text = (CONFIGS / "recipe" / f"{recipe}.yaml").read_text()
+    assert text.startswith("# @package _global_\n") and recipe_text.startswith("# @package _global_\n")
+    assert re.search(r"(He et al\. 2015|Shang et al\. 2016),.*\b(Tables?|Fig\.) \d", text), "cites its paper's table"
+    assert f"override /recipe: {recipe}" in text and "Chosen" in recipe_text
     assert re.search(r"scripts/reproduce/\w+\.sh", text), "names the script that sweeps it"
 
 
@@ -288,10 +335,10 @@ def image_folder(tmp_path_factory) -> Path:
 
 
 def _tiny_overrides(name: str, folder: Path) -> list[str]:
-    expected = EXPECTED[name]
-    if expected["dataset.name"] != "imagenet":
+    want = expected(name)
+    if want["dataset.name"] != "imagenet":
         return [*TINY_CIFAR, *TINY_TRAIN]
-    crop = CROP.get(expected["model.name"], 32)
+    crop = CROP.get(want["model.name"], 32)
     return [
         f"dataset.root={folder}",
         "dataset.num_classes=2",
@@ -319,7 +366,7 @@ def test_recipe_trains_one_step(name, tmp_path, image_folder, one_thread):
     assert len(train_loss) == 1 and math.isfinite(train_loss[0])
     # shrinking touched sizes only: what the recipe pins about the network and the optimizer is what ran
     config = saved["config"]
-    for key, want in EXPECTED[name].items():
+    for key, want in expected(name).items():
         section, field = key.split(".", 1)
         if section in ("model", "activation", "init", "optim", "schedule") and key != "model.width":
             got = config[section][field]
@@ -421,11 +468,12 @@ def test_gpus_keep_the_global_batch(tmp_path):
     done = _script("crelu_table4.sh", "--dry-run", "--sweep-dir", str(tmp_path), env={"GPUS": "8", "LAUNCHER": "slurm"})
     assert done.returncode == 0, done.stderr
     train = _overrides(next(c for c in _commands(done.stdout) if c[1].endswith("train.py")))
-    assert train["trainer.batch_size"] == "16"  # 8 x 16 = the recipes' 128 (He et al. A3: not raised for GPUs)
+    assert train["trainer.batch_size"] == "16"  # 8 x 16 = the recipes' 128 (He et al. 2015 §3: not raised for GPUs)
     assert (train["hydra/launcher"], train["hydra.launcher.tasks_per_node"]) == ("slurm", "8")
     assert _script("crelu_table4.sh", "--dry-run", env={"GPUS": "3", "LAUNCHER": "slurm"}).returncode != 0
 
 
+@pytest.mark.slow
 def test_rerun_skips_finished_runs_and_resumes_the_rest(tmp_path):
     """One real CIFAR-script run at a tiny size: the run directory is the one grid.py predicts; a second
     invocation trains nothing; a run whose results are gone is launched again and resumes from its checkpoint."""
@@ -451,6 +499,7 @@ def test_rerun_skips_finished_runs_and_resumes_the_rest(tmp_path):
     assert json.loads((runs[0] / "results.json").read_text())["status"] == "completed"
 
 
+@pytest.mark.slow
 def test_single_protocol_runs_both_stages_once(tmp_path):
     """SINGLE=1: stage 1 (4/5 of the images, training loss recorded at the best held-out error), then per
     stage-1 run its stage 2 (every image, stopped at that loss); a second invocation trains nothing."""

@@ -1,4 +1,4 @@
-"""The CUDA/NCCL paths, covered on a CPU machine (issue 11, "Testing without a GPU").
+"""The CUDA/NCCL paths, covered on a CPU machine.
 
 Where a GPU is needed to run the code itself, a process group whose backend serves only CUDA tensors shows
 what NCCL would refuse, and fakes stand in for torch.cuda and stand between the code and the collectives.
@@ -266,6 +266,7 @@ def _checkpoint(epoch: int) -> dict:
     return {**keys, "model": {}, "optimizer": {"state": {}}, "epoch": epoch, "format": ckpt.CHECKPOINT_FORMAT}
 
 
+@pytest.mark.slow
 def test_two_ranks_agree_on_a_nan_a_signal_an_empty_batch_and_the_checkpoint(tmp_path):
     (tmp_path / "checkpoints0").mkdir()
     ckpt.atomic_save(_checkpoint(3), tmp_path / "checkpoints0" / "last.pt")
@@ -410,6 +411,7 @@ def test_dense_scoring_turns_cudnn_autotuning_off_and_back_on(monkeypatch):
         assert torch.backends.cudnn.benchmark  # fixed-size crops: autotuning pays
 
 
+@pytest.mark.slow
 def test_the_gpu_check_dry_run_composes_every_stage_on_a_cpu_machine():
     proc = subprocess.run(
         ["bash", str(ROOT / "scripts" / "gpu_check.sh"), "--dry-run"],

@@ -102,6 +102,7 @@ def test_channel_statistics_are_those_of_the_training_centre_crops(trained, tree
     assert torch.allclose(data["std"], std, atol=1.5 / 255)
 
 
+@pytest.mark.slow
 def test_eval_py_reproduces_the_runs_own_test_of_its_best_checkpoint(trained):
     run_dir, results = trained
     done = run_cli([f"run_dir={run_dir}", "eval.protocol=center", "dataset.workers=0", "trainer.threads=1"], "eval.py")
@@ -115,6 +116,7 @@ def test_eval_py_reproduces_the_runs_own_test_of_its_best_checkpoint(trained):
     assert out["loss"] == pytest.approx(best["test/loss"], rel=1e-4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("protocol", ["ten_view", "dense"])
 def test_eval_py_multi_view_protocols_count_every_image(trained, protocol):
     run_dir, _ = trained
@@ -127,6 +129,7 @@ def test_eval_py_multi_view_protocols_count_every_image(trained, protocol):
     assert (out.get("scales") == [36, 48]) == (protocol == "dense")
 
 
+@pytest.mark.slow
 def test_eval_py_keeps_each_single_scale_dense_result_apart(trained):
     run_dir, _ = trained
     for scale in (36, 48):
@@ -137,6 +140,7 @@ def test_eval_py_keeps_each_single_scale_dense_result_apart(trained):
         assert out["scales"] == [scale] and out["count"] == 12
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -152,6 +156,7 @@ def test_eval_py_bad_input_exits_with_a_message(args, message):
     assert message in done.stderr
 
 
+@pytest.mark.slow
 def test_eval_py_rejects_unknown_keys_and_wrong_types(trained):
     run_dir, _ = trained
     for arg, message in (("eval.prot=x", "prot"), ("eval.size=abc", "abc"), ("eval.protocol=six", "eval.protocol")):

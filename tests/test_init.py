@@ -17,7 +17,7 @@ def _conv_stds(model: nn.Module) -> list[float]:
     return [layer.module.weight.std().item() for layer in weight_layers(model)]
 
 
-# ConvPool-CNN-C filters: 3x(3x3,96), 3x(3x3,192), 3x3,192, 1x1,192, 1x1,10 (papers.md B2).
+# ConvPool-CNN-C filters: 3x(3x3,96), 3x(3x3,192), 3x3,192, 1x1,192, 1x1,10 (Springenberg et al. 2014).
 CONVPOOL = [
     (3, 96, 3),
     (96, 96, 3),

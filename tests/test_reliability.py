@@ -1,4 +1,5 @@
-"""Fault injection: every fault of issue 12 is injected here and its exact outcome asserted.
+"""Fault injection: each fault a run can meet (a full disk, a killed process, a corrupt checkpoint, a busy run
+directory, ...) is injected here and its exact outcome asserted.
 
 Tiny synthetic runs (helpers.TINY) on the CPU. Each test names the fault it injects; the outcome is the
 refusal, the fallback, the identical resume or the message text.
@@ -89,6 +90,7 @@ def _hold(run_dir: Path) -> subprocess.Popen:
     return proc
 
 
+@pytest.mark.slow
 def test_a_second_run_in_an_owned_run_directory_is_refused_until_the_owner_dies(tmp_path):
     owner = _hold(tmp_path)
     try:
@@ -103,6 +105,7 @@ def test_a_second_run_in_an_owned_run_directory_is_refused_until_the_owner_dies(
     assert json.loads((tmp_path / ".lock").read_text())["released"] is True
 
 
+@pytest.mark.slow
 def test_two_train_py_on_one_run_dir_the_second_exits_naming_the_first(tmp_path):
     first = subprocess.Popen(
         [sys.executable, str(ROOT / "train.py"), *TINY, "trainer.epochs=100000", f"hydra.run.dir={tmp_path}"],
@@ -145,6 +148,7 @@ time.sleep(600)
 """
 
 
+@pytest.mark.slow
 def test_a_forked_worker_does_not_keep_the_lock_of_a_killed_owner(tmp_path):
     owner = subprocess.Popen([sys.executable, "-c", HOLD_AND_FORK, str(tmp_path)], cwd=ROOT, stdout=subprocess.PIPE)
     worker = int(owner.stdout.readline())
@@ -409,6 +413,7 @@ def test_a_crafted_cifar_batch_is_refused_and_runs_nothing(tmp_path):
 # 6. An empty run directory, the repository as run directory
 
 
+@pytest.mark.slow
 def test_an_empty_run_dir_is_refused_before_anything_is_written(tmp_path):
     proc = run_cli([*TINY, "hydra.run.dir="])
     assert proc.returncode == 1
@@ -473,6 +478,7 @@ def read_only_run_dir(tmp_path):
         subprocess.run(["umount", str(mount)], check=True)
 
 
+@pytest.mark.slow
 def test_a_read_only_run_dir_is_named_as_not_writable(read_only_run_dir):
     proc = run_cli([*TINY, f"hydra.run.dir={read_only_run_dir}"])
     assert proc.returncode == 1
@@ -498,6 +504,7 @@ def test_temporary_files_of_a_killed_write_are_removed_on_the_next_start(tmp_pat
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["best.pt", "last.pt"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "args,reason",
     [
@@ -514,6 +521,7 @@ def test_a_user_error_is_one_line_and_the_last_one(tmp_path, args, reason):
     assert json.loads((tmp_path / ".lock").read_text())["released"] is True  # released before the exit
 
 
+@pytest.mark.slow
 def test_hydra_full_error_keeps_the_traceback(tmp_path):
     env = {**os.environ, "HYDRA_FULL_ERROR": "1"}
     proc = subprocess.run(
@@ -551,6 +559,7 @@ def test_every_numeric_key_has_a_range(override, message):
     assert str(caught.value) == message
 
 
+@pytest.mark.slow
 def test_a_model_names_its_smallest_input_size():
     from rectnet.summary import summarize
 
@@ -569,6 +578,7 @@ def test_a_model_names_its_smallest_input_size():
     assert proc.returncode == 1 and _last_line(proc).startswith("ConfigError: dataset.image_size=32 is too small")
 
 
+@pytest.mark.slow
 def test_a_sweep_reports_each_failure_as_it_happens_and_all_at_the_end(tmp_path):
     tiny = [o.replace("epochs=2", "epochs=1") for o in TINY if not o.startswith("optim.lr=")]
     proc = subprocess.run(

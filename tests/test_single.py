@@ -1,5 +1,5 @@
-"""The CReLU paper's "Single" protocol (scripts/single.sh, papers.md B3): stage 1 records the training loss at
-its best held-out error, stage 2 retrains on every image until the held-out loss reaches it. The recorded loss
+"""The CReLU paper's "Single" protocol (scripts/single.sh, Shang et al. 2016 §3.1): stage 1 records the training
+loss at its best held-out error, stage 2 retrains on every image until the held-out loss reaches it. The recorded loss
 is checked against a hand-written evaluation of stage 1's best checkpoint."""
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 import torch.nn.functional as F
 from helpers import ROOT, TINY
@@ -49,6 +50,7 @@ def training_loss_by_hand(run_dir) -> float:
         return F.cross_entropy(logits, train.labels).item()
 
 
+@pytest.mark.slow
 def test_two_stages_stop_where_the_protocol_says_and_rerunning_retrains_nothing(tmp_path):
     out = tmp_path / "single"
     done = single_sh(out, *ARGS)

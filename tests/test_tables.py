@@ -1,5 +1,6 @@
-"""rectnet.tables on run directories fabricated here: grouping, mean ± std (n), the CReLU paper's Average and
-Vote computed by hand from fabricated logits, and failed / missing runs shown as missing, never as zeros."""
+"""rectnet.results (`python -m rectnet.tables`) on run directories fabricated here: grouping, mean ± std (n),
+the CReLU paper's Average and Vote computed by hand from fabricated logits, and failed / missing runs shown as
+missing, never as zeros."""
 
 from __future__ import annotations
 
@@ -13,20 +14,12 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from rectnet.tables import (
-    crelu_table1,
-    crelu_table4,
-    fill_table,
-    find_run_dirs,
-    group_runs,
-    main,
-    make_variant,
-    other_runs,
-    prelu_table2,
-    prelu_table4,
-    read_runs,
-    vote_error,
-)
+from rectnet.results.cli import main
+from rectnet.results.papers import crelu_table1, crelu_table4, prelu_table2, prelu_table4
+from rectnet.results.runs import find_run_dirs, read_runs
+from rectnet.results.statistics import vote_error
+from rectnet.results.table import fill_table, group_runs, other_runs, paper_table, row
+from rectnet.results.variants import make_variant
 
 TEST_SIZE, CLASSES = 60, 10
 
@@ -39,6 +32,7 @@ def _config(model: str, activation: str, dataset: str, seed: int, **extra) -> di
             "num_folds": extra.get("num_folds", 0),
             "fold": extra.get("fold", 0),
             "holdout_in_train": extra.get("holdout_in_train", False),
+            "num_test": extra.get("num_test"),
         },
         "model": {
             "name": model,
@@ -52,6 +46,7 @@ def _config(model: str, activation: str, dataset: str, seed: int, **extra) -> di
         "trainer": {
             "epochs": extra.get("epochs", 3),
             "record_train_loss_at_best": extra.get("record_train_loss_at_best", False),
+            "max_steps_per_epoch": extra.get("max_steps_per_epoch"),
         },
         "optim": {"lr": 0.1},
         "seed": seed,
@@ -69,13 +64,17 @@ def make_run(
     logits: torch.Tensor | None = None,
     labels: torch.Tensor | None = None,
     evals: dict[str, dict] | None = None,
+    overrides: list[str] | None = None,
     **extra,
 ) -> Path:
-    """A run directory as train.py leaves it: .hydra/config.yaml always, then results.json and the rest
-    (completed), FAILED (failed) or nothing more (missing: interrupted)."""
+    """A run directory as train.py leaves it: .hydra/config.yaml (and overrides.yaml, the command line's
+    overrides) always, then results.json and the rest (completed), FAILED (failed) or nothing more (missing:
+    interrupted)."""
     config = _config(model, activation, dataset, seed, **extra)
     (folder / ".hydra").mkdir(parents=True)
     OmegaConf.save(OmegaConf.create(config), folder / ".hydra" / "config.yaml")
+    if overrides is not None:
+        OmegaConf.save(OmegaConf.create(overrides), folder / ".hydra" / "overrides.yaml")
     if status == "failed":
         (folder / "FAILED").write_text("NonFiniteLossError: training loss is nan\n\nTraceback ...")
     if status != "completed":
@@ -299,3 +298,36 @@ def test_a_failed_run_without_any_config_is_inventoried_but_in_no_table(tmp_path
     main([str(tmp_path), "--out", str(out)])
     assert "1 run directories have no readable config" in (out / "tables.md").read_text()
     assert "crashed,failed" in (out / "runs.csv").read_text()
+
+
+def test_a_paper_value_under_a_column_the_table_lacks_is_refused():
+    columns = crelu_table1().columns
+    with pytest.raises(ValueError, match="no column \\['c10_test'\\]"):
+        paper_table("t", "T", columns, [row("Baseline", make_variant("convpool_cnn_c", "relu"), c10_test=9.17)])
+
+
+def test_a_run_short_of_its_recipe_is_marked_and_says_why(tmp_path):
+    """A 10-step, 1,000-image run must not stand beside the paper's value unmarked; a full run is not marked,
+    nor is a subset a recipe pins itself (Fig. 2's 3,000 test images) or an override back to the whole split."""
+    smoke = ["experiment=convpool_baseline", "trainer.max_steps_per_epoch=10", "dataset.num_train=1000"]
+    make_run(tmp_path / "smoke", top1=89.4, max_steps_per_epoch=10, overrides=smoke)
+    make_run(tmp_path / "full", activation="crelu", top1=8.4, overrides=["experiment=convpool_crelu", "seed=0"])
+    whole = ["experiment=convpool_avr", "dataset.num_test=null"]
+    make_run(tmp_path / "avr", activation="avr", top1=8.3, overrides=whole, num_test=3000)
+    rows = _rows(crelu_table1(), tmp_path)
+
+    baseline = rows[("Baseline", "kaiming/fan_in")]
+    assert baseline.cells["C10 Single"].text() == "89.40 (n=1) ‡"
+    assert baseline.cells["params (M)"].text() == "1.37 (n=1)"  # the network's size is what it is
+    (note,) = baseline.notes
+    assert "1 of 1 completed runs" in note
+    assert "trainer.max_steps_per_epoch=10" in note and "dataset.num_train=1000" in note
+    for label in ("CReLU", "AVR"):
+        line = rows[(label, "kaiming/fan_in")]
+        assert "‡" not in line.cells["C10 Single"].text() and not line.notes
+
+    out = tmp_path / "out"
+    main([str(tmp_path), "--out", str(out)])
+    markdown = (out / "tables.md").read_text()
+    assert "| 89.40 (n=1) ‡ | 9.17 |" in markdown
+    assert "‡ = some of the cell's values come from runs that did not run their recipe's full schedule" in markdown

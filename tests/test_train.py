@@ -157,6 +157,7 @@ def test_fp16_on_cpu_fails_clearly(tmp_path):
         run(compose_train([*TINY, "trainer.precision=fp16"], tmp_path))
 
 
+@pytest.mark.slow
 def test_cli_run_writes_hydra_config_and_prints_where(tmp_path):
     proc = run_cli([*TINY, "trainer.epochs=1", f"hydra.run.dir={tmp_path}"])
     assert proc.returncode == 0, proc.stderr
@@ -164,6 +165,7 @@ def test_cli_run_writes_hydra_config_and_prints_where(tmp_path):
     assert "top-1 error" in proc.stderr + proc.stdout and str(tmp_path) in proc.stderr + proc.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "args,message",
     [
@@ -182,6 +184,7 @@ def test_cli_bad_input_exits_nonzero_with_a_clear_message(tmp_path, args, messag
     assert message in proc.stderr + proc.stdout
 
 
+@pytest.mark.slow
 def test_cli_multirun_grid_makes_one_directory_per_job(tmp_path):
     proc = run_cli(
         [
@@ -254,6 +257,7 @@ print(applied, [faults_of_one_allocation() for _ in range(4)][-1])  # steady sta
 """
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(sys.platform != "linux", reason="glibc malloc")
 def test_kept_memory_is_reused_without_page_faults():
     def second_allocation(mode: str) -> tuple[str, int]:

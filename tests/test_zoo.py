@@ -163,7 +163,8 @@ def test_timm_create_model(name, act):
 
 
 def test_crelu_classifier_emits_num_classes_after_its_activation():
-    """CReLU (all), papers.md B5: conv12 gets 500 filters, its CReLU gives the 1000 logits."""
+    """CReLU (all), the reading that fits Shang et al. 2016 Table 5's 4.7M: conv12 gets 500 filters, its CReLU
+    gives the 1000 logits."""
     with torch.device("meta"):
         model = create("allcnn_b", num_classes=1000, act="crelu", halve_at=range(1, 13), init=None)
     last_conv = [m for m in model.modules() if isinstance(m, nn.Conv2d)][-1]
@@ -219,6 +220,7 @@ def test_summary_cli_last_line_is_json(capsys):
     assert any(line.startswith("features.") for line in lines)
 
 
+@pytest.mark.slow
 def test_summary_runs_as_a_module():
     done = subprocess.run(
         [sys.executable, "-m", "rectnet.summary", "model=allcnn_b", "model.width=0.25", "dataset.image_size=64"],

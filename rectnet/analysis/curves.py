@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rectnet.analysis.plotting import pyplot, save_figure
-from rectnet.tables import Run, read_metrics, read_runs
+from rectnet.results.runs import Run, read_metrics, read_runs
 
 
 @dataclass

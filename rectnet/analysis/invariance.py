@@ -4,7 +4,8 @@
         [--split test|train] [--num-images 1000] [--max-shift 3] [--angles 5 10 15] [--pool max|mean|center]
         [--rate 0.01] [--top 0.2] [--circular] [--layers conv1 ...] [--batch-size 250] [--out DIR]
 
-The paper's own procedure (suppl. D) was not available (papers.md B8); this follows Goodfellow et al. 2009:
+Shang et al. 2016 §4.2 (Fig. 4); the paper's own procedure (its suppl. D) was not available, so this follows
+Goodfellow et al. 2009:
 
 * Units: the channels of each conv layer's output after its activation (BN and activation included; a CReLU
   layer's 2d channels count as 2d units, one per phase; a layer without activation is read before pooling).
@@ -31,7 +32,7 @@ The paper's own procedure (suppl. D) was not available (papers.md B8); this foll
   copies on which it still fires. Score S(i) = L(i) / G(i), at most 1/G = 100 at a 1% rate (fires on every
   transformed copy) and about 1 for a unit whose firing the transformation randomises.
 * Layer score: the mean of the top 20% (--top; ceil of 20% of the units that fire) of its units' scores,
-  Goodfellow et al.'s summary as papers.md B8 recalls it [uncertain there]. Reported for translations only,
+  Goodfellow et al.'s summary as we recall it (not verified). Reported for translations only,
   rotations only and both together.
 
 Fig. 4 has no numbers in the text, so no paper column is printed. Written to --out (default <run

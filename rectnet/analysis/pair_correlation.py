@@ -5,7 +5,7 @@
 A CReLU layer with d filters emits 2d channels: channel i is [y_i]₊ (positive phase of filter i) and
 channel i + d is [-y_i]₊ (negative phase), `rectnet.layers.activations.CReLU`. The next weight layer reads
 both; its weights out of input channel c, W[:, c] (all its filters x kernel positions, flattened), are c's
-"outgoing weights". Procedure (the paper's own, suppl., was not available; papers.md B9):
+"outgoing weights". Procedure (Shang et al. 2016 §4.3, Table 6; the paper's own, in its supplement, was not available):
 
 1. For every CReLU layer whose next weight layer reads exactly its 2d channels (a conv, or an fc after
    global pooling; a layer feeding SPP or nothing, such as a CReLU classifier, is skipped), take the

@@ -6,7 +6,7 @@
 For each conv layer (all of them unless --layers names some), every filter φ_i (the k x k x C_in weights of
 one output channel, flattened) is scaled to unit L2 norm and its pairing cosine similarity is
 
-    μ_i = min_{j ≠ i} <φ_i, φ_j>            (papers.md B1; j = i never wins since <φ_i, φ_i> = 1)
+    μ_i = min_{j ≠ i} <φ_i, φ_j>            (Shang et al. 2016 §2.1; j = i never wins since <φ_i, φ_i> = 1)
 
 The same statistic is computed for as many random filters of the same shape, i.i.d. N(0, 1) entries scaled
 to unit norm (footnote 1), drawn once per layer from --seed. Learned μ well below the random ones (conv1 of

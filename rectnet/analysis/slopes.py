@@ -25,7 +25,7 @@ from pathlib import Path
 from rectnet.analysis.checkpoint import LoadedModel, load_model, weight_layers
 from rectnet.layers.activations import PReLU
 
-# He et al. 2015 Table 1 (papers.md A7): layer -> (channel-shared a, channel-wise mean a).
+# He et al. 2015 Table 1: layer -> (channel-shared a, channel-wise mean a).
 TABLE1 = {
     "conv1": (0.681, 0.596),
     "conv21": (0.103, 0.321),

@@ -1,6 +1,6 @@
 """Evaluation views of the two papers: their geometry, cutting them from a resized image, dense scoring.
 
-Protocols (papers.md A4, B5):
+Protocols (He et al. 2015 §3; Shang et al. 2016 §3.2):
 
 - `center`: shorter side 256, the central 224x224 crop (CReLU paper §3.2, "centre crop only").
 - `ten_view`: shorter side 256, the four corner crops and the central one, and the horizontal flips of
@@ -134,7 +134,7 @@ def dense_scores(
     window of the map is scored and the softmax scores (`average="softmax"`) or the logits ("logits") of all
     windows are averaged. At total stride 16 a 14x14 window sees a 224x224 image window, the training crop.
 
-    `stride` is the step between windows on the feature map. The paper does not give it (papers.md A4);
+    `stride` is the step between windows on the feature map. The paper does not give it (He et al. 2015 §3);
     the default 1 (16 image pixels) takes every window, the densest choice. The conv layers run once per
     image; the fc layers run once per window (model A: about 0.15 GMAC per window, so at scale 480, with
     some 460 windows, about as much as its conv layers there); stride 2 quarters that. A map smaller than

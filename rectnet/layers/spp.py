@@ -4,7 +4,7 @@ For each pyramid level n the feature map is max-pooled into n x n bins; the bins
 flattened and concatenated, so a C-channel map of any size gives C·Σn² features: 63·C for the levels
 {7, 3, 2, 1} of models A/B/C (§2.3: "63 bins in total"), 50·C for {6, 3, 2, 1} of the 14-layer model.
 
-Bin geometry. SPP-net uses window ⌈a/n⌉ and stride ⌊a/n⌋ on an a x a map (papers.md A1). That rule does
+Bin geometry. SPP-net uses window ⌈a/n⌉ and stride ⌊a/n⌋ on an a x a map (He et al. 2014). That rule does
 not always give n bins (a=10, n=7: window 2, stride 1, 9 bins) and fails when a < n (stride 0), which
 happens at small test inputs. This layer uses adaptive max pooling instead: bin i spans
 [⌊i·a/n⌋, ⌈(i+1)·a/n⌉), always n bins, covering the whole map. Where n divides a (the 14x14 map of

