@@ -1,6 +1,7 @@
 """The loop's state round-trips through checkpoints; checkpoints of the previous layout (format 1, written before
-the stopping rules kept their records apart) still resume exactly; the "Single" protocol's rules record and stop
-as the protocol says. Old payloads are written here by hand, key by key, as format 1 laid them out."""
+the stopping rules kept their records apart and before modules had names) still resume exactly; the "Single"
+protocol's rules record and stop as the protocol says. Old payloads are written here by hand, key by key, as
+format 1 laid them out."""
 
 from __future__ import annotations
 
@@ -25,10 +26,21 @@ FORMAT_1_KEYS = (
 )  # fmt: skip
 
 
+# Format 1's model keys of ConvPool-CNN-C with ReLU (the tests' model): each conv by its position in `features`
+# (dropout, conv1, relu, conv2, relu, conv3, relu, pool, dropout, conv4, ...).
+OLD_POSITIONS = [1, 3, 5, 9, 11, 13, 17, 19, 21]
+OLD_CONVPOOL_RELU = {f"conv{i}": f"features.{position}" for i, position in enumerate(OLD_POSITIONS, 1)}
+
+
 def as_format_1(path, train_loss_at_best=None, stopped_at=0) -> None:
-    """Rewrite the checkpoint at `path` as format 1 wrote it: the Single protocol's two values at the top level."""
+    """Rewrite the checkpoint at `path` as format 1 wrote it: the Single protocol's two values at the top level,
+    the model's tensors under their positions."""
     new = torch.load(path, weights_only=True)
     old = {key: new[key] for key in FORMAT_1_KEYS if key in new}
+    old["model"] = {
+        f"{OLD_CONVPOOL_RELU[key.split('.')[1]]}.{key.split('.')[2]}": value for key, value in new["model"].items()
+    }
+    assert len(old["model"]) == len(new["model"]) == 18
     old |= {"train_loss_at_best": train_loss_at_best, "stopped_at": stopped_at, "format": 1}
     assert set(old) == {*FORMAT_1_KEYS, "format"}
     ckpt.atomic_save(old, path)

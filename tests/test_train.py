@@ -65,6 +65,21 @@ def test_tensorboard_has_scalars_slope_histograms_and_hparams(learned):
     assert {"_hparams_/experiment", "_hparams_/session_start_info"} <= set(events.PluginTagToContent("hparams"))
 
 
+def test_prelu_slopes_have_one_naming_in_tensorboard_results_and_the_slopes_analysis(learned):
+    """ConvPool-CNN-C's PReLUs follow conv1 .. conv8 (conv9 scores the classes, with no activation after it)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from rectnet.analysis.checkpoint import load_model
+    from rectnet.analysis.slopes import slope_records
+
+    run_dir, results = learned
+    expected = {f"conv{i}" for i in range(1, 9)}
+    events = EventAccumulator(str(run_dir / "tb"), size_guidance={"histograms": 0}).Reload()
+    assert set(events.Tags()["histograms"]) == {f"prelu_slopes/{name}" for name in expected}
+    assert set(results["prelu_slopes_mean"]) == expected
+    assert {record.layer for record in slope_records(load_model(run_dir))} == expected
+
+
 def test_checkpoint_loads_weights_only_and_holds_the_state(learned):
     run_dir, _ = learned
     state = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
