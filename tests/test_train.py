@@ -179,6 +179,24 @@ def test_cli_run_writes_hydra_config_and_prints_where(tmp_path):
     assert "top-1 error" in proc.stderr + proc.stdout and str(tmp_path) in proc.stderr + proc.stdout
 
 
+def test_a_prelu_run_prints_no_cuda_home_note(tmp_path, monkeypatch):
+    """The fused PReLU backward compiles CPU code; TorchInductor's toolchain module notes "No CUDA runtime is
+    found, using CUDA_HOME=..." when it is imported by a CUDA build of PyTorch without a GPU that finds a CUDA
+    toolkit. $CUDA_HOME naming a folder makes it find one on any machine; the run must not say it."""
+    from rectnet.layers import fused
+
+    monkeypatch.setenv("CUDA_HOME", str(tmp_path))
+    probe = subprocess.run([sys.executable, "-c", "import torch.utils.cpp_extension"], capture_output=True, text=True)
+    if "CUDA_HOME" not in probe.stderr:
+        pytest.skip("this PyTorch build has no CUDA, or a GPU is present: the toolchain import has nothing to note")
+    if not fused.cpu_compiler_available():
+        pytest.skip("no C++ compiler: the fused backward is not compiled here")
+    proc = run_cli([*TINY, "activation=prelu", "trainer.epochs=1", f"hydra.run.dir={tmp_path / 'run'}"])
+    assert proc.returncode == 0, proc.stderr
+    output = proc.stdout + proc.stderr
+    assert "CUDA_HOME" not in output and "using F.prelu" not in output  # quiet, and the fused kernel ran
+
+
 @pytest.mark.parametrize(
     "args,message",
     [
