@@ -9,8 +9,7 @@ import json
 import math
 
 import pytest
-import torch
-from helpers import TINY, compose_train
+from helpers import TINY, as_format_1, compose_train
 
 from rectnet.config import ConfigError, TrainerConfig
 from rectnet.engine import checkpoint as ckpt
@@ -18,32 +17,6 @@ from rectnet.engine.metrics import Counts
 from rectnet.engine.state import State
 from rectnet.engine.stopping import EpochEnd, RecordTrainLossAtBest, StopAtValLoss, ask, make_rules
 from rectnet.engine.train import run
-
-# Format 1's top-level keys, in the order that version's Job.save wrote them.
-FORMAT_1_KEYS = (
-    "model", "optimizer", "schedule", "scaler", "epoch", "step", "partial", "best_top1_err", "best_epoch",
-    "train_loss_at_best", "stopped_at", "rng", "world_size", "config", "data",
-)  # fmt: skip
-
-
-# Format 1's model keys of ConvPool-CNN-C with ReLU (the tests' model): each conv by its position in `features`
-# (dropout, conv1, relu, conv2, relu, conv3, relu, pool, dropout, conv4, ...).
-OLD_POSITIONS = [1, 3, 5, 9, 11, 13, 17, 19, 21]
-OLD_CONVPOOL_RELU = {f"conv{i}": f"features.{position}" for i, position in enumerate(OLD_POSITIONS, 1)}
-
-
-def as_format_1(path, train_loss_at_best=None, stopped_at=0) -> None:
-    """Rewrite the checkpoint at `path` as format 1 wrote it: the Single protocol's two values at the top level,
-    the model's tensors under their positions."""
-    new = torch.load(path, weights_only=True)
-    old = {key: new[key] for key in FORMAT_1_KEYS if key in new}
-    old["model"] = {
-        f"{OLD_CONVPOOL_RELU[key.split('.')[1]]}.{key.split('.')[2]}": value for key, value in new["model"].items()
-    }
-    assert len(old["model"]) == len(new["model"]) == 18
-    old |= {"train_loss_at_best": train_loss_at_best, "stopped_at": stopped_at, "format": 1}
-    assert set(old) == {*FORMAT_1_KEYS, "format"}
-    ckpt.atomic_save(old, path)
 
 
 def metrics(run_dir) -> list[dict]:
@@ -63,25 +36,12 @@ def test_state_round_trips_through_its_dict():
     )
 
 
-def test_a_format_1_checkpoint_resumes_bit_for_bit(tmp_path):
-    with_dropout = [*TINY, "model.dropout=0.3", "trainer.epochs=3"]
-    straight = tmp_path / "straight"
-    run(compose_train(with_dropout, straight))
-    interrupted = tmp_path / "interrupted"
-    run(compose_train([*with_dropout, "trainer.epochs=2"], interrupted))
-    as_format_1(interrupted / "checkpoints" / "last.pt")
-    assert ckpt.load(interrupted / "checkpoints" / "last.pt")["records"] == {}
-    run(compose_train([*with_dropout, "trainer.resume=auto"], interrupted))
-    a = torch.load(straight / "checkpoints" / "last.pt", weights_only=True)
-    b = torch.load(interrupted / "checkpoints" / "last.pt", weights_only=True)
-    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
-    assert b["format"] == ckpt.CHECKPOINT_FORMAT and [m["epoch"] for m in metrics(interrupted)] == [1, 2, 3]
-
-
 def test_a_format_1_single_protocol_checkpoint_keeps_its_records_and_its_stop(tmp_path):
     stage = [*TINY, "dataset.num_folds=5", "trainer.record_train_loss_at_best=true", "logger.tensorboard=false"]
     run(compose_train([*stage, "trainer.epochs=2"], tmp_path))
     as_format_1(tmp_path / "checkpoints" / "last.pt", train_loss_at_best=0.5, stopped_at=2)
+    upgraded = ckpt.load(tmp_path / "checkpoints" / "last.pt")
+    assert (upgraded["format"], upgraded["records"], upgraded["stopped_at"]) == (2, {"train_loss_at_best": 0.5}, 2)
     results = run(compose_train([*stage, "trainer.epochs=4", "trainer.resume=auto"], tmp_path))
     assert [m["epoch"] for m in metrics(tmp_path)] == [1, 2]  # a stopped run trains nothing more
     assert (results["epochs"], results["stopped_at_epoch"], results["train_loss_at_best"]) == (2, 2, 0.5)
