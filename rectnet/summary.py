@@ -12,6 +12,10 @@ Multiply-adds (the papers' "complexity", He et al. 2015 Table 3) count conv and 
 image: a conv gives (output elements)·(in_channels/groups)·k_h·k_w, a linear in·out. Biases, BN,
 activations and pooling are not counted.
 
+Modules are listed under their paths, named as the model's paper names its layers (features.conv21,
+head.fc1); the `#` column is a weight layer's 1-based index, the number `model.act_at`, `model.halve_at` and
+`model.init_std` take (`rectnet.layers.facts`).
+
 The last line printed is one JSON object: model, activation, input_size, num_classes, params, macs.
 """
 
@@ -31,6 +35,7 @@ from torch import nn
 
 from rectnet.config import ConfigError, TrainConfig, to_settings
 from rectnet.engine.build import build_model
+from rectnet.layers.facts import layer_facts
 
 # The repository's configs/ next to the package (an editable install or a checkout on sys.path).
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
@@ -51,6 +56,7 @@ def compose_settings(overrides: Sequence[str]) -> TrainConfig:
 @dataclass
 class LayerStats:
     name: str
+    index: int | None  # 1-based among the weight layers; None for other modules
     kind: str
     output_shape: tuple[int, ...]
     params: int
@@ -70,13 +76,13 @@ def layer_macs(module: nn.Module, output: torch.Tensor) -> int:
 def layer_stats(model: nn.Module, input_size: int, in_chans: int = 3) -> list[LayerStats]:
     """Run one image through `model` (on its device, meta included) and record every leaf module's call."""
     stats: list[LayerStats] = []
+    indices = {layer.module: layer.index for layer in layer_facts(model)}
 
     def record(name: str):
         def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
             params = sum(p.numel() for p in module.parameters(recurse=False))
-            stats.append(
-                LayerStats(name, type(module).__name__, tuple(output.shape), params, layer_macs(module, output))
-            )
+            shape, macs = tuple(output.shape), layer_macs(module, output)
+            stats.append(LayerStats(name, indices.get(name), type(module).__name__, shape, params, macs))
 
         return hook
 
@@ -96,10 +102,11 @@ def layer_stats(model: nn.Module, input_size: int, in_chans: int = 3) -> list[La
 
 
 def format_table(stats: Sequence[LayerStats]) -> str:
-    rows = [f"{'layer':<16} {'type':<20} {'output':<20} {'params':>12} {'mult-adds':>16}"]
+    rows = [f"{'layer':<20} {'#':>3} {'type':<20} {'output':<20} {'params':>12} {'mult-adds':>16}"]
     for s in stats:
         shape = "x".join(str(d) for d in s.output_shape[1:])
-        rows.append(f"{s.name:<16} {s.kind:<20} {shape:<20} {s.params:>12,} {s.macs:>16,}")
+        index = "" if s.index is None else s.index
+        rows.append(f"{s.name:<20} {index:>3} {s.kind:<20} {shape:<20} {s.params:>12,} {s.macs:>16,}")
     return "\n".join(rows)
 
 

@@ -12,10 +12,11 @@ import torch
 from torch import nn
 
 from rectnet.analysis import curves, invariance, pair_correlation, pairing, slopes
-from rectnet.analysis.checkpoint import build_from_config, load_model, weight_layers
+from rectnet.analysis.checkpoint import build_from_config, load_model
 from rectnet.analysis.plotting import pyplot
 from rectnet.analysis.slopes import TABLE1
 from rectnet.layers.activations import PReLU, make_activation
+from rectnet.layers.facts import weight_layers
 from rectnet.models.spec import CLASSES, Conv, GlobalAvgPool, Linear, build
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -91,7 +92,7 @@ def test_slopes_of_a_model_without_prelu_is_an_error(tmp_path):
 def test_weight_layer_names_follow_each_paper():
     def names(model_name: str) -> list[str]:
         model = build_from_config(_config(model_name, "relu", 1 / 16))
-        return [w.name for w in weight_layers(model, model_name)]
+        return [w.name for w in weight_layers(model)]
 
     assert names("prelu_plain30")[14:16] == ["conv3_10", "conv3_11"]  # stage 3 holds 22 convs
     assert names("prelu_a")[:3] == ["conv1", "conv21", "conv22"] and names("prelu_a")[-1] == "fc3"
@@ -104,14 +105,14 @@ def test_weight_layer_names_follow_each_paper():
 
 def test_filters_built_as_plus_minus_pairs_have_mu_minus_one(tmp_path):
     def paired_conv1(model):
-        conv1 = weight_layers(model, "convpool_cnn_c")[0].layer
+        conv1 = weight_layers(model)[0].module
         half = conv1.out_channels // 2
         v = torch.randn(half, *conv1.weight.shape[1:])
         conv1.weight.copy_(torch.cat([v, -v]))
 
     run = save_checkpoint(tmp_path, _config("convpool_cnn_c", "relu", 0.125), paired_conv1)
     loaded = load_model(run)
-    results = pairing.analyse_model(loaded.model, loaded.name, ["conv1", "conv2"], bins=10)
+    results = pairing.analyse_model(loaded.model, ["conv1", "conv2"], bins=10)
     conv1, conv2 = (r.summary() for r in results)
     assert conv1["learned_mean"] == pytest.approx(-1.0) and conv1["learned_std"] == pytest.approx(0.0, abs=1e-9)
     assert conv1["random_mean"] > -0.9  # 12 random 27-dim directions are far from antipodal
@@ -175,7 +176,7 @@ def _mean_unit_net() -> nn.Module:
 
 def test_measure_scores_a_spatially_averaged_unit_invariant_to_circular_shifts():
     model = _mean_unit_net()
-    layers = [w for w in weight_layers(model, "toy") if w.is_conv]
+    layers = [w for w in weight_layers(model) if w.is_conv]
     images = torch.randn(500, 3, 8, 8, generator=torch.Generator().manual_seed(1))
     shifts = invariance.default_transforms(max_shift=2, angles=())
     (mean_pooled,) = invariance.measure(model, layers, images, shifts, pool="mean", circular=True)
@@ -213,7 +214,7 @@ def test_phase_correlations_on_constructed_outgoing_weights():
 
 def test_pair_correlation_of_a_crelu_checkpoint(tmp_path, capsys):
     def avr_like_conv2(model):  # conv2 weighs conv1's negative phase exactly as its positive phase
-        conv2 = weight_layers(model, "convpool_cnn_c")[1].layer
+        conv2 = weight_layers(model)[1].module
         d = conv2.in_channels // 2
         conv2.weight[:, d:] = conv2.weight[:, :d]
 
@@ -227,7 +228,7 @@ def test_pair_correlation_of_a_crelu_checkpoint(tmp_path, capsys):
 
 def test_a_crelu_classifier_has_no_outgoing_weights_and_is_skipped():
     config = _config("allcnn_b", "crelu", 1 / 16, halve_at=list(range(1, 13)))
-    stats, skipped = pair_correlation.analyse_model(build_from_config(config), "allcnn_b")
+    stats, skipped = pair_correlation.analyse_model(build_from_config(config))
     assert [s.layer for s in stats] == [f"conv{i}" for i in range(1, 12)] and skipped == ["conv12"]
 
 

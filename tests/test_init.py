@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from rectnet.layers.activations import make_activation
-from rectnet.layers.init import init_model, weight_layers
+from rectnet.layers.facts import weight_layers
+from rectnet.layers.init import init_model
 from rectnet.models import create
 
 

@@ -133,7 +133,7 @@ def test_a_checkpoint_is_probed_at_its_weights_and_the_lr_it_reached(tmp_path, c
 
 
 AVR_SLOW_START = pytest.mark.xfail(
-    strict=True, reason="AVR stays at chance for the first hundreds of steps at lr 0.01 (docs/recipes.md, open)"
+    strict=True, reason="AVR sits on a plateau for its first 100-250 steps even without dropout (docs/recipes.md)"
 )
 
 

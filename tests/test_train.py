@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import TINY, compose_train, run_cli
+from helpers import TINY, as_format_1, compose_train, run_cli
 
 from rectnet.engine.checkpoint import CheckpointError
 from rectnet.engine.train import NonFiniteLossError, run
@@ -65,6 +65,21 @@ def test_tensorboard_has_scalars_slope_histograms_and_hparams(learned):
     assert {"_hparams_/experiment", "_hparams_/session_start_info"} <= set(events.PluginTagToContent("hparams"))
 
 
+def test_prelu_slopes_have_one_naming_in_tensorboard_results_and_the_slopes_analysis(learned):
+    """ConvPool-CNN-C's PReLUs follow conv1 .. conv8 (conv9 scores the classes, with no activation after it)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from rectnet.analysis.checkpoint import load_model
+    from rectnet.analysis.slopes import slope_records
+
+    run_dir, results = learned
+    expected = {f"conv{i}" for i in range(1, 9)}
+    events = EventAccumulator(str(run_dir / "tb"), size_guidance={"histograms": 0}).Reload()
+    assert set(events.Tags()["histograms"]) == {f"prelu_slopes/{name}" for name in expected}
+    assert set(results["prelu_slopes_mean"]) == expected
+    assert {record.layer for record in slope_records(load_model(run_dir))} == expected
+
+
 def test_checkpoint_loads_weights_only_and_holds_the_state(learned):
     run_dir, _ = learned
     state = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
@@ -82,12 +97,16 @@ def test_prelu_slopes_have_no_weight_decay(learned):
     assert len(groups[1]["params"]) == n_slopes  # biases keep decay by default: only slopes are exempt
 
 
-def test_resume_continues_bit_for_bit(tmp_path):
+@pytest.mark.parametrize("written_as", [None, as_format_1], ids=["current", "format_1"])
+def test_resume_continues_bit_for_bit(tmp_path, written_as):
+    """Also from a checkpoint in the previous layout (format 1, modules keyed by position), rewritten by hand."""
     with_dropout = [*TINY, "model.dropout=0.3", "trainer.epochs=3"]
     straight = tmp_path / "straight"
     run(compose_train(with_dropout, straight))
     interrupted = tmp_path / "interrupted"
     run(compose_train([*with_dropout, "trainer.epochs=2"], interrupted))
+    if written_as:
+        written_as(interrupted / "checkpoints" / "last.pt")
     run(compose_train([*with_dropout, "trainer.resume=auto"], interrupted))
     a = torch.load(straight / "checkpoints" / "last.pt", weights_only=True)["model"]
     b = torch.load(interrupted / "checkpoints" / "last.pt", weights_only=True)["model"]
@@ -163,6 +182,25 @@ def test_cli_run_writes_hydra_config_and_prints_where(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / ".hydra" / "config.yaml").is_file() and (tmp_path / "results.json").is_file()
     assert "top-1 error" in proc.stderr + proc.stdout and str(tmp_path) in proc.stderr + proc.stdout
+
+
+@pytest.mark.slow
+def test_a_prelu_run_prints_no_cuda_home_note(tmp_path, monkeypatch):
+    """The fused PReLU backward compiles CPU code; TorchInductor's toolchain module notes "No CUDA runtime is
+    found, using CUDA_HOME=..." when it is imported by a CUDA build of PyTorch without a GPU that finds a CUDA
+    toolkit. $CUDA_HOME naming a folder makes it find one on any machine; the run must not say it."""
+    from rectnet.layers import fused
+
+    monkeypatch.setenv("CUDA_HOME", str(tmp_path))
+    probe = subprocess.run([sys.executable, "-c", "import torch.utils.cpp_extension"], capture_output=True, text=True)
+    if "CUDA_HOME" not in probe.stderr:
+        pytest.skip("this PyTorch build has no CUDA, or a GPU is present: the toolchain import has nothing to note")
+    if not fused.cpu_compiler_available():
+        pytest.skip("no C++ compiler: the fused backward is not compiled here")
+    proc = run_cli([*TINY, "activation=prelu", "trainer.epochs=1", f"hydra.run.dir={tmp_path / 'run'}"])
+    assert proc.returncode == 0, proc.stderr
+    output = proc.stdout + proc.stderr
+    assert "CUDA_HOME" not in output and "using F.prelu" not in output  # quiet, and the fused kernel ran
 
 
 @pytest.mark.slow

@@ -55,9 +55,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rectnet.analysis.checkpoint import WeightLayer, load_model, weight_layers
+from rectnet.analysis.checkpoint import load_model
 from rectnet.config import DatasetConfig
 from rectnet.data import BatchAugment, load_dataset
+from rectnet.layers.facts import WeightLayer, weight_layers
 
 KINDS = ("translation", "rotation")
 
@@ -164,7 +165,7 @@ def unit_responses(
         # Pool at once: a later in-place op may reuse the tensor.
         return lambda module, args, output: kept[name].append(_pool(output.float(), pool).cpu())
 
-    handles = [(layer.act or layer.layer).register_forward_hook(hook(layer.name)) for layer in layers]
+    handles = [(layer.after or layer.module).register_forward_hook(hook(layer.name)) for layer in layers]
     try:
         for first in range(0, len(images), batch_size):
             model(images[first : first + batch_size])
@@ -243,8 +244,8 @@ def format_table(results: Sequence[LayerInvariance]) -> str:
     return "\n".join(rows)
 
 
-def _select_layers(model: nn.Module, model_name: str, names: Sequence[str]) -> list[WeightLayer]:
-    layers = weight_layers(model, model_name)
+def _select_layers(model: nn.Module, names: Sequence[str]) -> list[WeightLayer]:
+    layers = weight_layers(model)
     if not names:
         return [w for w in layers if w.is_conv]
     unknown = set(names) - {w.name for w in layers}
@@ -290,7 +291,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         if not transforms:
             raise ValueError("no transformations: give --max-shift >= 1 or some --angles")
         loaded = load_model(args.path, args.which)
-        layers = _select_layers(loaded.model, loaded.name, args.layers)
+        layers = _select_layers(loaded.model, args.layers)
         images = load_images(loaded.config, args.data_root, args.split, args.num_images, args.synthetic)
         results = measure(
             loaded.model, layers, images, transforms, args.pool, args.rate, args.top, args.circular, args.batch_size

@@ -34,7 +34,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from rectnet.analysis.checkpoint import load_model, weight_layers
+from rectnet.analysis.checkpoint import load_model
+from rectnet.layers.facts import weight_layers
 
 # Shang et al. 2016 Table 6 (p.7), All-CNN-B CReLU (conv1-7) on ImageNet: layer -> (pair, non-pair) (mean, std).
 TABLE6 = {
@@ -96,22 +97,18 @@ def pair_stats(name: str, outgoing: torch.Tensor) -> PairStats:
     )
 
 
-def _reads(layer: nn.Conv2d | nn.Linear) -> int:
-    return layer.in_channels if isinstance(layer, nn.Conv2d) else layer.in_features
-
-
-def analyse_model(model: nn.Module, model_name: str) -> tuple[list[PairStats], list[str]]:
+def analyse_model(model: nn.Module) -> tuple[list[PairStats], list[str]]:
     """PairStats of every CReLU layer whose next weight layer reads its 2d channels; and the skipped layers."""
-    layers = weight_layers(model, model_name)
+    layers = weight_layers(model)
     stats, skipped = [], []
     for layer, following in zip(layers, [*layers[1:], None], strict=True):
-        if not layer.is_crelu:
+        if layer.facts.activation != "crelu":
             continue
-        d = layer.layer.weight.shape[0]
-        if following is None or _reads(following.layer) != 2 * d or d < 2:
+        d = layer.facts.out_channels
+        if following is None or following.facts.in_channels != 2 * d or d < 2:
             skipped.append(layer.name)
             continue
-        stats.append(pair_stats(layer.name, outgoing_weights(following.layer)))
+        stats.append(pair_stats(layer.name, outgoing_weights(following.module)))
     return stats, skipped
 
 
@@ -145,7 +142,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         loaded = load_model(args.path, args.which)
     except FileNotFoundError as err:
         sys.exit(f"error: {err}")
-    stats, skipped = analyse_model(loaded.model, loaded.name)
+    stats, skipped = analyse_model(loaded.model)
     if not stats:
         sys.exit(f"error: {loaded.checkpoint}: no CReLU layer followed by a layer reading both phases")
     with_paper = loaded.name == "allcnn_b"

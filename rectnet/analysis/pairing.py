@@ -32,8 +32,9 @@ from pathlib import Path
 
 import torch
 
-from rectnet.analysis.checkpoint import load_model, weight_layers
+from rectnet.analysis.checkpoint import load_model
 from rectnet.analysis.plotting import pyplot, save_figure
+from rectnet.layers.facts import weight_layers
 
 
 def unit_filters(weight: torch.Tensor) -> torch.Tensor:
@@ -97,15 +98,15 @@ def layer_pairing(name: str, weight: torch.Tensor, bins: int, generator: torch.G
 
 
 def analyse_model(
-    model: torch.nn.Module, model_name: str, layers: Sequence[str] = (), bins: int = 40, seed: int = 0
+    model: torch.nn.Module, layers: Sequence[str] = (), bins: int = 40, seed: int = 0
 ) -> list[LayerPairing]:
     """LayerPairing for each conv layer with at least two filters (those named in `layers`, if any)."""
     generator = torch.Generator().manual_seed(seed)
-    convs = [w for w in weight_layers(model, model_name) if w.is_conv and w.layer.out_channels > 1]
+    convs = [w for w in weight_layers(model) if w.is_conv and w.facts.out_channels > 1]
     unknown = set(layers) - {w.name for w in convs}
     if unknown:
         raise ValueError(f"no conv layer(s) {sorted(unknown)}; this model has {[w.name for w in convs]}")
-    return [layer_pairing(w.name, w.layer.weight, bins, generator) for w in convs if not layers or w.name in layers]
+    return [layer_pairing(w.name, w.module.weight, bins, generator) for w in convs if not layers or w.name in layers]
 
 
 def format_table(results: Sequence[LayerPairing]) -> str:
@@ -176,7 +177,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         loaded = load_model(args.path, args.which)
-        results = analyse_model(loaded.model, loaded.name, args.layers, args.bins, args.seed)
+        results = analyse_model(loaded.model, args.layers, args.bins, args.seed)
     except (FileNotFoundError, ValueError) as err:
         sys.exit(f"error: {err}")
     title = f"{loaded.name}, {loaded.config['activation']['name']} ({loaded.checkpoint})"

@@ -61,6 +61,7 @@ from torch import nn
 
 from rectnet.analysis.plotting import pyplot, save_figure
 from rectnet.engine.build import build_model
+from rectnet.layers.facts import weight_layers
 from rectnet.layers.spp import SpatialPyramidPool
 from rectnet.summary import compose_settings
 
@@ -85,7 +86,8 @@ def _variance(t: torch.Tensor) -> float:
 
 
 def measure(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> list[LayerRecord]:
-    """Forward `images`, backward the cross-entropy with `labels`; one record per conv/linear call, in order."""
+    """Forward `images`, backward the cross-entropy with `labels`; one record per conv/linear call, in order,
+    under the layer's name (`rectnet.layers.facts`)."""
     records: list[LayerRecord] = []
     segment = 0
 
@@ -102,12 +104,8 @@ def measure(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> lis
 
         return hook
 
-    handles = []
-    for name, module in model.named_modules():
-        if type(module) in KINDS:
-            handles.append(module.register_forward_hook(on_layer(name)))
-        elif isinstance(module, POOLS):
-            handles.append(module.register_forward_hook(on_pool))
+    handles = [layer.module.register_forward_hook(on_layer(layer.name)) for layer in weight_layers(model)]
+    handles += [m.register_forward_hook(on_pool) for m in model.modules() if isinstance(m, POOLS)]
     try:
         F.cross_entropy(model(images.requires_grad_(True)), labels).backward()
     finally:

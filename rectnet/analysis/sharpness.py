@@ -54,6 +54,7 @@ from rectnet.engine import checkpoint
 from rectnet.engine.build import build_model
 from rectnet.engine.runtime import seed_everything
 from rectnet.layers import fused
+from rectnet.layers.facts import layer_facts
 from rectnet.summary import compose_settings
 
 Vector = list[torch.Tensor]  # one tensor per parameter, the layout of model.parameters()
@@ -163,8 +164,13 @@ def loss_hvp(
 
 
 def layer_breakdown(model: nn.Module, top: TopEigen) -> list[dict]:
-    """Per module: its share of lambda_max (v_l . (Hv)_l / lambda) and the eigenvector's mass on it."""
+    """Per weight layer (its weights with its BatchNorm's and activation's parameters, under the layer's name,
+    `rectnet.layers.facts`; any other module under its path): its share of lambda_max (v_l . (Hv)_l / lambda)
+    and the eigenvector's mass on it."""
     owner = {id(p): name for name, module in model.named_modules() for p in module.parameters(recurse=False)}
+    for layer in layer_facts(model):
+        for path in filter(None, (layer.module, layer.norm, layer.act)):
+            owner |= {id(p): layer.name for p in model.get_submodule(path).parameters(recurse=False)}
     rows: dict[str, dict] = {}
     for p, v, hv in zip((p for p in model.parameters() if p.requires_grad), top.vector, top.product, strict=True):
         row = rows.setdefault(owner[id(p)], {"name": owner[id(p)], "share": 0.0, "mass": 0.0})

@@ -10,7 +10,7 @@ Table 1 network) the paper's value for the same variant stands beside it. The la
 object: checkpoint, model, activation, epoch, layers (name, module, mode, channels, mean, std, min, max,
 paper).
 
-Layer names and checkpoint loading: `rectnet.analysis.checkpoint`.
+Layer names: `rectnet.layers.facts`; checkpoint loading: `rectnet.analysis.checkpoint`.
 """
 
 from __future__ import annotations
@@ -22,8 +22,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from rectnet.analysis.checkpoint import LoadedModel, load_model, weight_layers
+from rectnet.analysis.checkpoint import LoadedModel, load_model
 from rectnet.layers.activations import PReLU
+from rectnet.layers.facts import WeightLayer, weight_layers
 
 # He et al. 2015 Table 1: layer -> (channel-shared a, channel-wise mean a).
 TABLE1 = {
@@ -60,17 +61,17 @@ class SlopeRecord:
 def slope_records(loaded: LoadedModel) -> list[SlopeRecord]:
     """One record per PReLU-followed weight layer; the Table 1 value beside it for prelu_small14."""
     records = []
-    for layer in weight_layers(loaded.model, loaded.name):
-        if not isinstance(layer.act, PReLU):
+    for layer in weight_layers(loaded.model):
+        if not isinstance(layer.after, PReLU):
             continue
-        a = layer.act.weight.detach().double()
+        a = layer.after.weight.detach().double()
         shared = a.numel() == 1
         paper = TABLE1.get(layer.name) if loaded.name == "prelu_small14" else None
         records.append(
             SlopeRecord(
                 layer.name,
-                layer.module_name,
-                layer.spec(),
+                layer.facts.module,
+                table1_spec(layer),
                 "channel-shared" if shared else "channel-wise",
                 a.numel(),
                 a.mean().item(),
@@ -81,6 +82,15 @@ def slope_records(loaded: LoadedModel) -> list[SlopeRecord]:
             )
         )
     return records
+
+
+def table1_spec(layer: WeightLayer) -> str:
+    """Table 1's layer description: "7x7, 64, /2" for a conv, the width for an fc."""
+    if not layer.is_conv:
+        return str(layer.facts.out_channels)
+    kh, kw = layer.module.kernel_size
+    stride = layer.module.stride[0]
+    return f"{kh}x{kw}, {layer.facts.out_channels}" + (f", /{stride}" if stride > 1 else "")
 
 
 def format_table(records: Sequence[SlopeRecord]) -> str:

@@ -10,13 +10,14 @@ A source turns a dataset config into network inputs on the training device:
   split once and then carried in checkpoints, so a resumed run and eval.py preprocess exactly as training did.
 
 Two kinds: tensor-held splits (CIFAR, synthetic: the whole split is one uint8 tensor, augmented batch-wise
-on the device) and ImageFolder trees (ImageNet: JPEGs decoded by worker processes, see imagenet.py).
+on the device) and ImageFolder trees (ImageNet: JPEGs decoded by worker processes, see rectnet.data.imagenet).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
 import torch
@@ -37,7 +38,7 @@ from rectnet.data.imagenet import (
     eval_loader,
     index_image_folder,
 )
-from rectnet.data.split import Split
+from rectnet.data.split import ImageSplits, Split
 from rectnet.registry import Registry
 
 log = logging.getLogger("rectnet")
@@ -64,7 +65,18 @@ class EvalSet(Protocol):
     def batches(self) -> Iterator[EvalInput]: ...  # this rank's shard
 
 
+@dataclass
+class Evaluation:
+    """What evaluating a network needs: its input channels, the evaluation sets and the preprocessing constants."""
+
+    in_chans: int
+    eval_sets: dict[str, EvalSet]
+    state: dict[str, torch.Tensor]
+
+
 class Source(Protocol):
+    """A training stream with its evaluation sets (Evaluation's fields, and the batches of each epoch)."""
+
     in_chans: int
     num_train: int
     eval_sets: dict[str, EvalSet]
@@ -104,14 +116,18 @@ class TensorEvalSet:
             yield EvalInput([images], labels)
 
 
-class TensorSource:
-    """CIFAR-10/100 and the synthetic set: uint8 splits held whole (on the device with dataset.on_device),
-    flipped/shifted/normalized as batches (CReLU paper §3.1); tested on whole images."""
+@dataclass
+class _TensorSplits:
+    """A tensor dataset's splits (on the device with dataset.on_device), preprocessing constants and batch
+    augmentation: what the training stream and the evaluation sets share."""
 
-    def __init__(
-        self, settings: TrainConfig, where: SourceContext, state: dict | None = None, train: bool = True
-    ) -> None:
-        data, trainer = settings.dataset, settings.trainer
+    splits: ImageSplits
+    state: dict[str, torch.Tensor]
+    augment: BatchAugment
+
+    @classmethod
+    def load(cls, settings: TrainConfig, where: SourceContext, state: dict | None) -> _TensorSplits:
+        data = settings.dataset
         if settings.eval.protocol != "center":
             raise ConfigError(
                 f"eval.protocol={settings.eval.protocol} is for ImageFolder datasets (dataset=imagenet); "
@@ -126,38 +142,55 @@ class TensorSource:
         if data.on_device:
             splits.train, splits.test = splits.train.to(where.device), splits.test.to(where.device)
             splits.val = splits.val.to(where.device) if splits.val else None
-        self.state = state or _channel_state(*splits.channel_stats())
-        channels = len(self.state["mean"])
+        state = state or _channel_state(*splits.channel_stats())
+        channels = len(state["mean"])
         mean, std = (
-            (self.state["mean"].float(), self.state["std"].float())
+            (state["mean"].float(), state["std"].float())
             if data.normalize
             else (torch.zeros(channels), torch.ones(channels))
         )
         mean, std = mean.to(where.device), std.to(where.device)  # once here, not a host copy per batch
-        augment = BatchAugment(mean, std, data.flip, data.crop_padding, data.padding_mode, trainer.channels_last)
-        self.batches = (
-            TrainBatches(
-                splits.train, trainer.batch_size, augment, settings.seed, where.rank, where.world_size, where.device
-            )
-            if train
-            else None
+        augment = BatchAugment(
+            mean, std, data.flip, data.crop_padding, data.padding_mode, settings.trainer.channels_last
         )
-        self.in_chans, self.num_train = splits.train.images.shape[1], len(splits.train)
-        named = {"test": splits.test, "val": splits.val}
-        if trainer.record_train_loss_at_best:  # the whole training split, unaugmented ("Single" stage 1)
-            named["train"] = splits.train
-        self.eval_sets = {
-            name: TensorEvalSet(split, trainer.eval_batch_size, augment, where)
+        return cls(splits, state, augment)
+
+    def evaluation(self, settings: TrainConfig, where: SourceContext) -> Evaluation:
+        named = {"test": self.splits.test, "val": self.splits.val}
+        if settings.trainer.record_train_loss_at_best:  # the whole training split, unaugmented ("Single" stage 1)
+            named["train"] = self.splits.train
+        batch_size = settings.trainer.eval_batch_size
+        sets = {
+            name: TensorEvalSet(split, batch_size, self.augment, where)
             for name, split in named.items()
             if split is not None
         }
+        return Evaluation(self.splits.train.images.shape[1], sets, self.state)
+
+
+def tensor_evaluation(settings: TrainConfig, where: SourceContext, state: dict | None = None) -> Evaluation:
+    """CIFAR-10/100 and the synthetic set, tested on whole images."""
+    return _TensorSplits.load(settings, where, state).evaluation(settings, where)
+
+
+class TensorSource:
+    """CIFAR-10/100 and the synthetic set: uint8 splits held whole (on the device with dataset.on_device),
+    flipped/shifted/normalized as batches (CReLU paper §3.1); tested on whole images."""
+
+    def __init__(self, settings: TrainConfig, where: SourceContext, state: dict | None = None) -> None:
+        loaded = _TensorSplits.load(settings, where, state)
+        evaluation = loaded.evaluation(settings, where)
+        self.in_chans, self.eval_sets, self.state = evaluation.in_chans, evaluation.eval_sets, evaluation.state
+        train, trainer = loaded.splits.train, settings.trainer
+        self.num_train = len(train)
+        self.batches = TrainBatches(
+            train, trainer.batch_size, loaded.augment, settings.seed, where.rank, where.world_size, where.device
+        )
 
     def __len__(self) -> int:
-        return len(self.batches) if self.batches else 0
+        return len(self.batches)
 
     def train_epoch(self, epoch: int, start_step: int = 0) -> Iterator[TrainInput]:
-        if self.batches is None:
-            raise RuntimeError("this source was made for evaluation only (train=False)")
         for images, labels in self.batches.epoch(epoch, start_step):
             yield TrainInput(images, labels)
 
@@ -195,41 +228,44 @@ class ImageFolderEvalSet:
             yield EvalInput(views, batch.labels.to(self.device, non_blocking=True), len(batch.skipped))
 
 
+def image_folder_evaluation(settings: TrainConfig, where: SourceContext, state: dict | None = None) -> Evaluation:
+    """The test split under `eval.protocol`. With a checkpoint's statistics (`state`) the training tree (1.28M
+    files on ImageNet) is never read."""
+    data = settings.dataset
+    data.image_folder_checks()
+    test = _index_split(settings, where, data.test_split, data.num_test)
+    if state is None:
+        train = _index_split(settings, where, data.train_split, data.num_train, test)
+        state = image_statistics(train.sample(data.stats_images), settings, where)
+    preprocess = _preprocess_for(settings, state, where)
+    return Evaluation(3, {"test": ImageFolderEvalSet(test, settings, preprocess, where)}, state)
+
+
 class ImageFolderSource:
     """ImageNet-style trees (`<root>/<train_split>/<class>/*.JPEG`, `<root>/<test_split>/...`): the papers'
-    training crops (imagenet.py) decoded by `dataset.workers` processes per rank, sent to the device as uint8
-    and lit/normalized there; tests under `eval.protocol`."""
+    training crops (rectnet.data.imagenet) decoded by `dataset.workers` processes per rank, sent to the device
+    as uint8 and lit/normalized there; tests under `eval.protocol`."""
 
-    def __init__(
-        self, settings: TrainConfig, where: SourceContext, state: dict | None = None, train: bool = True
-    ) -> None:
+    def __init__(self, settings: TrainConfig, where: SourceContext, state: dict | None = None) -> None:
         data, trainer = settings.dataset, settings.trainer
         data.image_folder_checks()
         test = _index_split(settings, where, data.test_split, data.num_test)
-        # eval.py with a checkpoint's statistics never reads the training tree (1.28M files on ImageNet)
-        needs_train = train or not state
-        train_index = _index_split(settings, where, data.train_split, data.num_train, test) if needs_train else None
-        self.state = state or image_statistics(train_index.sample(data.stats_images), settings, where)
-        preprocess = make_preprocess(self.state, data.normalize, data.per_pixel_mean, trainer.channels_last, where)
-        self.loader = None
-        if train:
-            spec = ScaleJitterCrop(data.scale_min, data.scale_max, data.image_size, data.flip)
-            dataset = TrainDataset(
-                train_index, settings.seed, spec, data.lighting_std, data.skip_corrupt, data.draft_gap
-            )
-            self.loader = TrainLoader(
-                dataset, trainer.batch_size, where.rank, where.world_size, data.workers, data.prefetch_factor
-            )
-        self.preprocess, self.lighting, self.device = preprocess, data.lighting_std > 0, where.device
-        self.in_chans, self.num_train = 3, len(train_index) if train_index else 0
-        self.eval_sets = {"test": ImageFolderEvalSet(test, settings, preprocess, where)}
+        train = _index_split(settings, where, data.train_split, data.num_train, test)
+        self.state = state or image_statistics(train.sample(data.stats_images), settings, where)
+        self.preprocess = _preprocess_for(settings, self.state, where)
+        self.eval_sets = {"test": ImageFolderEvalSet(test, settings, self.preprocess, where)}
+        spec = ScaleJitterCrop(data.scale_min, data.scale_max, data.image_size, data.flip)
+        dataset = TrainDataset(train, settings.seed, spec, data.lighting_std, data.skip_corrupt, data.draft_gap)
+        self.loader = TrainLoader(
+            dataset, trainer.batch_size, where.rank, where.world_size, data.workers, data.prefetch_factor
+        )
+        self.lighting, self.device = data.lighting_std > 0, where.device
+        self.in_chans, self.num_train = 3, len(train)
 
     def __len__(self) -> int:
-        return len(self.loader) if self.loader else 0
+        return len(self.loader)
 
     def train_epoch(self, epoch: int, start_step: int = 0) -> Iterator[TrainInput]:
-        if self.loader is None:
-            raise RuntimeError("this source was made for evaluation only (train=False)")
         for batch in self.loader.epoch(epoch, start_step):
             images = batch.images.to(self.device, non_blocking=True)
             lighting = batch.lighting.to(self.device, non_blocking=True) if self.lighting else None
@@ -304,6 +340,11 @@ def image_statistics(index: ImageIndex, settings: TrainConfig, where: SourceCont
     return {"mean": mean / 255.0, "std": std / 255.0, "mean_image": (totals[6:-1] / n).view(3, crop, crop).float()}
 
 
+def _preprocess_for(settings: TrainConfig, state: dict[str, torch.Tensor], where: SourceContext) -> Preprocess:
+    data = settings.dataset
+    return make_preprocess(state, data.normalize, data.per_pixel_mean, settings.trainer.channels_last, where)
+
+
 def make_preprocess(
     state: dict[str, torch.Tensor], normalize: bool, per_pixel: bool, channels_last: bool, where: SourceContext
 ) -> Preprocess:
@@ -319,17 +360,39 @@ def make_preprocess(
 
 # ------------------------------------------------------------------------------------------ registry
 
-SourceFactory = Callable[[TrainConfig, SourceContext, dict | None, bool], Source]
-SOURCES: Registry[SourceFactory] = Registry("dataset")
+
+class SourceKind(NamedTuple):
+    """How one kind of dataset is read: as a training stream (train.py), or as evaluation sets only (eval.py)."""
+
+    train: Callable[[TrainConfig, SourceContext, dict | None], Source]
+    evaluation: Callable[[TrainConfig, SourceContext, dict | None], Evaluation]
+
+
+SOURCES: Registry[SourceKind] = Registry("dataset")
 for _name in DATASETS:
-    SOURCES.register(_name)(TensorSource)
-SOURCES.register("imagenet")(ImageFolderSource)
+    SOURCES.register(_name)(SourceKind(TensorSource, tensor_evaluation))
+SOURCES.register("imagenet")(SourceKind(ImageFolderSource, image_folder_evaluation))
 
 
-def make_source(settings: TrainConfig, where: SourceContext, state: dict | None = None, train: bool = True) -> Source:
-    """The source for `settings.dataset.name`; `state` (from a checkpoint) skips recomputing statistics;
-    `train=False` prepares only the test split's evaluation (eval.py)."""
-    return SOURCES.get(settings.dataset.name)(settings, where, state, train)
+def make_source(settings: TrainConfig, where: SourceContext, state: dict | None = None) -> Source:
+    """The training stream for `settings.dataset.name`; `state` (from a checkpoint) skips recomputing statistics."""
+    return SOURCES.get(settings.dataset.name).train(settings, where, state)
 
 
-__all__ = ["SOURCES", "EvalInput", "EvalSet", "Source", "SourceContext", "TrainInput", "make_source"]
+def make_evaluation(settings: TrainConfig, where: SourceContext, state: dict | None = None) -> Evaluation:
+    """The evaluation sets alone (eval.py): no training stream is prepared."""
+    return SOURCES.get(settings.dataset.name).evaluation(settings, where, state)
+
+
+__all__ = [
+    "SOURCES",
+    "EvalInput",
+    "EvalSet",
+    "Evaluation",
+    "Source",
+    "SourceContext",
+    "SourceKind",
+    "TrainInput",
+    "make_evaluation",
+    "make_source",
+]

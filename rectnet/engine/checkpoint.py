@@ -1,10 +1,15 @@
 """Checkpoints: plain dicts of tensors and containers, written atomically, read with weights_only=True.
 
 Layout of a checkpoint (all keys always present):
-    model, optimizer, schedule, scaler (None unless fp16), epoch (epochs completed), step (steps done in
-    the next epoch; 0 at an epoch boundary), partial (per rank: that epoch's training counts so far),
-    best_top1_err, best_epoch, rng (per rank: python, numpy, torch CPU and CUDA states), world_size,
-    config (the resolved config dict), format (CHECKPOINT_FORMAT).
+    model, optimizer, schedule, scaler (None unless fp16), the loop's state (`rectnet.engine.state.State`:
+    epoch (epochs completed), step (steps done in the next epoch; 0 at an epoch boundary), partial (per rank:
+    that epoch's training counts so far), best_top1_err, best_epoch, stopped_at, records), rng (per rank:
+    python, numpy, torch CPU and CUDA states), world_size, config (the resolved config dict), data (the
+    preprocessing constants), format (CHECKPOINT_FORMAT).
+
+Older formats load through `UPGRADES`, each bringing a checkpoint one format forward:
+    1 -> 2: the "Single" protocol's training loss at the best epoch, a top-level `train_loss_at_best` (None
+    when not recorded), moved into `records`, where every stopping rule keeps what it records.
 
 `last.pt` is replaced atomically (temporary file, fsync, rename); the checkpoint it replaces is kept as
 `prev.pt`, so a `last.pt` damaged outside our control (disk full, a copy cut short) still leaves a good one.
@@ -30,7 +35,7 @@ import torch
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2
 REQUIRED_KEYS = (
     "model",
     "optimizer",
@@ -130,11 +135,33 @@ def load(path: str | Path) -> dict:
     missing = [k for k in REQUIRED_KEYS if not isinstance(state, dict) or k not in state]
     if missing:
         raise CheckpointError(f"{path} is not a rectnet checkpoint (missing {', '.join(missing)})")
-    if state["format"] != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path} has checkpoint format {state['format']}; this rectnet reads {CHECKPOINT_FORMAT}")
+    if state["format"] not in range(1, CHECKPOINT_FORMAT + 1):
+        raise CheckpointError(
+            f"{path} has checkpoint format {state['format']}; this rectnet reads formats 1 to {CHECKPOINT_FORMAT}"
+        )
+    state = upgrade(state)
     bad = nonfinite_entries(state["model"], state["optimizer"])
     if bad:
         raise CheckpointError(f"{path} is damaged: NaN or inf in {_first_names(bad)}")
+    return state
+
+
+def _records_into_their_own_entry(state: dict) -> dict:
+    """Format 1 -> 2 (see the module docstring); checkpoints from before either key existed lack them."""
+    state = dict(state)
+    loss = state.pop("train_loss_at_best", None)
+    state["records"] = {} if loss is None else {"train_loss_at_best": loss}
+    state.setdefault("stopped_at", 0)  # written since the "Single" protocol's stage 2
+    return state | {"format": 2}
+
+
+UPGRADES = {1: _records_into_their_own_entry}  # format -> its upgrade to format + 1
+
+
+def upgrade(state: dict) -> dict:
+    """`state` in the current format (CHECKPOINT_FORMAT), brought forward one format at a time."""
+    while state["format"] < CHECKPOINT_FORMAT:
+        state = UPGRADES[state["format"]](state)
     return state
 
 

@@ -32,7 +32,7 @@ from omegaconf.errors import OmegaConfBaseException
 from rectnet.config import ConfigError, EvalConfig, TrainConfig, settings_from_dict
 from rectnet.data.cifar import DatasetError
 from rectnet.data.imagenet import CorruptImageError, ImageFolderError
-from rectnet.data.sources import SourceContext, make_source
+from rectnet.data.sources import SourceContext, make_evaluation
 from rectnet.engine import checkpoint as ckpt
 from rectnet.engine.build import build_model
 from rectnet.engine.distributed import env_ranks, init_distributed, label_log_records, shutdown
@@ -86,7 +86,7 @@ def evaluate_checkpoint(run_dir: Path, checkpoint: Path, overrides: Sequence[str
     label_log_records(ranks)
     try:
         where = SourceContext(runtime.device, ranks.rank, ranks.world_size, ranks.sum, ranks.broadcast)
-        source = make_source(settings, where, payload.get("data"), train=False)
+        source = make_evaluation(settings, where, payload.get("data"))
         model = build_model(settings, settings.dataset.num_classes, source.in_chans)
         try:
             model.load_state_dict(payload["model"])

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from rectnet.layers.activations import PReLU
+from rectnet.layers.facts import weight_layers
 
 log = logging.getLogger("rectnet")
 
@@ -146,9 +147,8 @@ class RunLogger:
             if key != "epoch" and isinstance(value, (int, float)) and math.isfinite(value):
                 self.writer.add_scalar(key, value, step)
         if self.slope_histograms:
-            for name, module in model.named_modules():
-                if isinstance(module, PReLU):
-                    self.writer.add_histogram(f"prelu_slopes/{name}", module.weight.detach().float().cpu(), step)
+            for name, slopes in prelu_slopes(model).items():
+                self.writer.add_histogram(f"prelu_slopes/{name}", torch.tensor(slopes), step)
         self.writer.flush()
 
     def hparams(self, params: dict[str, Any], metrics: dict[str, float]) -> None:
@@ -165,7 +165,13 @@ class RunLogger:
 
 
 def prelu_slopes(model: nn.Module) -> dict[str, list[float]]:
-    return {name: m.weight.detach().float().cpu().tolist() for name, m in model.named_modules() if isinstance(m, PReLU)}
+    """The slopes of each PReLU, under the name of the layer it follows (conv1, conv21, fc1: as
+    `rectnet.analysis.slopes` and the papers name them)."""
+    return {
+        layer.name: layer.after.weight.detach().float().cpu().tolist()
+        for layer in weight_layers(model)
+        if isinstance(layer.after, PReLU)
+    }
 
 
 def elapsed(start: float, device: torch.device) -> float:

@@ -225,6 +225,7 @@ def compile_model(model: torch.nn.Module, device: torch.device, distributed: boo
             "trainer.compile=true on a CPU needs a C++ compiler (g++ or clang++, or $CXX) for "
             "TorchInductor; install one or use trainer.compile=false"
         )
+    fused.quiet_toolchain_import()
     return torch.compile(model, mode=compile_mode(device, distributed))
 
 

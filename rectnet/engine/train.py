@@ -25,7 +25,7 @@ from torch.nn.parallel import DistributedDataParallel
 from rectnet.config import ConfigError, TrainConfig, TrainerConfig, to_settings
 from rectnet.data.sources import Source, SourceContext, make_source
 from rectnet.engine import checkpoint as ckpt
-from rectnet.engine import rundir
+from rectnet.engine import rundir, stopping
 from rectnet.engine.build import build_model
 from rectnet.engine.distributed import (
     Dist,
@@ -42,6 +42,8 @@ from rectnet.engine.metrics import Counts, topk_hits
 from rectnet.engine.optim import Schedule, make_optimizer, make_schedule, step_schedule
 from rectnet.engine.preemption import StepVerdict, StopSignals
 from rectnet.engine.runtime import Runtime, compile_model, make_runtime, rng_state, seed_everything, set_rng_state
+from rectnet.engine.state import State
+from rectnet.engine.stopping import StoppingRule
 
 log = logging.getLogger("rectnet")
 
@@ -52,19 +54,6 @@ class NonFiniteLossError(FloatingPointError):
 
 class NonFiniteStateError(NonFiniteLossError):
     """A step wrote NaN or inf into the weights or optimizer state (its loss was still finite); not saved."""
-
-
-@dataclass
-class State:
-    """Where the run is: what a checkpoint restores besides model, optimizer and RNG."""
-
-    epoch: int = 0  # epochs completed
-    step: int = 0  # steps completed inside epoch + 1 (mid-epoch checkpoints)
-    partial: Counts = field(default_factory=Counts)  # training counts of those steps
-    best_top1_err: float = math.inf
-    best_epoch: int = 0
-    train_loss_at_best: float | None = None  # "Single" stage 1 (trainer.record_train_loss_at_best)
-    stopped_at: int = 0  # the epoch at which trainer.stop_at_val_loss was reached ("Single" stage 2)
 
 
 @dataclass
@@ -83,6 +72,7 @@ class Job:
     state: State
     evaluate: Evaluator
     data_state: dict  # the source's preprocessing constants (mean/std or mean image), kept in checkpoints
+    rules: list[StoppingRule] = field(default_factory=list)  # asked after every epoch (rectnet.engine.stopping)
     stop: StopSignals = field(default_factory=StopSignals)
 
     def save(self, is_best: bool = False) -> None:
@@ -103,19 +93,12 @@ class Job:
         rng = self.ranks.gather(rng_state(self.runtime.device))
         partial = self.ranks.gather(self.state.partial.as_tensor())
         if self.ranks.is_main:
-            s = self.state
             payload = {
                 "model": self.model.state_dict(),
                 "optimizer": self.optimizer.state_dict(),
                 "schedule": self.schedule.state_dict(),
                 "scaler": self.runtime.scaler.state_dict() if self.runtime.scaler else None,
-                "epoch": s.epoch,
-                "step": s.step,
-                "partial": partial,
-                "best_top1_err": s.best_top1_err,
-                "best_epoch": s.best_epoch,
-                "train_loss_at_best": s.train_loss_at_best,
-                "stopped_at": s.stopped_at,
+                **self.state.to_dict(partial),
                 "rng": rng,
                 "world_size": self.ranks.world_size,
                 "config": self.config,
@@ -169,7 +152,6 @@ def _train(
     seed_everything(settings.seed)  # the same on every rank: identical initial weights
     where = SourceContext(runtime.device, ranks.rank, ranks.world_size, ranks.sum, ranks.broadcast)
     source = make_source(settings, where, resume.get("data") if resume else None)
-    _check_single_protocol(trainer, source)
     job = _build_job(settings, config, run_dir, runtime, ranks, source)
     job.stop = stop
     seed_everything(settings.seed + ranks.rank)  # dropout masks differ between ranks
@@ -196,8 +178,7 @@ def _train(
     started = time.perf_counter()
     record: dict = {}
 
-    first_epoch = trainer.epochs + 1 if job.state.stopped_at else job.state.epoch + 1
-    for epoch in range(first_epoch, trainer.epochs + 1):
+    for epoch in _epochs_left(job.state, trainer.epochs):
         lr = job.optimizer.param_groups[0]["lr"]
         train, images_per_s = _train_epoch(job, source, epoch, progress)
         held_out = source.eval_sets.get("val")
@@ -220,9 +201,8 @@ def _train(
         is_best = watched < job.state.best_top1_err
         if is_best:
             job.state.best_top1_err, job.state.best_epoch = watched, epoch
-            if trainer.record_train_loss_at_best:  # "Single" stage 1: the loss stage 2 trains down to
-                job.state.train_loss_at_best = job.evaluate(source.eval_sets["train"])[0].summary()["loss"]
-        if trainer.stop_at_val_loss is not None and val["loss"] <= trainer.stop_at_val_loss:
+        stop_reason = stopping.ask(job.rules, stopping.EpochEnd(epoch, is_best, val), job.state.records)
+        if stop_reason:
             job.state.stopped_at = epoch
         job.state.epoch, job.state.step, job.state.partial = epoch, 0, Counts()
         if logger:
@@ -240,8 +220,8 @@ def _train(
         skipped = {k: v for k, v in record.items() if k.endswith("/skipped")}
         if skipped:
             log.warning("corrupt images skipped (dataset.skip_corrupt=true) in epoch %d: %s", epoch, skipped)
-        if job.state.stopped_at:
-            log.info("held-out loss %.4f <= trainer.stop_at_val_loss: stopped after epoch %d", val["loss"], epoch)
+        if stop_reason:
+            log.info("%s: stopped after epoch %d", stop_reason, epoch)
             break
 
     results = _results(job, record, n_params, time.perf_counter() - started)
@@ -265,11 +245,9 @@ def _last_good(run_dir: Path) -> str:
     return "no checkpoint had been written yet."
 
 
-def _check_single_protocol(trainer: TrainerConfig, source: Source) -> None:
-    if trainer.stop_at_val_loss is not None and "val" not in source.eval_sets:
-        raise ConfigError("trainer.stop_at_val_loss needs a held-out fold (dataset.num_folds, dataset.fold)")
-    if trainer.record_train_loss_at_best and "train" not in source.eval_sets:
-        raise ConfigError("trainer.record_train_loss_at_best is for tensor datasets (CIFAR, synthetic)")
+def _epochs_left(state: State, epochs: int) -> range:
+    """The epochs still to train: none once a stopping rule has ended the run (a resumed, stopped run)."""
+    return range(0) if state.stopped_at else range(state.epoch + 1, epochs + 1)
 
 
 def _build_job(
@@ -288,6 +266,10 @@ def _build_job(
     if trainer.compile:
         forward = compile_model(forward, runtime.device, ranks.enabled)
     optimizer = make_optimizer(model, settings.optim)
+    evaluate = Evaluator(model, forward, runtime, ranks, settings.eval, settings.dataset.image_size)
+    rules = stopping.make_rules(
+        trainer, source.eval_sets, lambda: evaluate(source.eval_sets["train"])[0].summary()["loss"]
+    )
     return Job(
         settings,
         config,
@@ -299,8 +281,9 @@ def _build_job(
         optimizer,
         make_schedule(optimizer, settings.schedule, trainer.epochs, _steps_per_epoch(trainer, source)),
         State(),
-        Evaluator(model, forward, runtime, ranks, settings.eval, settings.dataset.image_size),
+        evaluate,
         source.state,
+        rules,
     )
 
 
@@ -484,10 +467,10 @@ def _restore(payload: dict, job: Job) -> None:
     job.schedule.load_state_dict(payload["schedule"])
     if job.runtime.scaler is not None and payload["scaler"] is not None:
         job.runtime.scaler.load_state_dict(payload["scaler"])
-    rng, partial = payload["rng"], Counts()
+    rng, rank = payload["rng"], None
     if len(rng) == job.ranks.world_size:
-        set_rng_state(rng[job.ranks.rank], job.runtime.device)
-        partial = Counts.from_tensor(payload["partial"][job.ranks.rank])
+        rank = job.ranks.rank
+        set_rng_state(rng[rank], job.runtime.device)
     else:  # batches and augmentation do not depend on it; dropout masks and partial-epoch metrics do
         log.warning(
             "checkpoint written by %d rank(s), resuming on %d: RNG streams restart and the interrupted "
@@ -495,15 +478,7 @@ def _restore(payload: dict, job: Job) -> None:
             len(rng),
             job.ranks.world_size,
         )
-    job.state = State(
-        payload["epoch"],
-        payload["step"],
-        partial,
-        payload["best_top1_err"],
-        payload["best_epoch"],
-        payload.get("train_loss_at_best"),
-        payload.get("stopped_at", 0),
-    )
+    job.state = State.from_dict(payload, rank)
 
 
 def _hparams(settings: TrainConfig, world_size: int) -> dict:
@@ -534,7 +509,7 @@ def _results(job: Job, last: dict, n_params: int, seconds: float) -> dict:
         **({"final_val": final_val} if final_val else {}),
         "best_top1_err": job.state.best_top1_err,  # on the held-out fold when there is one, else on test
         "best_epoch": job.state.best_epoch,
-        **({"train_loss_at_best": job.state.train_loss_at_best} if job.state.train_loss_at_best is not None else {}),
+        **job.state.records,
         **({"stopped_at_epoch": job.state.stopped_at} if job.state.stopped_at else {}),
         "selected_on": "val" if job.settings.dataset.num_folds else "test",
         "train_images_per_s": last.get("train/images_per_s"),

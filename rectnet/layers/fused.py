@@ -15,13 +15,21 @@ unsupported platform), a warning is logged once and PReLU falls back to `F.prelu
 are the same (tests compare both paths), only the speed differs. `trainer.fused_prelu=false` turns it off.
 
 At y == 0 the slope branch is taken, as in `F.prelu` (a subgradient choice).
+
+TorchInductor's C++ toolchain imports `torch.utils.cpp_extension`, which on import looks for a CUDA toolkit
+(for CUDA extensions) and, with a CUDA build of PyTorch on a machine without a GPU but with a toolkit
+installed (nvcc on the PATH, /usr/local/cuda, $CUDA_HOME), logs "No CUDA runtime is found, using
+CUDA_HOME=...". The kernel compiled here is CPU code that never uses that toolkit, so `quiet_toolchain_import`
+imports the module first with exactly that one message filtered out; every other message passes.
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import shutil
+import sys
 from collections.abc import Callable
 
 import torch
@@ -57,6 +65,25 @@ def cpu_compiler_available() -> bool:
     return torch._dynamo.is_dynamo_supported() and any(shutil.which(cc) for cc in compilers)
 
 
+class _DropNoCudaRuntime(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("No CUDA runtime is found")
+
+
+def quiet_toolchain_import() -> None:
+    """Import `torch.utils.cpp_extension` (TorchInductor's C++ toolchain) without its CUDA_HOME note (module
+    docstring), before anything compiles; a no-op once it is imported."""
+    name = "torch.utils.cpp_extension"
+    if name in sys.modules:
+        return
+    logger, note = logging.getLogger(name), _DropNoCudaRuntime()
+    logger.addFilter(note)
+    try:
+        importlib.import_module(name)
+    finally:
+        logger.removeFilter(note)
+
+
 def _fused_backward() -> Callable | None:
     """The compiled backward, or None once compilation is known not to work here."""
     global _compiled, _enabled
@@ -65,6 +92,7 @@ def _fused_backward() -> Callable | None:
             log.warning("PReLU: no C++ compiler for TorchInductor; using F.prelu's slower CPU backward")
             _enabled = False
             return None
+        quiet_toolchain_import()
         _compiled = torch.compile(prelu_backward, dynamic=True, fullgraph=True)
     return _compiled
 

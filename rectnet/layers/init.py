@@ -1,8 +1,8 @@
 """Weight initialization policies: "Kaiming" (He et al. 2015 §2.2) and "Xavier" (Glorot & Bengio 2010).
 
-`init_model` walks the model's conv and linear layers in registration order. Each layer gets
-std = gain / sqrt(fan), biases 0 (§2.2: "b = 0"). The gain comes from the rectifiers around the layer
-(see `rectnet.layers.activations` for the derivation of each gain):
+`init_model` goes through the model's weight layers in order (its layer facts, `rectnet.layers.facts`).
+Each layer gets std = gain / sqrt(fan), biases 0 (§2.2: "b = 0"). The gain comes from the rectifiers around
+the layer (see `rectnet.layers.activations` for the derivation of each gain):
 
 * mode `fan_in` (Eq. 10, the forward condition): fan = k²·c_in and the gain is the forward gain of the
   rectifier that produced this layer's input. The first layer reads raw pixels; like the paper ("the
@@ -22,7 +22,7 @@ Two rules the paper's derivation leaves to the network at hand (rectnet's choice
   variance by 1/(1-p), and nothing in Eq. 10 undoes it. ConvPool-CNN-C's dropouts (0.2 on the input, 0.5
   after each pool) compound to 1/(0.8·0.5·0.5) = 5 before conv7. Counting it, the forward condition
   becomes n_l Var[w_l] = (1-p)/q, i.e. the layer after the dropout gets its gain times sqrt(1-p)
-  (`WeightLayer.keep_in`). Backward, the same mask scales Δy of the layer before the dropout by 1/(1-p)
+  (`LayerFacts.keep_in`). Backward, the same mask scales Δy of the layer before the dropout by 1/(1-p)
   (variance x 1/(1-p)), so under Eq. 14 that layer's gain is multiplied by sqrt(1-p) (`keep_out`). Without
   dropout nothing changes, so the He et al. nets' conv layers get the paper's values exactly (their
   dropout sits before fc2 and fc3, whose stds the paper fixes, §3).
@@ -44,53 +44,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import torch
 from torch import nn
 
-from rectnet.layers.activations import Rectifier
+from rectnet.layers.facts import WeightLayer, weight_layers
 from rectnet.registry import Registry
 
-WEIGHT_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
-DROPOUTS = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d)
 FAN_MODES = ("fan_in", "fan_out")
-
-
-@dataclass
-class WeightLayer:
-    """A conv/linear layer with the rectifiers that feed it and that follow it (None where there is none).
-
-    `keep_in` is the product of the keep probabilities 1 - p of the dropout layers between the previous
-    weight layer and this one, `keep_out` the same between this layer and the next one (1 without dropout).
-    """
-
-    name: str
-    module: nn.Module
-    before: Rectifier | None
-    after: Rectifier | None
-    keep_in: float = 1.0
-    keep_out: float = 1.0
-
-
-def weight_layers(model: nn.Module) -> list[WeightLayer]:
-    """Conv/linear layers in order, each paired with its neighbouring rectifiers and dropout."""
-    layers: list[WeightLayer] = []
-    last_act: Rectifier | None = None
-    keep = 1.0
-    for name, module in model.named_modules():
-        if isinstance(module, WEIGHT_LAYERS):
-            if layers:
-                layers[-1].keep_out = keep
-            layers.append(WeightLayer(name, module, last_act, None, keep_in=keep))
-            keep = 1.0
-        elif isinstance(module, Rectifier):
-            last_act = module
-            if layers and layers[-1].after is None:
-                layers[-1].after = module
-        elif isinstance(module, DROPOUTS):
-            keep *= 1.0 - module.p
-    return layers
 
 
 def fans(weight: torch.Tensor) -> tuple[int, int]:
@@ -126,8 +88,8 @@ def kaiming_std(layer: WeightLayer, mode: str) -> float:
     fan_in, fan_out = fans(layer.module.weight)
     if mode == "fan_in":
         act = layer.before or layer.after
-        return (act.forward_gain() if act else 1.0) * math.sqrt(layer.keep_in / fan_in)
-    return (layer.after.backward_gain() if layer.after else 1.0) * math.sqrt(layer.keep_out / fan_out)
+        return (act.forward_gain() if act else 1.0) * math.sqrt(layer.facts.keep_in / fan_in)
+    return (layer.after.backward_gain() if layer.after else 1.0) * math.sqrt(layer.facts.keep_out / fan_out)
 
 
 @INITS.register("xavier")
@@ -161,12 +123,12 @@ def init_model(
         raise ValueError(f"init head_scale must be >= 0, got {head_scale}")
     layers = weight_layers(model)
     if not count_dropout:
-        layers = [replace(layer, keep_in=1.0, keep_out=1.0) for layer in layers]
+        layers = [replace(layer, facts=replace(layer.facts, keep_in=1.0, keep_out=1.0)) for layer in layers]
     used = []
     for layer in layers:
         if hasattr(layer.module, "init_std"):
             std = layer.module.init_std
-        elif layer is layers[-1] and layer.after is None:
+        elif layer.facts.classifier and layer.after is None:
             std = head_scale * std_of(layer, mode)
         else:
             std = std_of(layer, mode)

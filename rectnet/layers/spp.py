@@ -50,6 +50,7 @@ class SPP:
 
     levels: tuple[int, ...]
     starts_head: ClassVar[bool] = True
+    module_name: ClassVar[str] = "spp"
 
     def to_module(self, channels: int) -> nn.Module:
         return SpatialPyramidPool(self.levels)

@@ -2,7 +2,9 @@
 extension (Fig. 3, described in §2.2) and the large models A, B, C (Table 3, §2.3).
 
 The activation under study (ReLU / PReLU) follows every conv layer and fc1/fc2; fc3 has none (§2.3,
-Table 1 lists PReLU coefficients for conv and fc1/fc2 only).
+Table 1 lists PReLU coefficients for conv and fc1/fc2 only). Layers are named as Table 1 names them: conv1,
+then conv<stage><j> for the j-th conv of each stage that a pooling layer closes (conv21 .. conv24, conv31 ..),
+and fc1 .. fc3.
 
 Choices where the paper is silent:
 
@@ -38,35 +40,41 @@ from rectnet.models.registry import register
 from rectnet.models.spec import CLASSES, Conv, Dropout, LayerSpec, Linear, Pool
 
 
-def _convs_2x2(filters: int, count: int) -> list[LayerSpec]:
+def _stage_name(stage: int, j: int) -> str:
+    """Table 1's name of the j-th conv of a stage (a stage ends at a pooling layer): conv21 .. conv24; from the
+    tenth conv of a stage on (the 30-layer model's 22-conv stage) conv3_10, as "conv310" would read as stage 31."""
+    return f"conv{stage}{j}" if j < 10 else f"conv{stage}_{j}"
+
+
+def _convs_2x2(filters: int, count: int, stage: int) -> list[LayerSpec]:
     """`count` 2x2 convs; padding alternates 1, 0 so each pair maps a x a -> (a+1) x (a+1) -> a x a."""
-    return [Conv(filters, 2, padding=1 - i % 2) for i in range(count)]
+    return [Conv(filters, 2, padding=1 - i % 2, name=_stage_name(stage, i + 1)) for i in range(count)]
 
 
-def _convs_3x3(filters: int, count: int) -> list[LayerSpec]:
-    return [Conv(filters, 3, padding=1) for _ in range(count)]
+def _convs_3x3(filters: int, count: int, stage: int) -> list[LayerSpec]:
+    return [Conv(filters, 3, padding=1, name=_stage_name(stage, i + 1)) for i in range(count)]
 
 
 def _classifier(levels: tuple[int, ...]) -> list[LayerSpec]:
     """SPP, fc1 4096, fc2 4096 (each with the activation and dropout 0.5, §3), fc3 to the classes."""
     return [
         SPP(levels),
-        Linear(4096),
+        Linear(4096, name="fc1"),
         Dropout(0.5),
-        Linear(4096),
+        Linear(4096, name="fc2"),
         Dropout(0.5),
-        Linear(CLASSES, act=None),
+        Linear(CLASSES, act=None, name="fc3"),
     ]
 
 
 def _small(stage3_convs: int) -> list[LayerSpec]:
     """Table 1 layout with `stage3_convs` 2x2 convs of 256 filters after pool2."""
     return [
-        Conv(64, 7, stride=2),
+        Conv(64, 7, stride=2, name="conv1"),
         Pool(3, 3),
-        *_convs_2x2(128, 4),
+        *_convs_2x2(128, 4, stage=2),
         Pool(2, 2),
-        *_convs_2x2(256, stage3_convs),
+        *_convs_2x2(256, stage3_convs, stage=3),
         *_classifier((6, 3, 2, 1)),
     ]
 
@@ -87,13 +95,13 @@ def _large(widths: tuple[int, int, int], convs_per_stage: int) -> list[LayerSpec
     """Table 3 layout: conv1 7x7/2 96, pool, then three stages of 3x3 convs each closed by a 2x2/2 pool or SPP."""
     w56, w28, w14 = widths
     return [
-        Conv(96, 7, stride=2, padding=3),
+        Conv(96, 7, stride=2, padding=3, name="conv1"),
         Pool(2, 2),
-        *_convs_3x3(w56, convs_per_stage),
+        *_convs_3x3(w56, convs_per_stage, stage=2),
         Pool(2, 2),
-        *_convs_3x3(w28, convs_per_stage),
+        *_convs_3x3(w28, convs_per_stage, stage=3),
         Pool(2, 2),
-        *_convs_3x3(w14, convs_per_stage),
+        *_convs_3x3(w14, convs_per_stage, stage=4),
         *_classifier((7, 3, 2, 1)),
     ]
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from functools import cache
 from typing import Any
 
 import torch
 from timm.models import register_model
 
 from rectnet.layers.activations import ActivationFactory, make_activation
+from rectnet.layers.facts import LayerFacts
 from rectnet.layers.init import init_model
 from rectnet.models.spec import LayerSpec, SpecNet, build
 from rectnet.registry import Registry
@@ -55,11 +57,19 @@ def create(
 
 
 def _set_init_std(model: SpecNet, init_std: dict[int, float]) -> None:
-    layers = [m for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    layers = model.layer_facts
     for index, std in init_std.items():
         if not 1 <= int(index) <= len(layers):
             raise ValueError(f"init_std names weight layer {index}; this model has 1..{len(layers)}")
-        layers[int(index) - 1].init_std = float(std)
+        model.get_submodule(layers[int(index) - 1].module).init_std = float(std)
+
+
+@cache
+def spec_layer_facts(name: str) -> tuple[LayerFacts, ...]:
+    """The layer facts of registered model `name` as its spec list builds it (every layer that takes the
+    studied activation takes it); built without memory (meta device), for readers that need no weights."""
+    with torch.device("meta"):
+        return create(name, init=None).layer_facts
 
 
 def register(name: str) -> Callable[[SpecFn], SpecFn]:

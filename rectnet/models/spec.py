@@ -14,10 +14,19 @@ is an argument of `build`:
 * A classifier layer (`out=CLASSES`) emits `num_classes` features *after* its activation: with CReLU
   there it gets num_classes/2 filters (Shang et al. 2016 "CReLU (all)", the reading that fits Table 5's
   4.7M). `width` and `halve_at` never change it.
+
+Modules are named as the papers name layers: a weight layer by its spec's `name` (He et al. 2015's stage
+names, conv21 ... fc1) or else conv<index> / fc<index> (Shang et al. 2016's numbering), its BatchNorm and
+activation after it (conv3_bn, conv3_prelu), and layers without weights by kind, numbered where a kind
+recurs (pool1, pool2, dropout1, spp, avgpool). The built network publishes its weight layers' facts as
+`model.layer_facts` (`rectnet.layers.facts`), the one numbering every other part of rectnet reads.
+Checkpoints written before modules had names keyed them by position (`features.17.weight`); a SpecNet
+loads those too (`SpecNet.load_state_dict` maps them, `_positional_to_named`).
 """
 
 from __future__ import annotations
 
+from collections import Counter, OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar, Protocol
@@ -25,6 +34,7 @@ from typing import ClassVar, Protocol
 from torch import nn
 
 from rectnet.layers.activations import ActivationFactory, make_activation
+from rectnet.layers.facts import LayerFacts, walk_layer_facts
 
 CLASSES = -1  # `out` of the classifier layer: num_classes features after its activation, never scaled by width
 
@@ -37,6 +47,7 @@ class Conv:
     padding: int = 0
     act: str | None = "main"  # "main": the activation under study; a registry name: fixed; None: none
     bn: bool = False
+    name: str | None = None  # the paper's name for the layer; None: conv<index>
 
 
 @dataclass(frozen=True)
@@ -44,6 +55,7 @@ class Linear:
     out: int
     act: str | None = "main"
     bn: bool = False
+    name: str | None = None  # None: fc<index>
 
 
 @dataclass(frozen=True)
@@ -54,6 +66,7 @@ class Pool:
     kind: str = "max"
     ceil_mode: bool = False
     starts_head: ClassVar[bool] = False
+    module_name: ClassVar[str] = "pool"
 
     def to_module(self, channels: int) -> nn.Module:
         pool = {"max": nn.MaxPool2d, "avg": nn.AvgPool2d}[self.kind]
@@ -64,6 +77,7 @@ class Pool:
 class Dropout:
     p: float
     starts_head: ClassVar[bool] = False
+    module_name: ClassVar[str] = "dropout"
 
     def to_module(self, channels: int) -> nn.Module:
         return nn.Dropout(self.p)
@@ -74,6 +88,7 @@ class GlobalAvgPool:
     """Global average pooling to one vector per image; starts the network's head."""
 
     starts_head: ClassVar[bool] = True
+    module_name: ClassVar[str] = "avgpool"
 
     def to_module(self, channels: int) -> nn.Module:
         return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
@@ -84,6 +99,7 @@ class Flatten:
     """Flattens the feature map; starts the network's head."""
 
     starts_head: ClassVar[bool] = True
+    module_name: ClassVar[str] = "flatten"
 
     def to_module(self, channels: int) -> nn.Module:
         return nn.Flatten()
@@ -93,10 +109,12 @@ class PlainSpec(Protocol):
     """A layer without weights: pooling, dropout, SPP (`rectnet.layers.spp`), ...
 
     It may also define `out_channels(channels) -> int`, the features per position it emits for `channels`
-    input channels; without it the count passes through unchanged (`_plain_out_channels`).
+    input channels; without it the count passes through unchanged (`_plain_out_channels`). `module_name` names
+    its module (pool1, spp).
     """
 
     starts_head: ClassVar[bool]
+    module_name: ClassVar[str]
 
     def to_module(self, channels: int) -> nn.Module: ...
 
@@ -105,15 +123,31 @@ LayerSpec = Conv | Linear | PlainSpec
 
 
 class SpecNet(nn.Module):
-    """`features` (fully convolutional, any input size) followed by `head` (pooling and classifier)."""
+    """`features` (fully convolutional, any input size) followed by `head` (pooling and classifier);
+    `layer_facts`: its weight layers (`rectnet.layers.facts`)."""
 
     def __init__(self, features: nn.Sequential, head: nn.Sequential) -> None:
         super().__init__()
         self.features = features
         self.head = head
+        self.layer_facts: tuple[LayerFacts, ...] = ()  # set by `build` once the modules exist
+        self.register_load_state_dict_pre_hook(_positional_to_named)
 
     def forward(self, x):
         return self.head(self.features(x))
+
+
+def _positional_to_named(module: SpecNet, state_dict: dict, prefix: str, *args) -> None:
+    """Rename the keys of a state dict written before modules had names: there a module's key was its position
+    in `features` or `head` (features.17.weight), here it is its name (features.conv7.weight); the modules and
+    their order are the same, so position i is the i-th named module."""
+    for part in ("features", "head"):
+        names = list(getattr(module, part)._modules)
+        start = f"{prefix}{part}."
+        for key in [k for k in state_dict if k.startswith(start)]:
+            position, _, rest = key[len(start) :].partition(".")
+            if position.isdigit() and int(position) < len(names):
+                state_dict[f"{start}{names[int(position)]}.{rest}"] = state_dict.pop(key)
 
 
 def _side_after(spec: LayerSpec, side: int) -> int:
@@ -174,28 +208,52 @@ def build(
     _check_indices("halve_at", halve_at, n_weight)
     base = make_activation(base_act)
 
-    features: list[nn.Module] = []
-    head: list[nn.Module] = []
+    features: OrderedDict[str, nn.Module] = OrderedDict()
+    head: OrderedDict[str, nn.Module] = OrderedDict()
     target = features
     channels, index = in_chans, 0
-    for spec in specs:
+    weight_names, studied = [], []
+    for spec, name in zip(specs, _module_names(specs), strict=True):
         if isinstance(spec, (Conv, Linear)):
             index += 1
-            layer_act = _activation_for(spec.act, index, act, act_at, base)
+            chosen = spec.act == "main" and (act_at is None or index in act_at)
+            layer_act = _activation_for(spec.act, chosen, act, base)
             if spec.out == CLASSES:
                 out = _classifier_filters(num_classes, layer_act)
             else:
                 out = _scaled(spec.out, width * (0.5 if index in halve_at else 1.0))
-            target.extend(_weight_layer(spec, channels, out, layer_act))
+            target.update(_weight_layer(spec, name, channels, out, layer_act))
             channels = layer_act.out_channels(out) if layer_act else out
+            weight_names.append(name)
+            studied.append(chosen)
         else:
             if spec.starts_head:
                 target = head
             if dropout is not None and isinstance(spec, Dropout):
                 spec = Dropout(dropout)
-            target.append(spec.to_module(channels))
+            target[name] = spec.to_module(channels)
             channels = _plain_out_channels(spec, channels)
-    return SpecNet(nn.Sequential(*features), nn.Sequential(*head))
+    model = SpecNet(nn.Sequential(features), nn.Sequential(head))
+    model.layer_facts = walk_layer_facts(model, weight_names, studied)
+    return model
+
+
+def _module_names(specs: Sequence[LayerSpec]) -> list[str]:
+    """Each spec's module name (module docstring); two layers of one name are an error in the spec list."""
+    kinds = Counter(s.module_name for s in specs if not isinstance(s, (Conv, Linear)))
+    names, seen, index = [], Counter(), 0
+    for spec in specs:
+        if isinstance(spec, (Conv, Linear)):
+            index += 1
+            names.append(spec.name or f"{'conv' if isinstance(spec, Conv) else 'fc'}{index}")
+        else:
+            kind = spec.module_name
+            seen[kind] += 1
+            names.append(f"{kind}{seen[kind]}" if kinds[kind] > 1 else kind)
+    repeated = sorted(name for name, count in Counter(names).items() if count > 1)
+    if repeated:
+        raise ValueError(f"layer names {repeated} occur more than once in the spec list")
+    return names
 
 
 def _classifier_filters(num_classes: int, act: ActivationFactory | None) -> int:
@@ -214,26 +272,29 @@ def _plain_out_channels(spec: PlainSpec, channels: int) -> int:
 
 
 def _activation_for(
-    choice: str | None, index: int, act: ActivationFactory, act_at: Sequence[int] | None, base: ActivationFactory
+    choice: str | None, studied: bool, act: ActivationFactory, base: ActivationFactory
 ) -> ActivationFactory | None:
     if choice is None:
         return None
     if choice != "main":
         return make_activation(choice)
-    return act if act_at is None or index in act_at else base
+    return act if studied else base
 
 
-def _weight_layer(spec: Conv | Linear, c_in: int, out: int, act: ActivationFactory | None) -> list[nn.Module]:
+def _weight_layer(
+    spec: Conv | Linear, name: str, c_in: int, out: int, act: ActivationFactory | None
+) -> dict[str, nn.Module]:
+    """The layer's modules by name: the conv / linear, its BatchNorm, its activation."""
     if isinstance(spec, Conv):
-        layers: list[nn.Module] = [
-            nn.Conv2d(c_in, out, spec.kernel, spec.stride, spec.padding, bias=not spec.bn),
-        ]
-        if spec.bn:
-            layers.append(nn.BatchNorm2d(out))
+        layers: dict[str, nn.Module] = {
+            name: nn.Conv2d(c_in, out, spec.kernel, spec.stride, spec.padding, bias=not spec.bn)
+        }
+        norm = nn.BatchNorm2d
     else:
-        layers = [nn.Linear(c_in, out, bias=not spec.bn)]
-        if spec.bn:
-            layers.append(nn.BatchNorm1d(out))
+        layers = {name: nn.Linear(c_in, out, bias=not spec.bn)}
+        norm = nn.BatchNorm1d
+    if spec.bn:
+        layers[f"{name}_bn"] = norm(out)
     if act is not None:
-        layers.append(act(out))
+        layers[f"{name}_{act.name}"] = act(out)
     return layers

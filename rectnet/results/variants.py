@@ -12,8 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
 
-from rectnet.models import MODELS
-from rectnet.models.spec import CLASSES, Conv, Linear
+from rectnet.models import MODELS, spec_layer_facts
 
 SLOPE_DEFAULTS = {"prelu": 0.25, "prelu_shared": 0.25, "leaky_relu": 0.01}  # activations whose slope matters
 
@@ -49,10 +48,8 @@ def _layer_roles(model: str) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
     """(weight layers that take the studied activation, classifier layers), 1-based; None if unknown."""
     if model not in MODELS:
         return None
-    weight = [s for s in MODELS.get(model)() if isinstance(s, (Conv, Linear))]
-    main = tuple(i for i, s in enumerate(weight, 1) if s.act == "main")
-    classifiers = tuple(i for i, s in enumerate(weight, 1) if s.out == CLASSES)
-    return main, classifiers
+    layers = spec_layer_facts(model)
+    return tuple(f.index for f in layers if f.studied), tuple(f.index for f in layers if f.classifier)
 
 
 def make_variant(

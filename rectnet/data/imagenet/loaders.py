@@ -1,0 +1,117 @@
+"""Samplers and DataLoaders: this rank's part of each global training batch, and its contiguous shard of an
+evaluation split."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from torch.utils.data import DataLoader, Sampler
+
+from rectnet.data.batches import generator, shard_bounds
+from rectnet.data.imagenet.datasets import TrainBatch, TrainCollate, TrainDataset, ViewDataset, collate_views
+
+
+class GlobalBatchSampler(Sampler[list[tuple[int, int]]]):
+    """This rank's part of each global batch, as (epoch, index) keys for TrainDataset.
+
+    Global batches of `batch_size * world_size` are cut from a permutation seeded by (seed, epoch); rank r
+    takes slice r. The last incomplete global batch is dropped, so every step has the same global batch (as
+    TrainBatches does for tensor-held splits: the same permutation, the same slices). `set_epoch(epoch,
+    start_step)` chooses what the next iteration yields; start_step > 0 resumes mid-epoch exactly.
+    """
+
+    def __init__(self, size: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1) -> None:
+        self.size, self.batch_size, self.seed, self.rank = size, batch_size, seed, rank
+        self.global_batch = batch_size * world_size
+        if size < self.global_batch:
+            raise ValueError(f"the training split has {size} images, fewer than one global batch ({self.global_batch})")
+        self.epoch, self.start_step = 0, 0
+
+    @property
+    def steps(self) -> int:
+        return self.size // self.global_batch
+
+    def set_epoch(self, epoch: int, start_step: int = 0) -> None:
+        if not 0 <= start_step <= self.steps:
+            raise ValueError(f"start_step {start_step} is outside an epoch of {self.steps} steps")
+        self.epoch, self.start_step = epoch, start_step
+
+    def __len__(self) -> int:
+        return self.steps - self.start_step
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        epoch = self.epoch
+        order = torch.randperm(self.size, generator=generator(self.seed, epoch)).tolist()
+        for step in range(self.start_step, self.steps):
+            first = step * self.global_batch + self.rank * self.batch_size
+            yield [(epoch, i) for i in order[first : first + self.batch_size]]
+
+
+class ShardSampler(Sampler[int]):
+    """This rank's contiguous shard of [0, size), in order, unpadded: across ranks every index once."""
+
+    def __init__(self, size: int, rank: int = 0, world_size: int = 1) -> None:
+        self.start, self.stop = shard_bounds(size, rank, world_size)
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.start, self.stop))
+
+
+# ------------------------------------------------------------------------------------------- loaders
+
+
+def loader_options(workers: int, prefetch_factor: int = 2, persistent: bool = True) -> dict:
+    """DataLoader keywords: `workers` processes (kept alive across epochs when `persistent`); pinned memory
+    only with CUDA."""
+    options: dict = {"num_workers": workers, "pin_memory": torch.cuda.is_available()}
+    if workers > 0:
+        options |= {"persistent_workers": persistent, "prefetch_factor": prefetch_factor}
+    return options
+
+
+class TrainLoader:
+    """This rank's training batches, epoch by epoch: `for batch in loader.epoch(epoch, start_step)`.
+
+    One DataLoader over `dataset` with a GlobalBatchSampler; workers persist across epochs and get the
+    epoch through the sampler's keys, so nothing has to be told to them.
+    """
+
+    def __init__(
+        self,
+        dataset: TrainDataset,
+        batch_size: int,
+        rank: int = 0,
+        world_size: int = 1,
+        workers: int = 0,
+        prefetch_factor: int = 2,
+    ) -> None:
+        self.sampler = GlobalBatchSampler(len(dataset), batch_size, dataset.seed, rank, world_size)
+        collate = TrainCollate(dataset.spec.crop)
+        options = loader_options(workers, prefetch_factor)
+        self.loader = DataLoader(dataset, batch_sampler=self.sampler, collate_fn=collate, **options)
+
+    def __len__(self) -> int:
+        return self.sampler.steps
+
+    def epoch(self, epoch: int, start_step: int = 0) -> Iterator[TrainBatch]:
+        self.sampler.set_epoch(epoch, start_step)
+        return iter(self.loader)
+
+
+def eval_loader(
+    dataset: ViewDataset,
+    batch_size: int,
+    rank: int = 0,
+    world_size: int = 1,
+    workers: int = 0,
+    prefetch_factor: int = 2,
+    persistent: bool = True,
+) -> DataLoader:
+    """This rank's contiguous shard of `dataset`, in order, unpadded, as EvalBatches (batch_size 1 for dense)."""
+    sampler = ShardSampler(len(dataset), rank, world_size)
+    options = loader_options(workers, prefetch_factor, persistent)
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate_views, **options)
