@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parents[2]
-ACTIVATIONS = ("relu", "prelu", "prelu_shared", "leaky_relu", "crelu", "avr")
+ACTIVATIONS = ("relu", "prelu", "prelu_shared", "avr", "crelu", "leaky_relu")
 MODES = ("fan_in", "fan_out")
 LOG_EVERY = 10
 # "epoch 1/1 step 120/391 loss 2.1234 (last 10 steps; ..." in train.log
