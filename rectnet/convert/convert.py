@@ -44,7 +44,7 @@ import torch
 from torch import fx, nn
 
 from rectnet.config import ConfigError
-from rectnet.convert.graph import Graph, Site, TraceFailure, norm_act_rectifier
+from rectnet.convert.graph import NORMS, Graph, Site, TraceFailure, norm_act_rectifier
 from rectnet.convert.report import ConversionReport, LayerReport, SiteReport
 from rectnet.layers.activations import ActivationFactory, Identity, ReLU, make_activation
 from rectnet.layers.init import WEIGHT_LAYERS, WeightLayer, init_model
@@ -225,7 +225,7 @@ def _plan(
                 want, note = base, f"not CReLU: {blocker}"
         if site.module is None:
             call = getattr(site.node.target, "__name__", site.node.target)
-            note = f"{site.node.name} left as {call}: a function call in forward code, out of module replacement's reach"
+            note = f"{site.node.name} left as {call}: a function call in forward code, not a module to replace"
         plan.append((site, want, conv, norm, note))
     if act.out_channels(1) != 1 and not any(conv is not None for _, _, conv, _, _ in plan):
         reasons = sorted({note.removeprefix("not CReLU: ") for *_, note in plan if note})
@@ -398,7 +398,21 @@ def _initialise(
     used = init_model(
         model, name, mode, distribution, head_scale=head_scale, count_dropout=count_dropout, layers=layers
     )
+    _reset_norms(model)
     return dict(used)
+
+
+def _reset_norms(model: nn.Module) -> None:
+    """Every norm back to the identity (scale 1, shift 0, running mean 0 and variance 1).
+
+    Models may start some norms elsewhere: timm's ResNets zero the scale of each block's last BN
+    (`zero_init_last`, Goyal et al. 2017), which takes every residual branch out of the forward signal and
+    stops the gradient into its convs at init. He et al.'s Eq. 10/14 are about layers that carry the signal,
+    and rectnet's init owns the whole network, so the norms start where the derivation assumes them.
+    """
+    for module in model.modules():
+        if isinstance(module, NORMS) and hasattr(module, "reset_parameters"):
+            module.reset_parameters()
 
 
 def _site_label(site: Site | str | None) -> str:
