@@ -332,3 +332,25 @@ def test_cli_bad_timm_input_exits_nonzero(tmp_path, args, message):
     proc = run_cli([*_tiny(args), f"hydra.run.dir={tmp_path}"])
     assert proc.returncode != 0
     assert message in proc.stderr + proc.stdout
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not built in")
+def test_torchrun_trains_a_converted_timm_model(tmp_path):
+    """Every rank builds and converts the same network; DDP's gradient sync needs identical parameter lists."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from helpers import ROOT
+
+    args = [*_tiny(["activation=crelu", "trainer.epochs=1", "dataset.num_test=101"]), f"hydra.run.dir={tmp_path}"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(ROOT / "train.py"),
+         *args],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["world_size"] == 2 and results["final"]["count"] == 101
