@@ -354,3 +354,14 @@ def test_torchrun_trains_a_converted_timm_model(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["world_size"] == 2 and results["final"]["count"] == 101
+
+
+def test_rectifiers_inside_a_closed_timm_leaf_are_converted_but_not_halved():
+    """timm marks VGG's ConvMlp head notrace (fx cannot trace it): its ReLUs still become the activation."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model, report = create_timm("vgg11", 10, image_size=32, activation="crelu", kwargs={"mlp_ratio": 0.0625})
+    inside = [s for s in report.sites if s.where.startswith("pre_logits.")]
+    assert len(inside) == 2 and all("keeps closed" in s.note for s in inside)
+    assert len(report.halved) == 8  # the eight convs of the features
+    assert report.layers[-1].reads == f"#{inside[-1].index}"  # the classifier reads the head's last rectifier

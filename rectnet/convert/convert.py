@@ -38,6 +38,7 @@ import copy
 import inspect
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -47,7 +48,7 @@ from rectnet.config import ConfigError
 from rectnet.convert.graph import NORMS, Graph, Site, TraceFailure, norm_act_rectifier
 from rectnet.convert.report import ConversionReport, LayerReport, SiteReport
 from rectnet.layers.activations import ActivationFactory, Identity, ReLU, make_activation
-from rectnet.layers.init import WEIGHT_LAYERS, WeightLayer, init_model
+from rectnet.layers.init import WEIGHT_LAYERS, WeightLayer, init_model, weight_layers
 
 
 class ConversionError(ConfigError):
@@ -281,7 +282,7 @@ def _apply(model: nn.Module, graph: Graph | None, plan, shapes: dict[int, tuple[
 def _check_layout(graph: Graph | None, site: Site, shape: tuple[int, ...] | None, want: ActivationFactory) -> None:
     """Channel-wise parameters act on dim 1 (NCHW): refuse a site whose channels are last (a Linear on tokens)."""
     per_channel = any(p.numel() == 2 for p in want(2).parameters())  # a parameter per channel (PReLU's slopes)
-    if not per_channel or graph is None or site.node is None or shape is None or len(shape) <= 2:
+    if not per_channel or graph is None or site.node is None or site.inside or shape is None or len(shape) <= 2:
         return
     node = site.node.args[0]
     while isinstance(node, fx.Node) and graph.role(node) in ("pass", "norm", "add"):
@@ -352,10 +353,6 @@ def _halved_norm(norm: nn.Module, channels: int, path: str) -> nn.Module:
     return new
 
 
-def _weight_modules(model: nn.Module, graph: Graph) -> list[tuple[str, nn.Module]]:
-    return [(node.target, model.get_submodule(node.target)) for node in graph.weights]
-
-
 def _gain_module(model: nn.Module, site: Site | str | None) -> nn.Module | None:
     """The rectifier module that init reads the gains of: a site's module now, ReLU for a functional call,
     Identity (q = 1) for "other", None for the input (init's first-layer rule)."""
@@ -376,18 +373,7 @@ def _initialise(
     count_dropout: bool,
     init_std: dict[int, float] | None,
 ) -> dict[str, float]:
-    layers = None
-    if graph is not None:
-        layers = []
-        for node in graph.weights:
-            before, keep_in = graph.feeding(node)
-            after, keep_out = graph.following(node)
-            module = model.get_submodule(node.target)
-            layers.append(
-                WeightLayer(
-                    node.target, module, _gain_module(model, before), _gain_module(model, after), keep_in, keep_out
-                )
-            )
+    layers = [entry.layer for entry in _data_flow_layers(model, graph)] if graph is not None else None
     ordered = (
         [layer.module for layer in layers] if layers else [m for m in model.modules() if isinstance(m, WEIGHT_LAYERS)]
     )
@@ -423,21 +409,45 @@ def _site_label(site: Site | str | None) -> str:
     return f"#{site.index}"
 
 
-def _layer_reports(model: nn.Module, graph: Graph, used: dict[str, float]) -> list[LayerReport]:
-    reports = []
-    for index, node in enumerate(graph.weights, 1):
+@dataclass
+class _FlowLayer:
+    layer: WeightLayer
+    reads: str
+    followed_by: str
+
+
+def _data_flow_layers(model: nn.Module, graph: Graph) -> list[_FlowLayer]:
+    """Every conv/linear layer in data-flow order with the rectifiers that feed and follow it (`Graph.feeding`,
+    `Graph.following`). Inside a closed leaf the layers are paired in registration order, and its first and last
+    layer take the leaf's feeding and following rectifiers."""
+    out = []
+    for node in graph.weights:
+        before, keep_in = graph.feeding(node)
+        after, keep_out = graph.following(node)
         module = model.get_submodule(node.target)
-        reports.append(
-            LayerReport(
-                index,
-                node.target,
-                _describe(module),
-                _site_label(graph.feeding(node)[0]),
-                _site_label(graph.following(node)[0]),
-                used.get(node.target),
+        if isinstance(module, WEIGHT_LAYERS):
+            layer = WeightLayer(
+                node.target, module, _gain_module(model, before), _gain_module(model, after), keep_in, keep_out
             )
-        )
-    return reports
+            out.append(_FlowLayer(layer, _site_label(before), _site_label(after)))
+            continue
+        inner = weight_layers(module)
+        for i, layer in enumerate(inner):
+            layer.name = f"{node.target}.{layer.name}"
+            reads, follows = "(registration order)", "(registration order)"
+            if i == 0 and layer.before is None:
+                layer.before, layer.keep_in, reads = _gain_module(model, before), keep_in, _site_label(before)
+            if i == len(inner) - 1 and layer.after is None:
+                layer.after, layer.keep_out, follows = _gain_module(model, after), keep_out, _site_label(after)
+            out.append(_FlowLayer(layer, reads, follows))
+    return out
+
+
+def _layer_reports(model: nn.Module, graph: Graph, used: dict[str, float]) -> list[LayerReport]:
+    return [
+        LayerReport(i, f.layer.name, _describe(f.layer.module), f.reads, f.followed_by, used.get(f.layer.name))
+        for i, f in enumerate(_data_flow_layers(model, graph), 1)
+    ]
 
 
 def _describe(module: nn.Module) -> str:

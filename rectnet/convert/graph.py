@@ -109,6 +109,7 @@ class Site:
     path: str | None  # the rectifier module's name (`layer1.0.act1`, `bn1.act`); None for a functional call
     module: nn.Module | None
     norm: str | None = None  # the norm module that applies this rectifier itself (BatchNormAct2d), if any
+    inside: str | None = None  # the closed leaf module (fx does not trace into it) that holds this rectifier
 
     @property
     def where(self) -> str:
@@ -122,7 +123,8 @@ class Graph:
     model: nn.Module
     fx_graph: fx.Graph
     sites: list[Site] = field(default_factory=list)
-    weights: list[fx.Node] = field(default_factory=list)  # first call of each conv/linear module
+    # first call of each conv/linear module, and the closed leaves that hold such layers (`_add_closed`)
+    weights: list[fx.Node] = field(default_factory=list)
     _site_of: dict[fx.Node, Site] = field(default_factory=dict)
 
     @classmethod
@@ -145,7 +147,23 @@ class Graph:
             elif role == "weight" and id(graph.module(node)) not in seen_weights:
                 seen_weights.add(id(graph.module(node)))
                 graph.weights.append(node)
+            elif role == "other" and node.op == "call_module" and _holds_layers(graph.module(node)):
+                graph._add_closed(node)
         return graph
+
+    def _add_closed(self, node: fx.Node) -> None:
+        """A leaf that holds rectifiers or weight layers (timm's notrace modules, e.g. VGG's ConvMlp head):
+        fx cannot see inside it, so its rectifiers become sites at its place in the data flow, in registration
+        order, and its weight layers are paired in registration order inside it (`inside` names the leaf)."""
+        self.weights.append(node)
+        seen: set[int] = set()
+        for sub_path, sub in self.module(node).named_modules():
+            inner = norm_act_rectifier(sub)
+            path = f"{node.target}.{sub_path}.act" if inner is not None else f"{node.target}.{sub_path}"
+            sub = inner if inner is not None else sub
+            if _is_rectifier(sub) and id(sub) not in seen:
+                seen.add(id(sub))
+                self.sites.append(Site(len(self.sites) + 1, node, path, sub, inside=node.target))
 
     def module(self, node: fx.Node) -> nn.Module:
         return self.model.get_submodule(node.target)
@@ -223,6 +241,9 @@ class Graph:
             role = self.role(node)
             if role in ("site", "functional"):
                 return self._site_of[node], keep
+            closed = [s for s in self.sites if s.inside is not None and s.node is node]
+            if closed:  # a closed leaf: its last rectifier in registration order
+                return closed[-1], keep
             if role != "pass":
                 return "other", keep
             keep *= self.keep(node)
@@ -239,6 +260,8 @@ class Graph:
         """
         if site.module is None:
             return "a functional call in forward code (not a module)", None, None
+        if site.inside is not None:
+            return f"it is inside {site.inside}, which torch.fx keeps closed", None, None
         if len(self.sites_of_module(site.module)) > 1:
             return f"its module is called at {len(self.sites_of_module(site.module))} places", None, None
         node, norm = site.node, None
@@ -272,6 +295,10 @@ class Graph:
         if sum(1 for n in self.fx_graph.nodes if n.op == "call_module" and n.target == node.target) > 1:
             return f"{node.target} is called at several places", None, None
         return None, node, norm
+
+
+def _holds_layers(module: nn.Module) -> bool:
+    return any(isinstance(m, WEIGHT_LAYERS) or _is_rectifier(m) for m in module.modules())
 
 
 def _reads_metadata(node: fx.Node) -> bool:
