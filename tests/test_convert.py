@@ -232,6 +232,7 @@ def test_every_rectifier_becomes_the_activation_in_timm_convnext_with_relu():
     ("call", "message"),
     [
         (lambda: create_timm("resnet81", 10), "close matches: resnet18"),
+        (lambda: create_timm("timm", 10), "model=timm needs an architecture"),
         (lambda: create_timm("resnet18", 10, image_size=32, act_at=[18]), r"rectifiers 1\.\.17.*\[18\]"),
         (lambda: create_timm("resnet18", 10, kwargs={"nonsense": 1}), "does not take model.kwargs"),
         (lambda: create_timm("vgg11", 10, cifar_stem=True), "never forks"),

@@ -20,6 +20,8 @@ from rectnet.convert.report import ConversionReport
 
 def check_name(name: str) -> None:
     """Refuse a name timm does not know, listing the closest ones (a pretrained tag, `.a1_in1k`, is allowed)."""
+    if name == "timm":  # configs/model/timm.yaml names itself; the architecture is the user's choice
+        raise ConversionError("model=timm needs an architecture: add model.name=<a timm model>, e.g. resnet18")
     known = timm.list_models()
     if name.split(".")[0] in known:
         return
