@@ -98,7 +98,7 @@ def convert(
     channels = _site_channels(model, sites, example)
     plan = _plan(graph, sites, act, base, act_at)
     report = ConversionReport(type(model).__name__, act.name, graph is not None, stopped, params_before, 0)
-    report.sites = _apply(model, graph, plan, channels)
+    report.sites = _apply(model, graph, plan, channels, example)
     if stopped:
         report.notes.append(
             f"torch.fx stopped in {stopped}: rectifiers replaced in registration order, init paired in "
@@ -253,7 +253,9 @@ def _check_shared(plan) -> None:
             )
 
 
-def _apply(model: nn.Module, graph: Graph | None, plan, shapes: dict[int, tuple[int, ...]]) -> list[SiteReport]:
+def _apply(
+    model: nn.Module, graph: Graph | None, plan, shapes: dict[int, tuple[int, ...]], example: torch.Tensor
+) -> list[SiteReport]:
     """Halve the convs and norms of CReLU sites, then put every site's activation in place."""
     reports, placed = [], {}
     for site, want, conv, norm, note in plan:
@@ -267,7 +269,9 @@ def _apply(model: nn.Module, graph: Graph | None, plan, shapes: dict[int, tuple[
         channels = shape[1] if shape and len(shape) > 1 else None
         if id(site.module) not in placed:
             _check_layout(graph, site, shape, want)
-            placed[id(site.module)] = _make(want, channels, site.module)
+            # on the model's device, in its parameters' dtype (a model converted on a GPU stays there)
+            dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
+            placed[id(site.module)] = _make(want, channels, site.module).to(example.device, dtype)
             _set(model, site.path, placed[id(site.module)])
         if (
             graph is not None

@@ -39,7 +39,8 @@ def cifar_stem(model: nn.Module) -> list[str]:
     first = convs[0]
     old = graph.module(first)
     changes = [f"{first.target}: {_conv_text(old)} -> 3x3, stride 1"]
-    _set(model, first.target, nn.Conv2d(old.in_channels, old.out_channels, 3, 1, 1, bias=old.bias is not None))
+    new = nn.Conv2d(old.in_channels, old.out_channels, 3, 1, 1, bias=old.bias is not None)
+    _set(model, first.target, new.to(old.weight.device, old.weight.dtype))
     for node in stem:
         pool = graph.module(node) if node.op == "call_module" else None
         if isinstance(pool, STEM_POOLS):
