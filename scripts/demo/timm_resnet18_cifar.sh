@@ -38,4 +38,5 @@ for seed in $SEEDS; do
         train "$act" "$seed"
     done
 done
-"$PY" "$repo/scripts/demo/timm_resnet18_report.py" "$OUT" --out "$REPORT"
+# this checkout's rectnet, whichever one the interpreter has installed
+PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}" "$PY" "$repo/scripts/demo/timm_resnet18_report.py" "$OUT" --out "$REPORT"
