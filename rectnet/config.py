@@ -108,14 +108,42 @@ class DatasetConfig:
 @dataclass
 class ModelConfig:
     name: str = "convpool_cnn_c"
+    # rectnet: the papers' layer-spec nets (rectnet/models); timm: any timm architecture, converted by
+    # rectnet.convert (docs/convert.md). With timm, act_at and init_std count the network's rectifiers and
+    # weight layers in data-flow order.
+    source: str = "rectnet"
     width: float = 1.0  # filter multiplier: 1 baseline, 2 "double", 0.5 "half" (CReLU paper Table 1)
     act_at: list[int] | None = None  # weight layers (1-based) that take `activation`; others base_act; null = all
     halve_at: list[int] = field(default_factory=list)  # weight layers whose filters are halved
     base_act: str = "relu"
     dropout: float | None = None  # replaces every dropout rate of the layer list when set
     init_std: dict[int, float] = field(default_factory=dict)  # weight layer -> fixed init std
+    cifar_stem: bool = False  # timm: 3x3 stride-1 first conv, stem pooling removed (rectnet/convert/stem.py)
+    kwargs: dict[str, Any] = field(default_factory=dict)  # timm: arguments of timm.create_model (channels, ...)
+
+    def _source_checks(self) -> None:
+        _one_of("model.source", self.source, ("rectnet", "timm"))
+        if self.source == "rectnet":
+            for key in ("cifar_stem", "kwargs"):
+                _require(
+                    not getattr(self, key), f"model.{key}", "is for model=timm (model.source=timm)", getattr(self, key)
+                )
+            return
+        # A timm network has no layer list to scale: its widths and dropout are its own arguments.
+        for key, neutral, instead in (
+            ("width", 1.0, "its widths through model.kwargs (resnet: channels=[...])"),
+            ("halve_at", [], "activation=crelu, which halves every conv it can (docs/convert.md)"),
+            ("dropout", None, "its dropout through model.kwargs (drop_rate=...)"),
+        ):
+            _require(
+                getattr(self, key) == neutral,
+                f"model.{key}",
+                f"is for rectnet's nets; a timm model takes {instead}",
+                getattr(self, key),
+            )
 
     def validate(self) -> None:
+        self._source_checks()
         _require(self.width > 0, "model.width", "must be > 0", self.width)
         _require(self.dropout is None or 0 <= self.dropout < 1, "model.dropout", "must be in [0, 1)", self.dropout)
         for key in ("act_at", "halve_at"):

@@ -165,13 +165,16 @@ class RunLogger:
 
 
 def prelu_slopes(model: nn.Module) -> dict[str, list[float]]:
-    """The slopes of each PReLU, under the name of the layer it follows (conv1, conv21, fc1: as
-    `rectnet.analysis.slopes` and the papers name them)."""
-    return {
-        layer.name: layer.after.weight.detach().float().cpu().tolist()
-        for layer in weight_layers(model)
-        if isinstance(layer.after, PReLU)
-    }
+    """The slopes of each PReLU, under the name of the layer it follows in rectnet's nets (conv1, conv21, fc1: as
+    `rectnet.analysis.slopes` and the papers name them), under its module path in any other network (a converted
+    timm model has no paper names, and registration order need not be its data flow)."""
+    if not getattr(model, "layer_facts", None):
+        return {path: _values(m) for path, m in model.named_modules() if isinstance(m, PReLU)}
+    return {layer.name: _values(layer.after) for layer in weight_layers(model) if isinstance(layer.after, PReLU)}
+
+
+def _values(prelu: PReLU) -> list[float]:
+    return prelu.weight.detach().float().cpu().tolist()
 
 
 def elapsed(start: float, device: torch.device) -> float:

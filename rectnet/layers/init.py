@@ -113,15 +113,18 @@ def init_model(
     generator: torch.Generator | None = None,
     head_scale: float = 0.0,
     count_dropout: bool = True,
+    layers: list[WeightLayer] | None = None,
 ) -> list[tuple[str, float]]:
     """Initialise every conv/linear layer of `model`; returns (layer name, std used) in order.
 
     `head_scale` and `count_dropout`: see the module docstring. A layer's own `init_std` (0 included) wins.
+    `layers`: the layers with their rectifiers, in data-flow order (`rectnet.convert` reads them from the
+    traced graph); default `weight_layers(model)`, registration order.
     """
     std_of = INITS.get(name)
     if not head_scale >= 0:
         raise ValueError(f"init head_scale must be >= 0, got {head_scale}")
-    layers = weight_layers(model)
+    layers = weight_layers(model) if layers is None else layers
     if not count_dropout:
         layers = [replace(layer, facts=replace(layer.facts, keep_in=1.0, keep_out=1.0)) for layer in layers]
     used = []

@@ -80,10 +80,19 @@ def make_variant(
     return Variant(model, activation, slope, float(width), placed, halved, base_act)
 
 
+def _model_label(model: dict) -> str:
+    """A rectnet net by its name; a timm net (model.source=timm) as timm:<name>[stem, timm arguments]."""
+    if model.get("source", "rectnet") == "rectnet":
+        return model["name"]
+    extras = ["cifar_stem"] if model.get("cifar_stem") else []
+    extras += [f"{k}={v}" for k, v in sorted((model.get("kwargs") or {}).items())]
+    return f"timm:{model['name']}" + (f"[{', '.join(extras)}]" if extras else "")
+
+
 def variant_from_config(config: dict) -> Variant:
     model, act = config["model"], config["activation"]
     return make_variant(
-        model["name"],
+        _model_label(model),
         act["name"],
         act.get("slope"),
         model.get("width", 1.0),
