@@ -233,3 +233,19 @@ def test_recipe_check_writes_a_table_row_per_recipe(tmp_path, capsys):
     assert code == (0 if rows[0]["passed"] else 1)
     table = out.read_text()
     assert "| quickstart | synthetic (10) | convpool_cnn_c, 0.25 |" in table and "recipes pass" in table
+    assert rows[0]["lr"] == rows[0]["peak_lr"] == 0.01
+
+
+def test_recipe_check_probes_a_warming_up_recipe_at_its_first_step(tmp_path, capsys):
+    from rectnet.analysis.recipe_check import main as recipe_check
+
+    out = tmp_path / "recipes.md"
+    recipe_check(
+        ["--cifar", str(tmp_path), "--imagenet", str(tmp_path), "--only", "quickstart", "--steps", "2", "--iters", "4"]
+        + ["--out", str(out), "trainer.batch_size=16", "dataset.num_train=64", "dataset.num_test=16"]
+        + ["schedule.warmup_steps=10", "schedule.warmup_factor=0.2"]
+    )
+    (row,) = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert row["lr"] == pytest.approx(0.002) and row["peak_lr"] == 0.01
+    assert row["stable"] == (0.002 < row["lr_max_stable"])
+    assert "| 0.002 → 0.01 |" in out.read_text()

@@ -109,7 +109,8 @@ def check(name: str, overrides: Sequence[str], steps: int, iters: int) -> dict:
         "activation": settings.activation.name,
         "init": f"{settings.init.name}/{settings.init.mode}",
         "batch": settings.trainer.batch_size,
-        "lr": settings.optim.lr,
+        "lr": probe["lr"],  # the first step's: a warming-up recipe starts at lr x warmup_factor
+        "peak_lr": settings.optim.lr,
         "steps": len(losses),
         "first_loss": losses[0],
         "end_loss": end,
@@ -123,6 +124,11 @@ def check(name: str, overrides: Sequence[str], steps: int, iters: int) -> dict:
         "passed": probe["stable"] and not diverged,
         "seconds": round(time.perf_counter() - started, 1),
     }
+
+
+def _lr(row: dict) -> str:
+    """The lr the probe checked, with the peak a warmup leads to."""
+    return f"{row['lr']:g}" if row["lr"] == row["peak_lr"] else f"{row['lr']:g} → {row['peak_lr']:g}"
 
 
 def render(rows: Sequence[dict], command: str) -> str:
@@ -140,7 +146,8 @@ def render(rows: Sequence[dict], command: str) -> str:
         "",
         "λ_max: the largest Hessian eigenvalue of the training loss at init on the first batch (Lanczos iteration);"
         " 'stable lr <': the heavy-ball SGD limit 2(1+μ)/λ_max; 'sharpest': the layer with the largest share of"
-        " λ_max. A recipe passes when its lr is below the limit and its steps do not diverge (a loss that is not"
+        " λ_max; 'lr': the first step's, with the peak of a warmup after the arrow. A recipe passes when its"
+        " first step's lr is below the limit and its steps do not diverge (a loss that is not"
         " finite or above twice the larger of the first loss and chance, ln classes).",
         "",
         header,
@@ -149,7 +156,7 @@ def render(rows: Sequence[dict], command: str) -> str:
     for r in rows:
         lines.append(
             f"| {r['recipe']} | {r['dataset']} ({r['classes']}) | {r['model']}, {r['width']:g} | {r['activation']} | "
-            f"{r['init']} | {r['batch']} | {r['lr']:g} | {r['lambda_max']:.4g} | {r['lr_max_stable']:.3g} | "
+            f"{r['init']} | {r['batch']} | {_lr(r)} | {r['lambda_max']:.4g} | {r['lr_max_stable']:.3g} | "
             f"{r['first_loss']:.4g} | {r['end_loss']:.4g} | {r['max_loss']:.4g} | {r['steps']} | "
             f"{r['sharpest_layer']} | {'yes' if r['passed'] else '**NO**'} |"
         )
