@@ -1,7 +1,7 @@
 """The default command, one epoch per activation and fan mode, on real CIFAR-10: does every start learn?
 
     python scripts/demo/default_command.py --data DATA [--width 0.25] [--out runs/default_command]
-        [--report docs/results/default_command.md] [extra train.py overrides...]
+        [--report docs/results/default_command.md] [--report-only] [extra train.py overrides...]
 
 Runs `python train.py activation=<a> init=kaiming init.mode=<m>` for every activation and both fan modes, with
 the default recipe (ConvPool-CNN-C, lr 0.01, momentum 0.9, dropout, batch 128, all 50,000 training images, one
@@ -81,10 +81,11 @@ def main() -> None:
     parser.add_argument("--width", type=float, default=0.25)
     parser.add_argument("--out", type=Path, default=Path("runs/default_command"))
     parser.add_argument("--report", type=Path, default=None, help="Markdown table to write (default: OUT/report.md)")
+    parser.add_argument("--report-only", action="store_true", help="write the table from the runs already there")
     parser.add_argument("overrides", nargs="*", help="extra train.py overrides for every run")
     args = parser.parse_args()
     runs = [(args.out / f"{a}_{m}", a, m) for m in MODES for a in ACTIVATIONS]
-    for run_dir, activation, mode in runs:
+    for run_dir, activation, mode in [] if args.report_only else runs:
         train(run_dir, activation, mode, args)
     command = " ".join(["python scripts/demo/default_command.py --data DATA", f"--width {args.width}", *args.overrides])
     lines = [
