@@ -6,6 +6,7 @@ data flow written in each test model's `forward`, never from the code under test
 
 from __future__ import annotations
 
+import json
 import math
 import warnings
 
@@ -321,6 +322,15 @@ def test_summary_and_propagation_build_timm_models(capsys):
     result = analyse([*overrides, "trainer.batch_size=8"])
     # conv1, two convs in each of 4 blocks, 4 shortcut convs (every stage changes width or stride), fc
     assert len(result["layers"]) == 14 and all(v > 0 for v in result["forward_var"])
+
+
+def test_the_stability_probe_measures_a_converted_timm_model(capsys):
+    from rectnet.analysis.sharpness import main as sharpness
+
+    sharpness(["--iters", "4", *_tiny(["activation=crelu", "trainer.batch_size=16"])])
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["lambda_max"] > 0 and result["stable"] == (result["lr"] < result["lr_max_stable"])
+    assert sum(row["share"] for row in result["layers"]) == pytest.approx(1.0, abs=0.02)  # every parameter counted
 
 
 @pytest.mark.parametrize(
