@@ -431,24 +431,22 @@ def _data_flow_layers(model: nn.Module, graph: Graph) -> list[_FlowLayer]:
         after, keep_out = graph.following(node)
         module = model.get_submodule(node.target)
         if isinstance(module, WEIGHT_LAYERS):
-            facts = _flow_facts(node.target, module, keep_in, keep_out)
+            facts = _flow_facts(len(out) + 1, node.target, module, keep_in, keep_out)
             layer = WeightLayer(facts, module, _gain_module(model, before), _gain_module(model, after))
             out.append(_FlowLayer(layer, _site_label(before), _site_label(after)))
             continue
         inner = weight_layers(module)
         for i, layer in enumerate(inner):
-            facts = replace(layer.facts, name=f"{node.target}.{layer.facts.module}", classifier=False)
+            name = f"{node.target}.{layer.facts.module}"
+            facts = replace(layer.facts, index=len(out) + 1, name=name, classifier=False)
             reads, follows = "(registration order)", "(registration order)"
             first_before, last_after = layer.before, layer.after
             if i == 0 and first_before is None:
-                first_before, facts, reads = (
-                    _gain_module(model, before),
-                    replace(facts, keep_in=keep_in),
-                    _site_label(before),
-                )
+                first_before, reads = _gain_module(model, before), _site_label(before)
+                facts = replace(facts, keep_in=keep_in)
             if i == len(inner) - 1 and last_after is None:
-                last_after, facts = _gain_module(model, after), replace(facts, keep_out=keep_out)
-                follows = _site_label(after)
+                last_after, follows = _gain_module(model, after), _site_label(after)
+                facts = replace(facts, keep_out=keep_out)
             out.append(_FlowLayer(WeightLayer(facts, layer.module, first_before, last_after), reads, follows))
     if out:
         last = out[-1].layer
@@ -456,12 +454,12 @@ def _data_flow_layers(model: nn.Module, graph: Graph) -> list[_FlowLayer]:
     return out
 
 
-def _flow_facts(path: str, module: nn.Module, keep_in: float, keep_out: float) -> LayerFacts:
+def _flow_facts(index: int, path: str, module: nn.Module, keep_in: float, keep_out: float) -> LayerFacts:
     """A traced layer's facts, named by its module path (a timm or torchvision model has no paper names)."""
     linear = isinstance(module, nn.Linear)
     channels = (module.in_features, module.out_features) if linear else (module.in_channels, module.out_channels)
     return LayerFacts(
-        index=0,  # numbered by the caller's order, not used by init
+        index=index,  # in data-flow order
         name=path,
         module=path,
         kind="fc" if linear else "conv",
