@@ -1,0 +1,73 @@
+"""AVR's first 300 steps on real CIFAR-10 under several dropout rates (the sweep behind AVR's own rate, 0.1).
+
+    python scripts/demo/avr_dropout_sweep.py --data DATA [--rates default 0.2 0.1 0.05 0] [--act avr] [--center]
+
+A plain SGD loop, kept outside train.py so that only the dropout rate changes: ConvPool-CNN-C at quarter width,
+the default init, lr 0.01, momentum 0.9, weight decay 1e-3, batch 128 drawn with replacement from the first 10,000
+training images (per-channel normalized, no augmentation), seed 0. "default" is the model's own rates
+(Springenberg's 0.2 / 0.5). Prints the mean training loss of each 25 steps (chance: ln 10 = 2.303).
+`--center` makes the filters of conv2..conv8 sum to zero with the std scaled by 1/sqrt(1 - 2/pi), the forward
+condition for zero-sum filters reading AVR (docs/recipes.md: rectnet does not use it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+import torch
+import torch.nn.functional as F
+
+from rectnet.config import DatasetConfig
+from rectnet.data import load_dataset
+from rectnet.models.registry import create
+
+
+def center_filters(model: torch.nn.Module) -> None:
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    with torch.no_grad():
+        for conv in convs[1:-1]:  # the layers reading a rectifier, not the classifier
+            w = conv.weight.view(conv.weight.shape[0], -1)
+            std = w.std()
+            w.sub_(w.mean(1, keepdim=True)).mul_(std / w.std() / math.sqrt(1 - 2 / math.pi))
+
+
+def losses(x: torch.Tensor, y: torch.Tensor, act: str, dropout: float | None, center: bool, steps: int) -> list[float]:
+    torch.manual_seed(0)
+    model = create("convpool_cnn_c", act=act, init="kaiming", width=0.25, dropout=dropout)
+    if center:
+        center_filters(model)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-3)
+    draw = torch.Generator().manual_seed(0)
+    found = []
+    for _ in range(steps):
+        idx = torch.randint(0, len(x), (128,), generator=draw)
+        loss = F.cross_entropy(model(x[idx]), y[idx])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        found.append(loss.item())
+    return found
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", required=True, help="CIFAR-10 root (the python-pickle layout)")
+    parser.add_argument("--rates", nargs="*", default=["default", "0.2", "0.1", "0.05", "0"])
+    parser.add_argument("--act", default="avr")
+    parser.add_argument("--center", action="store_true")
+    parser.add_argument("--steps", type=int, default=300)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    cfg = DatasetConfig(name="cifar10", root=args.data, num_train=10000, num_test=100, num_classes=10)
+    train = load_dataset(cfg, 0).train
+    x = train.images.float() / 255
+    x = (x - x.mean((0, 2, 3), keepdim=True)) / x.std((0, 2, 3), keepdim=True)
+    for rate in args.rates:
+        found = losses(x, train.labels, args.act, None if rate == "default" else float(rate), args.center, args.steps)
+        means = [round(sum(found[i : i + 25]) / 25, 3) for i in range(0, len(found), 25)]
+        print(f"{args.act} dropout {rate}{' centered' if args.center else ''}: loss per 25 steps {means}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
