@@ -150,11 +150,8 @@ def unfused(step: Callable[[], None]) -> Callable[[], None]:
     """`step` with PReLU's fused CPU backward off (F.prelu's own kernels), to show what fusing buys."""
 
     def run() -> None:
-        fused.set_enabled(False)
-        try:
+        with fused.unfused():
             step()
-        finally:
-            fused.set_enabled(True)
 
     return run
 

@@ -19,6 +19,15 @@ def fp32_unless_pinned(monkeypatch):
     monkeypatch.setattr(runtime, "native_bf16_flags", lambda: [])
 
 
+@pytest.fixture(autouse=True)
+def fused_prelu_as_found(monkeypatch):
+    """A run's trainer.fused_prelu is a process-wide switch (make_runtime sets it); in-process runs must not
+    pass their choice on to the next test."""
+    from rectnet.layers import fused
+
+    monkeypatch.setattr(fused, "_enabled", fused._enabled)
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """One intra-op thread: small tensors gain nothing from two, and lose a lot on a shared, busy CPU."""

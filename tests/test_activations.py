@@ -157,3 +157,54 @@ def test_fused_prelu_falls_back_with_a_warning_and_the_same_numbers(monkeypatch,
     _, ref_y, ref_slope = _prelu_grads(y, slope, upstream, use_fused=False)
     assert "failed to compile" in caplog.text and not fused._enabled
     assert torch.equal(grad_y, ref_y) and torch.allclose(grad_slope, ref_slope, atol=1e-6)
+
+
+def test_unfused_block_records_a_twice_differentiable_prelu_and_restores_the_setting():
+    y, slope = torch.randn(4, 3, 5, 5, requires_grad=True), torch.full((3,), 0.25, requires_grad=True)
+    with fused.unfused():
+        out = fused.prelu(y, slope)
+    assert fused._enabled  # the setting before the block
+    (grad_y,) = torch.autograd.grad(out.pow(2).sum(), y, create_graph=True)
+    # d/dy of 2·prelu(y)·prelu'(y) summed: 2·prelu'(y)², i.e. 2 where y > 0 and 2·0.25² elsewhere
+    (second,) = torch.autograd.grad(grad_y.sum(), y)
+    expected = torch.where(y > 0, torch.tensor(2.0), torch.tensor(2 * 0.25**2))
+    assert torch.allclose(second, expected)
+
+
+# ------------------------------------------------------------------ how deep stacks of each rectifier correlate inputs
+
+REFERENCE_FUNCTIONS = {
+    "relu": lambda t: t.clamp(min=0),
+    "prelu": lambda t: torch.where(t > 0, t, 0.25 * t),
+    "leaky_relu": lambda t: torch.where(t > 0, t, 0.01 * t),
+    "avr": lambda t: t.abs(),
+}
+
+
+def _correlation_map(f, c: float, samples: int = 1 << 20) -> float:
+    """E[f(u) f(v)] / E[f(u)²] for unit Gaussians u, v of correlation c (Monte Carlo, standard error ~2e-3)."""
+    gen = torch.Generator().manual_seed(1)
+    u, z = torch.randn(2, samples, generator=gen, dtype=torch.float64)
+    return ((f(u) * f(c * u + math.sqrt(1 - c * c) * z)).mean() / f(u).pow(2).mean()).item()
+
+
+@pytest.mark.parametrize("name", list(REFERENCE_FUNCTIONS))
+def test_a_wide_kaiming_stack_correlates_inputs_as_the_infinite_width_theory_says(name):
+    # Two independent inputs through 8 wide layers at rectnet's Kaiming gain: their cosine similarity after the
+    # 8th rectifier is the correlation map iterated 8 times from 0. AVR's map starts at 2/pi (ReLU's at 1/pi),
+    # which is why deep AVR features look alike across images at init (docs/recipes.md, AVR's slow start).
+    width, pairs = 2048, 32
+    gen = torch.Generator().manual_seed(0)
+    act = make_activation(name)(width)
+    h = torch.randn(2 * pairs, width, generator=gen)
+    with torch.no_grad():
+        for _ in range(8):
+            weight = torch.randn(width, width, generator=gen) * act.forward_gain() / math.sqrt(width)
+            h = act(h @ weight.T)
+    measured = F.cosine_similarity(h[:pairs], h[pairs:]).mean().item()
+    expected = 0.0
+    for _ in range(8):
+        expected = _correlation_map(REFERENCE_FUNCTIONS[name], expected)
+    assert measured == pytest.approx(expected, abs=0.015)
+    if name == "avr":  # closed form of the first step: E|u||v| = 2/pi for independent u, v
+        assert _correlation_map(REFERENCE_FUNCTIONS[name], 0.0) == pytest.approx(2 / math.pi, abs=6e-3)

@@ -272,6 +272,18 @@ def test_k_fold_holds_out_one_fold_and_saves_test_logits(tmp_path):
     assert top1 == pytest.approx(results["final"]["top1_acc"])
 
 
+def test_a_run_a_stopping_rule_ends_early_saves_the_test_logits_of_its_last_epoch(tmp_path):
+    # "Single" stage 2 stops once the held-out loss is at or below the target: a target above chance stops it
+    # after the first of three epochs, and that epoch's model is the final one the ensembles read.
+    stop = ["trainer.epochs=3", "dataset.num_folds=4", "dataset.fold=1", "trainer.stop_at_val_loss=100"]
+    results = run(compose_train([*TINY, *stop], tmp_path))
+    assert results["stopped_at_epoch"] == 1 and len(_metrics(tmp_path)) == 1
+    logits = torch.load(tmp_path / "test_logits.pt", weights_only=True)
+    assert logits["logits"].shape == (200, 10)
+    top1 = (logits["logits"].argmax(1) == logits["labels"]).float().mean().item() * 100
+    assert top1 == pytest.approx(results["final"]["top1_acc"])
+
+
 def test_folds_partition_the_training_split():
     from rectnet.data.split import Split
 

@@ -148,7 +148,8 @@ def loss_hvp(
     params = [p for p in model.parameters() if p.requires_grad]
     grads, loss_sum = [], 0.0
     for images, labels in batches:
-        loss = F.cross_entropy(model(images).float(), labels) / len(batches)
+        with fused.unfused():  # the fused CPU backward has no double-backward; F.prelu's has
+            loss = F.cross_entropy(model(images).float(), labels) / len(batches)
         loss_sum += loss.item()
         grads.append(torch.autograd.grad(loss, params, create_graph=True))
 
@@ -210,7 +211,6 @@ def load_weights(model: nn.Module, path: str) -> float:
 def prepare(overrides: Sequence[str]) -> tuple[TrainConfig, Source, nn.Module]:
     """Settings, data source and initialised model (train mode), built as train.py builds them."""
     settings = compose_settings(overrides)
-    fused.set_enabled(False)  # the fused CPU backward has no double-backward; F.prelu's has
     if settings.trainer.threads:
         torch.set_num_threads(settings.trainer.threads)
     seed_everything(settings.seed)  # as train.py: the same data and initial weights

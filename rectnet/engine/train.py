@@ -183,7 +183,9 @@ def _train(
         train, images_per_s = _train_epoch(job, source, epoch, progress)
         held_out = source.eval_sets.get("val")
         val = job.evaluate(held_out)[0].summary() if held_out else {}
-        test_counts, test_logits = job.evaluate(source.eval_sets["test"], keep_logits=epoch == trainer.epochs)
+        # The final model's test logits; a stopping rule may make any epoch the last one.
+        keep_logits = epoch == trainer.epochs or bool(job.rules)
+        test_counts, test_logits = job.evaluate(source.eval_sets["test"], keep_logits=keep_logits)
         test = test_counts.summary()
         # The schedule and best.pt watch the held-out fold when there is one, so the test split stays unseen.
         watched = (val or test)["top1_err"]

@@ -25,12 +25,13 @@ imports the module first with exactly that one message filtered out; every other
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import os
 import shutil
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -45,6 +46,19 @@ def set_enabled(enabled: bool) -> None:
     """Turn the fused CPU backward on or off for every PReLU in this process (trainer.fused_prelu)."""
     global _enabled
     _enabled = enabled
+
+
+@contextlib.contextmanager
+def unfused() -> Iterator[None]:
+    """PReLUs run forward inside the block record F.prelu's backward, which can be differentiated again
+    (Hessian-vector products); the process's setting is back as it was after the block."""
+    global _enabled
+    before = _enabled
+    _enabled = False
+    try:
+        yield
+    finally:
+        _enabled = before
 
 
 def prelu_backward(y: torch.Tensor, slope: torch.Tensor, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -8,7 +8,8 @@
 # Every run keeps its recipe (lr 0.01, momentum 0.9, wd 1e-3, dropout 0.2/0.5, flips, batch 128) and changes
 # only the budget: width (CReLU-half at half of it, double at twice it), data, epochs and test images. The
 # "double" row is the costliest (4x the baseline's work) and runs with the first seed only unless DOUBLE_SEEDS
-# says otherwise. Finished runs are skipped when the script is run again.
+# says otherwise. EXTRA adds train.py overrides to every run (e.g. EXTRA="trainer.precision=fp32"). Finished runs
+# are skipped when the script is run again.
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 PY="${PY:-$repo/.venv/bin/python}"
@@ -21,6 +22,7 @@ EPOCHS="${EPOCHS:-3}"
 NUM_TRAIN="${NUM_TRAIN:-10000}"
 NUM_TEST="${NUM_TEST:-2000}"
 THREADS="${THREADS:-2}"
+read -r -a EXTRA_ARGS <<< "${EXTRA:-}"
 
 scaled() { "$PY" -c "print($WIDTH * $1)"; }
 
@@ -31,7 +33,7 @@ train() {  # train <variant> <width> <seed>
     "$PY" "$repo/train.py" "experiment=convpool_$1" "model.width=$2" "seed=$3" \
         "dataset.root=$DATA" "dataset.num_train=$NUM_TRAIN" "dataset.num_test=$NUM_TEST" \
         "trainer.epochs=$EPOCHS" "trainer.threads=$THREADS" "trainer.progress=lines" \
-        "hydra.run.dir=$dir" > /dev/null
+        "hydra.run.dir=$dir" ${EXTRA_ARGS[@]+"${EXTRA_ARGS[@]}"} > /dev/null
 }
 
 for seed in $SEEDS; do

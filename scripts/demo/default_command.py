@@ -1,7 +1,8 @@
 """The default command, one epoch per activation and fan mode, on real CIFAR-10: does every start learn?
 
     python scripts/demo/default_command.py --data DATA [--width 0.25] [--out runs/default_command]
-        [--report docs/results/default_command.md] [--report-only] [extra train.py overrides...]
+        [--report docs/results/default_command.md] [--report-only] [--activations A ...] [--modes M ...]
+        [extra train.py overrides...]
 
 Runs `python train.py activation=<a> init=kaiming init.mode=<m>` for every activation and both fan modes, with
 the default recipe (ConvPool-CNN-C, lr 0.01, momentum 0.9, dropout, batch 128, all 50,000 training images, one
@@ -82,18 +83,28 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/default_command"))
     parser.add_argument("--report", type=Path, default=None, help="Markdown table to write (default: OUT/report.md)")
     parser.add_argument("--report-only", action="store_true", help="write the table from the runs already there")
+    parser.add_argument("--activations", nargs="+", default=list(ACTIVATIONS), choices=ACTIVATIONS)
+    parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     parser.add_argument("overrides", nargs="*", help="extra train.py overrides for every run")
     args = parser.parse_args()
-    runs = [(args.out / f"{a}_{m}", a, m) for m in MODES for a in ACTIVATIONS]
+    runs = [(args.out / f"{a}_{m}", a, m) for m in args.modes for a in args.activations]
     for run_dir, activation, mode in [] if args.report_only else runs:
         train(run_dir, activation, mode, args)
-    command = " ".join(["python scripts/demo/default_command.py --data DATA", f"--width {args.width}", *args.overrides])
+    subset = [f"--activations {' '.join(args.activations)}"] if tuple(args.activations) != ACTIVATIONS else []
+    subset += [f"--modes {' '.join(args.modes)}"] if tuple(args.modes) != MODES else []
+    script = "python scripts/demo/default_command.py --data DATA"
+    command = " ".join([script, f"--width {args.width}", *subset, *args.overrides])
+    scale = (
+        "at the model's full width"
+        if args.width == 1
+        else f"at width {args.width} so that the runs fit a CPU (the probe checks full width: docs/recipes.md)"
+    )
     lines = [
         "# The default command, one epoch per activation and fan mode, on real CIFAR-10",
         "",
         "`python train.py activation=<a> init=kaiming init.mode=<m>`: ConvPool-CNN-C, lr 0.01, momentum 0.9, weight",
         "decay 1e-3, dropout (Springenberg's 0.2/0.5, AVR's own 0.1), flips, batch 128, all 50,000 training images,",
-        f"one epoch, at width {args.width} so that the runs fit a CPU (the probe checks full width: docs/recipes.md).",
+        f"one epoch, {scale}.",
         "Training loss: the mean of the last 10 steps, as the progress line shows it (chance: ln 10 = 2.303); test",
         "error on all 10,000 test images after the epoch (chance: 90%). One seed each: what this shows is that every",
         "start learns, not how the activations rank after a full schedule.",
