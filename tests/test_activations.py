@@ -208,3 +208,22 @@ def test_a_wide_kaiming_stack_correlates_inputs_as_the_infinite_width_theory_say
     assert measured == pytest.approx(expected, abs=0.015)
     if name == "avr":  # closed form of the first step: E|u||v| = 2/pi for independent u, v
         assert _correlation_map(REFERENCE_FUNCTIONS[name], 0.0) == pytest.approx(2 / math.pi, abs=6e-3)
+
+
+def test_fused_prelu_past_the_recompile_limit_keeps_compiled_layouts_and_the_numbers(monkeypatch, caplog):
+    # Every thread count is a new compilation (TorchInductor guards on it): a process that changes it more
+    # often than the limit still gets PReLU's exact gradients, and the fused path stays on.
+    monkeypatch.setattr(fused, "_RECOMPILE_LIMIT", 2)
+    monkeypatch.setattr(fused, "_limit_warned", False)
+    threads = torch.get_num_threads()
+    y, upstream, slope = torch.randn(4, 3, 5, 5), torch.randn(4, 3, 5, 5), torch.full((3,), 0.25)
+    _, ref_y, ref_slope = _prelu_grads(y, slope, upstream, use_fused=False)
+    try:
+        with caplog.at_level("WARNING", logger="rectnet"):
+            for count in (1, 2, 3, 4, 1):
+                torch.set_num_threads(count)
+                _, grad_y, grad_slope = _prelu_grads(y, slope, upstream, use_fused=True)
+                assert torch.equal(grad_y, ref_y) and torch.allclose(grad_slope, ref_slope, atol=1e-6)
+    finally:
+        torch.set_num_threads(threads)
+    assert fused._enabled and "fused backward variants compiled" in caplog.text

@@ -40,6 +40,12 @@ log = logging.getLogger("rectnet")
 
 _enabled = True
 _compiled: Callable | None = None
+# TorchInductor compiles the backward again for every new thread count (a guard on torch.get_num_threads()),
+# tensor rank, memory layout and slope shape it meets; its default limit of 8 per function is reached by a
+# process that changes its thread count often (a test session, a benchmark). Past the limit, layouts already
+# compiled keep the fused kernel and new ones use the eager formula for that call.
+_RECOMPILE_LIMIT = 64
+_limit_warned = False
 
 
 def set_enabled(enabled: bool) -> None:
@@ -119,16 +125,31 @@ class _FusedPReLU(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        global _enabled
+        global _enabled, _limit_warned
         y, slope = ctx.saved_tensors
         backward = _fused_backward() if _enabled else None
         if backward is not None:
             try:
-                return backward(y, slope, grad)
+                return _call_compiled(backward, y, slope, grad)
             except Exception as err:  # whatever the compiler stack raises: fall back, the numbers are the same
-                log.warning("PReLU: the fused CPU backward failed to compile (%s); using F.prelu's", err)
-                _enabled = False
+                if not _is_recompile_limit(err):
+                    log.warning("PReLU: the fused CPU backward failed to compile (%s); using F.prelu's", err)
+                    _enabled = False
+                elif not _limit_warned:
+                    log.warning("PReLU: %d fused backward variants compiled; new ones use F.prelu's", _RECOMPILE_LIMIT)
+                    _limit_warned = True
         return prelu_backward(y, slope, grad)
+
+
+def _call_compiled(backward: Callable, y: torch.Tensor, slope: torch.Tensor, grad: torch.Tensor):
+    config = torch._dynamo.config
+    limit = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"  # torch < 2.6
+    with config.patch(**{limit: _RECOMPILE_LIMIT}):
+        return backward(y, slope, grad)
+
+
+def _is_recompile_limit(err: Exception) -> bool:
+    return isinstance(err, getattr(torch._dynamo.exc, "FailOnRecompileLimitHit", ()))
 
 
 def prelu(y: torch.Tensor, slope: torch.Tensor) -> torch.Tensor:
