@@ -159,9 +159,10 @@ class ModelConfig:
 class ActivationConfig:
     name: str = "relu"  # relu | prelu | prelu_shared | crelu | avr | leaky_relu
     slope: float | None = None  # prelu/prelu_shared: initial a (0.25, §2.1); leaky_relu: fixed slope
+    initial_bias: float | None = None  # avr: the initial bias of the layers it follows (rectnet/layers/activations.py)
 
     def params(self) -> dict[str, Any]:
-        return {} if self.slope is None else {"slope": self.slope}
+        return {k: v for k, v in (("slope", self.slope), ("initial_bias", self.initial_bias)) if v is not None}
 
 
 @dataclass

@@ -142,6 +142,16 @@ def test_biases_are_zero_and_fixed_std_overrides_apply():
     assert layers[-1].module.weight.std().item() == pytest.approx(0.001, rel=0.2)
 
 
+def test_layers_that_feed_avr_start_with_its_bias_and_every_other_bias_is_zero():
+    # AVR at conv1-3 only (the CReLU paper's partial rows), ReLU after conv4-8, the classifier last.
+    mixed = weight_layers(create("convpool_cnn_c", width=0.25, act="avr", act_at=[1, 2, 3]))
+    assert [torch.unique(layer.module.bias).tolist() for layer in mixed] == [[0.5]] * 3 + [[0.0]] * 6
+    zero = weight_layers(create("convpool_cnn_c", width=0.25, act="avr", initial_bias=0.0))
+    assert all(torch.all(layer.module.bias == 0) for layer in zero)
+    with pytest.raises(TypeError, match="relu"):
+        create("convpool_cnn_c", width=0.25, act="relu", initial_bias=0.5)
+
+
 def _plain_stack(act: str, depth: int = 12, channels: int = 64) -> nn.Sequential:
     factory = make_activation(act)
     layers, c_in = [], channels

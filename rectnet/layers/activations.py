@@ -43,6 +43,7 @@ class Rectifier(nn.Module):
     """Base class: an activation with channel arithmetic and init gains."""
 
     channel_multiplier: int = 1
+    initial_bias: float = 0.0  # the init sets the biases of the layer before it to this (He et al. §2.2: 0)
 
     def forward_gain(self) -> float:
         raise NotImplementedError
@@ -165,10 +166,19 @@ class AbsReLU(Rectifier):
 
     Forward: E[|y|²] = Var[y], so q = 1. Backward: f'(y) = sign(y), f'² = 1, so r = 1. Both gains are 1:
     AVR needs Xavier's linear-case variance, not ReLU's doubled one.
+
+    `initial_bias` (rectnet's choice, 0.5): the layers that feed AVR start with that bias instead of 0. |y| is
+    even, so with zero biases a random AVR net keeps only the magnitude of each response: two unrelated inputs
+    leave one AVR layer with correlation 2/π (ReLU: 1/π), eight layers make every image's features alike
+    (cosine 0.95) and their variance lies along the image's contrast, which says little about the class; the
+    loss then sits at chance for hundreds of steps (docs/recipes.md). A bias of about half a response's std
+    (Kaiming keeps the responses near unit variance) moves most units off the kink, where |b + s| = b + s passes
+    the sign of the input, and the net learns where to put its kinks from the first steps.
     """
 
-    def __init__(self, channels: int) -> None:
+    def __init__(self, channels: int, initial_bias: float = 0.5) -> None:
         super().__init__()
+        self.initial_bias = float(initial_bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.abs(x)

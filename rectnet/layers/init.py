@@ -1,7 +1,8 @@
 """Weight initialization policies: "Kaiming" (He et al. 2015 §2.2) and "Xavier" (Glorot & Bengio 2010).
 
 `init_model` goes through the model's weight layers in order (its layer facts, `rectnet.layers.facts`).
-Each layer gets std = gain / sqrt(fan), biases 0 (§2.2: "b = 0"). The gain comes from the rectifiers around
+Each layer gets std = gain / sqrt(fan), biases 0 (§2.2: "b = 0"; a layer that feeds AVR: AVR's `initial_bias`,
+see `rectnet.layers.activations.AbsReLU`). The gain comes from the rectifiers around
 the layer (see `rectnet.layers.activations` for the derivation of each gain):
 
 * mode `fan_in` (Eq. 10, the forward condition): fan = k²·c_in and the gain is the forward gain of the
@@ -137,6 +138,6 @@ def init_model(
             std = std_of(layer, mode)
         _fill(layer.module.weight, std, distribution, generator)
         if layer.module.bias is not None:
-            nn.init.zeros_(layer.module.bias)
+            nn.init.constant_(layer.module.bias, getattr(layer.after, "initial_bias", 0.0))
         used.append((layer.name, std))
     return used

@@ -52,13 +52,26 @@ def cancel_mean_responses(model: torch.nn.Module, images: torch.Tensor) -> None:
     model.train()
 
 
+def set_biases(model: torch.nn.Module, bias: str) -> None:
+    """conv1..conv8's biases: "c0.5" sets each to 0.5, "n0.5" draws each from N(0, 0.5^2)."""
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    with torch.no_grad():
+        for conv in convs[:-1]:
+            if bias[0] == "c":
+                conv.bias.fill_(float(bias[1:]))
+            else:
+                conv.bias.normal_(0, float(bias[1:]))
+
+
 def losses(x: torch.Tensor, y: torch.Tensor, rate: float | None, args: argparse.Namespace) -> list[float]:
     torch.manual_seed(0)
-    model = create("convpool_cnn_c", act=args.act, init="kaiming", width=0.25, dropout=rate)
+    model = create("convpool_cnn_c", act=args.act, init="kaiming", width=args.width, dropout=rate)
     if args.center:
         center_filters(model)
     if args.cancel_mean:
         cancel_mean_responses(model, x[:256])
+    if args.bias:
+        set_biases(model, args.bias)
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, weight_decay=1e-3)
     draw = torch.Generator().manual_seed(0)
     found = []
@@ -81,6 +94,8 @@ def main() -> None:
     start.add_argument("--center", action="store_true")
     start.add_argument("--cancel-mean", action="store_true")
     parser.add_argument("--lr", type=float, default=0.01)
+    parser.add_argument("--bias", default=None, help='c<v>: every conv bias but the classifier\'s at v; n<v>: N(0, v^2)')
+    parser.add_argument("--width", type=float, default=0.25)
     parser.add_argument("--steps", type=int, default=300)
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -92,6 +107,7 @@ def main() -> None:
         found = losses(x, train.labels, None if rate == "default" else float(rate), args)
         means = [round(sum(found[i : i + 25]) / 25, 3) for i in range(0, len(found), 25)]
         start = " centered" if args.center else " mean-cancelled" if args.cancel_mean else ""
+        start += f" bias {args.bias}" if args.bias else ""
         print(f"{args.act} dropout {rate}{start} lr {args.lr}: loss per 25 steps {means}", flush=True)
 
 
