@@ -1,7 +1,7 @@
 """AVR's first 300 steps on real CIFAR-10 under several dropout rates (the sweep behind AVR's own rate, 0.1).
 
     python scripts/demo/avr_dropout_sweep.py --data DATA [--rates default 0.2 0.1 0.05 0] [--act avr]
-        [--center | --cancel-mean] [--lr 0.01]
+        [--center | --cancel-mean] [--lr 0.01] [--bias B] [--width 0.25]
 
 A plain SGD loop, kept outside train.py so that only the dropout rate changes: ConvPool-CNN-C at quarter width,
 the default init, lr 0.01 (`--lr`), momentum 0.9, weight decay 1e-3, batch 128 drawn with replacement from the
@@ -10,7 +10,8 @@ first 10,000 training images (per-channel normalized, no augmentation), seed 0. 
 `--center` makes the filters of conv2..conv8 sum to zero with the std scaled by 1/sqrt(1 - 2/pi), the forward
 condition for zero-sum filters reading AVR; `--cancel-mean` instead sets the biases of conv2..conv8 so that
 each channel's response has zero mean on the first 256 images at init (a data-dependent init). rectnet uses
-neither (docs/recipes.md, AVR's slow start).
+neither (docs/recipes.md, AVR's slow start). `--bias B` sets the initial bias of conv1..conv8 (default: AVR's own,
+0.5; `--bias 0` is He et al.'s b = 0).
 """
 
 from __future__ import annotations
@@ -52,26 +53,23 @@ def cancel_mean_responses(model: torch.nn.Module, images: torch.Tensor) -> None:
     model.train()
 
 
-def set_biases(model: torch.nn.Module, bias: str) -> None:
-    """conv1..conv8's biases: "c0.5" sets each to 0.5, "n0.5" draws each from N(0, 0.5^2)."""
+def set_biases(model: torch.nn.Module, bias: float) -> None:
+    """conv1..conv8's biases (every layer but the classifier) at `bias`."""
     convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
     with torch.no_grad():
         for conv in convs[:-1]:
-            if bias[0] == "c":
-                conv.bias.fill_(float(bias[1:]))
-            else:
-                conv.bias.normal_(0, float(bias[1:]))
+            conv.bias.fill_(bias)
 
 
 def losses(x: torch.Tensor, y: torch.Tensor, rate: float | None, args: argparse.Namespace) -> list[float]:
     torch.manual_seed(0)
     model = create("convpool_cnn_c", act=args.act, init="kaiming", width=args.width, dropout=rate)
+    if args.bias is not None:
+        set_biases(model, args.bias)
     if args.center:
         center_filters(model)
     if args.cancel_mean:
         cancel_mean_responses(model, x[:256])
-    if args.bias:
-        set_biases(model, args.bias)
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, weight_decay=1e-3)
     draw = torch.Generator().manual_seed(0)
     found = []
@@ -94,7 +92,7 @@ def main() -> None:
     start.add_argument("--center", action="store_true")
     start.add_argument("--cancel-mean", action="store_true")
     parser.add_argument("--lr", type=float, default=0.01)
-    parser.add_argument("--bias", default=None, help='c<v>: every conv bias but the classifier\'s at v; n<v>: N(0, v^2)')
+    parser.add_argument("--bias", type=float, default=None, help="conv1..conv8's initial bias (default: the model's)")
     parser.add_argument("--width", type=float, default=0.25)
     parser.add_argument("--steps", type=int, default=300)
     args = parser.parse_args()
@@ -107,7 +105,7 @@ def main() -> None:
         found = losses(x, train.labels, None if rate == "default" else float(rate), args)
         means = [round(sum(found[i : i + 25]) / 25, 3) for i in range(0, len(found), 25)]
         start = " centered" if args.center else " mean-cancelled" if args.cancel_mean else ""
-        start += f" bias {args.bias}" if args.bias else ""
+        start += f" bias {args.bias}" if args.bias is not None else ""
         print(f"{args.act} dropout {rate}{start} lr {args.lr}: loss per 25 steps {means}", flush=True)
 
 

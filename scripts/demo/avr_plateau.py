@@ -2,13 +2,14 @@
 
     python scripts/demo/avr_plateau.py --data DATA [--images 4000] [--width 0.25]
 
-At the default init (Kaiming Eq. 10, no dropout, seed 0) and for each activation, on the first `--images`
+At the default init (Kaiming Eq. 10, no dropout, seed 0) and for each activation (AVR with zero biases and with
+its initial bias, 0.5), on the first `--images`
 training images (per-channel normalized):
 
 * cos_conv8: the mean cosine similarity between two different images' conv8 responses (the net's last
   rectified layer, flattened); `theory` gives the value the infinite-width correlation map predicts for two
-  uncorrelated inputs after the eight rectified layers (ReLU: Cho & Saul 2009's arc-cosine kernel; AVR:
-  E|u||v| = (2/pi)(sqrt(1-c^2) + c arcsin c) for unit Gaussians of correlation c);
+  uncorrelated inputs after the eight rectified layers with zero biases (ReLU: Cho & Saul 2009's arc-cosine
+  kernel; AVR: E|u||v| = (2/pi)(sqrt(1-c^2) + c arcsin c) for unit Gaussians of correlation c);
 * top_pc_share: the share of the globally pooled features' variance along their first principal component,
   and rms_corr, its correlation with each image's RMS (its contrast);
 * probe_loss: the training loss of the classifier alone, trained on the frozen initial features by 200
@@ -31,7 +32,14 @@ from rectnet.config import DatasetConfig
 from rectnet.data import load_dataset
 from rectnet.models.registry import create
 
-ACTIVATIONS = ("relu", "prelu", "crelu", "avr")
+# (label, activation, its parameters): AVR with He et al.'s zero biases and with its initial bias (the default)
+VARIANTS = (
+    ("relu", "relu", {}),
+    ("prelu", "prelu", {}),
+    ("crelu", "crelu", {}),
+    ("avr, bias 0", "avr", {"initial_bias": 0.0}),
+    ("avr, bias 0.5", "avr", {"initial_bias": 0.5}),
+)
 RECTIFIED_LAYERS = 8  # conv1..conv8; conv9 is the class-score layer
 
 
@@ -90,15 +98,17 @@ def classifier_probe(features: torch.Tensor, labels: torch.Tensor, steps: int = 
         return F.cross_entropy(features @ weight.T + bias, labels).item()
 
 
-def measure(activation: str, images: torch.Tensor, labels: torch.Tensor, width: float) -> dict:
+def measure(
+    label: str, activation: str, params: dict, images: torch.Tensor, labels: torch.Tensor, width: float
+) -> dict:
     torch.manual_seed(0)
-    model = create("convpool_cnn_c", act=activation, init="kaiming", width=width, dropout=0.0).eval()
+    model = create("convpool_cnn_c", act=activation, init="kaiming", width=width, dropout=0.0, **params).eval()
     responses = conv8_responses(model, images)
     features = responses.mean((2, 3))
     share, rms_corr = principal_share(features, images)
-    theory = predicted_similarity(activation)
+    theory = predicted_similarity(activation) if not params.get("initial_bias") else None
     return {
-        "activation": activation,
+        "activation": label,
         "cos_conv8": round(mean_pair_cosine(responses), 3),
         "theory": None if theory is None else round(theory, 3),
         "top_pc_share": round(share, 3),
@@ -117,7 +127,7 @@ def main() -> None:
     train = load_dataset(cfg, 0).train
     images = train.images.float() / 255
     images = (images - images.mean((0, 2, 3), keepdim=True)) / images.std((0, 2, 3), keepdim=True)
-    rows = [measure(activation, images, train.labels, args.width) for activation in ACTIVATIONS]
+    rows = [measure(*variant, images, train.labels, args.width) for variant in VARIANTS]
     print("| activation | cos conv8 (theory) | top PC share | corr(top PC, image RMS) | classifier-only loss |")
     print("|---|---|---|---|---|")
     for r in rows:

@@ -8,7 +8,7 @@ Runs `python train.py activation=<a> init=kaiming init.mode=<m>` for every activ
 the default recipe (ConvPool-CNN-C, lr 0.01, momentum 0.9, dropout, batch 128, all 50,000 training images, one
 epoch) at a reduced width so that twelve runs fit a CPU, logging the recent training loss every 10 steps.
 Finished runs are skipped when the script runs again. Then writes a Markdown table: the training loss over
-the first 10 steps, after 100 and 200 steps and at the end of the epoch (each the mean of the last 10 steps,
+the first 10 steps, after 100 and 200 steps and at the end of the epoch (each the mean of the last 20 steps,
 as the progress line shows it), and the test error after the epoch (chance: 90%).
 """
 
@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parents[2]
 ACTIVATIONS = ("relu", "prelu", "prelu_shared", "avr", "crelu", "leaky_relu")
 MODES = ("fan_in", "fan_out")
 LOG_EVERY = 10
-# "epoch 1/1 step 120/391 loss 2.1234 (last 10 steps; ..." in train.log
+# "epoch 1/1 step 120/391 loss 2.1234 (last 20 steps; ..." in train.log
 STEP_LINE = re.compile(r"step (\d+)/\d+ loss ([0-9.naif]+) \(last")
 
 
@@ -103,17 +103,17 @@ def main() -> None:
         "# The default command, one epoch per activation and fan mode, on real CIFAR-10",
         "",
         "`python train.py activation=<a> init=kaiming init.mode=<m>`: ConvPool-CNN-C, lr 0.01, momentum 0.9, weight",
-        "decay 1e-3, dropout (Springenberg's 0.2/0.5, AVR's own 0.1), flips, batch 128, all 50,000 training images,",
-        f"one epoch, {scale}.",
-        "Training loss: the mean of the last 10 steps, as the progress line shows it (chance: ln 10 = 2.303); test",
-        "error on all 10,000 test images after the epoch (chance: 90%). One seed each: what this shows is that every",
-        "start learns, not how the activations rank after a full schedule.",
+        "decay 1e-3, dropout (Springenberg's 0.2/0.5; AVR: its own 0.1 and initial bias 0.5), flips, batch 128, all",
+        f"50,000 training images, one epoch, {scale}.",
+        "Training loss: the mean of the last 20 steps (the first 10 at step 10), as the progress line shows it",
+        "(chance: ln 10 = 2.303); test error on all 10,000 test images after the epoch (chance: 90%). One seed each:",
+        "what this shows is that every start learns, not how the activations rank after a full schedule.",
         "",
         f"Command: `{command}`",
         "",
         f"Machine: {platform.machine()}, {os.cpu_count()} CPUs; torch {torch.__version__}; one run at a time.",
         "",
-        "| activation | init.mode | loss, steps 1-10 | steps 91-100 | 191-200 | last 10 | test top-1 err % (1 epoch) |",
+        "| activation | init.mode | loss, steps 1-10 | steps 81-100 | 181-200 | last 20 | test top-1 err % (1 epoch) |",
         "|---|---|---|---|---|---|---|",
         *(row(*run) for run in runs),
     ]
