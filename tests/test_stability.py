@@ -133,6 +133,22 @@ def test_a_checkpoint_is_probed_at_its_weights_and_the_lr_it_reached(tmp_path, c
         main(["--checkpoint", str(tmp_path / "checkpoints" / "last.pt"), *train, "model.width=0.25"])
 
 
+def _training_losses(overrides: list[str], run_dir) -> list[float]:
+    losses = []
+    original = torch.nn.functional.cross_entropy
+
+    def recording(*args, **kwargs):
+        loss = original(*args, **kwargs)
+        if torch.is_grad_enabled():
+            losses.append(loss.item())
+        return loss
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(torch.nn.functional, "cross_entropy", recording)
+        run(compose_train(overrides, run_dir))
+    return losses
+
+
 AVR_SLOW_START = pytest.mark.xfail(
     strict=True,
     reason="on this 16x16 synthetic task at 1/8 width AVR stays at chance for 150 steps, initial bias or not; "
@@ -161,18 +177,7 @@ def test_the_default_recipe_descends_at_its_learning_rate(tmp_path, act):
         "trainer.progress=none",
         "logger.tensorboard=false",
     ]
-    losses = []
-    original = torch.nn.functional.cross_entropy
-
-    def recording(*args, **kwargs):
-        loss = original(*args, **kwargs)
-        if torch.is_grad_enabled():
-            losses.append(loss.item())
-        return loss
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(torch.nn.functional, "cross_entropy", recording)
-        run(compose_train(overrides, tmp_path))
+    losses = _training_losses(overrides, tmp_path)
     assert len(losses) == 150 and all(math.isfinite(v) for v in losses)
     assert losses[0] == pytest.approx(math.log(10), rel=1e-4)  # the classifier starts at zero
     assert sum(losses[-20:]) / 20 < 0.85 * math.log(10)
@@ -190,22 +195,6 @@ def test_avr_brings_its_own_dropout_rate_and_an_override_wins():
     assert rates("activation=avr") == [0.1]
     assert rates("experiment=convpool_avr") == [0.1]
     assert rates("activation=avr", "model.dropout=0.3") == [0.3]
-
-
-def _training_losses(overrides: list[str], run_dir) -> list[float]:
-    losses = []
-    original = torch.nn.functional.cross_entropy
-
-    def recording(*args, **kwargs):
-        loss = original(*args, **kwargs)
-        if torch.is_grad_enabled():
-            losses.append(loss.item())
-        return loss
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(torch.nn.functional, "cross_entropy", recording)
-        run(compose_train(overrides, run_dir))
-    return losses
 
 
 @pytest.mark.slow
