@@ -1,11 +1,9 @@
 """Train and evaluate: python train.py [group=option ...] [key=value ...]  (see README.md).
 
-Under torchrun every rank runs this file. Ranks other than 0 neither write Hydra's .hydra/ nor a log
-file: rank 0 owns the run directory (see rectnet/engine/distributed.py).
+Under torchrun every rank runs this file. Ranks other than 0 neither write Hydra's .hydra/
+(configs/train.yaml, hydra.output_subdir) nor train.log (configs/hydra/job_logging/rank_zero.yaml): rank 0
+owns the run directory (see rectnet/engine/distributed.py).
 """
-
-import os
-import sys
 
 import hydra
 from omegaconf import DictConfig
@@ -20,6 +18,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    if int(os.environ.get("RANK", "0")) != 0:
-        sys.argv += ["hydra/job_logging=stdout"]  # no train.log; .hydra/: rectnet_output_subdir (config.py)
     main()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -63,8 +64,10 @@ class DatasetConfig:
     per_pixel_mean: bool = False  # subtract the mean image (He et al.) instead of per-channel mean/std
     stats_images: int = 10000  # training images (a fixed sample) that estimate the mean/std or mean image
     skip_corrupt: bool = False  # skip, count and report undecodable images instead of stopping
-    workers: int = 8  # decoding processes per rank (persistent); 0 decodes in the training process
-    prefetch_factor: int = 2  # batches each worker prepares ahead
+    # Decoding processes per rank (0: the training process decodes) and the batches each prepares ahead; a rank
+    # lowers both at start-up to what its cores and /dev/shm allow (rectnet/data/imagenet/resources.py).
+    workers: int = 8
+    prefetch_factor: int = 2
     draft_gap: float = 1.0  # reduced-size JPEG decoding when the source is >= 2*draft_gap times the target
 
     def image_folder_checks(self) -> None:
@@ -235,7 +238,11 @@ class ScheduleConfig:
 @dataclass
 class TrainerConfig:
     epochs: int = 350
+    # The batch: with batch_scope=global (default) the images of one SGD step over all processes, each process
+    # taking batch_size / processes, so a run computes the same on any GPU count; with batch_scope=process the
+    # images of each process (the global batch then grows with the processes). See `batch_sizes`.
     batch_size: int = 128
+    batch_scope: str = "global"  # global | process
     eval_batch_size: int = 500
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     # auto (bf16 autocast where the hardware has native bf16: CUDA with bf16, CPUs with avx512_bf16/amx_bf16;
@@ -256,14 +263,40 @@ class TrainerConfig:
     progress: str = "auto"  # auto (bar on a terminal, lines otherwise) | bar | lines | none
     max_steps_per_epoch: int | None = None  # cap for quick checks; null = the whole epoch
     checkpoint_every_steps: int = 0  # also write last.pt every N steps inside an epoch (0: at epoch ends only)
+    # Keys whose value may differ from the checkpoint's on resume (rectnet/engine/fingerprint.py): any other
+    # difference in what defines the run refuses the resume, naming the keys.
+    resume_allow: list[str] = field(default_factory=list)
+    # Minutes a rank waits in a collective for the others (torch.distributed's timeout) before it fails: under
+    # srun/submitit the ranks of a dead rank's job wait that long in their next collective (torchrun stops them).
+    dist_timeout_min: float = 15.0
+    # The same for waits on rank 0's one-time setup work (indexing an ImageFolder tree): engine/distributed.py.
+    setup_timeout_min: float = 120.0
     # "Single" protocol (Shang et al. 2016 §3.1): stage 1 measures the training loss (eval mode, whole
     # training split) at each new best held-out error; stage 2 stops once the held-out loss reaches it.
     record_train_loss_at_best: bool = False
     stop_at_val_loss: float | None = None
 
+    def batch_sizes(self, world_size: int) -> tuple[int, int]:
+        """(images per process, images per SGD step over all `world_size` processes).
+
+        A global batch that the processes cannot share equally is refused rather than rounded: a recipe's
+        learning rate holds for its global batch (He et al. 2015 §3 keep 128 on 4 or 8 GPUs "because the
+        accuracy may be decreased")."""
+        if self.batch_scope == "process":
+            return self.batch_size, self.batch_size * world_size
+        _require(
+            self.batch_size % world_size == 0,
+            "trainer.batch_size",
+            f"(the global batch, trainer.batch_scope=global) must divide among the {world_size} processes; choose "
+            f"a multiple of {world_size}, or trainer.batch_scope=process to give each process its own batch",
+            self.batch_size,
+        )
+        return self.batch_size // world_size, self.batch_size
+
     def validate(self) -> None:
         _require(self.epochs >= 1, "trainer.epochs", "must be >= 1", self.epochs)
         _require(self.batch_size >= 1, "trainer.batch_size", "must be >= 1", self.batch_size)
+        _one_of("trainer.batch_scope", self.batch_scope, ("global", "process"))
         _require(self.eval_batch_size >= 1, "trainer.eval_batch_size", "must be >= 1", self.eval_batch_size)
         _one_of("trainer.precision", self.precision, ("auto", "fp32", "bf16", "fp16"))
         _one_of("trainer.progress", self.progress, ("auto", "bar", "lines", "none"))
@@ -287,6 +320,8 @@ class TrainerConfig:
             "must be >= 0 or null",
             self.stop_at_val_loss,
         )
+        for key in ("dist_timeout_min", "setup_timeout_min"):
+            _require(getattr(self, key) > 0, f"trainer.{key}", "must be > 0", getattr(self, key))
 
 
 @dataclass
@@ -330,23 +365,45 @@ class TrainConfig:
 
 
 def default_run_dir() -> str:
-    """outputs/<date>/<time>; under torchrun outputs/torchrun/<run id>, which every rank of a launch shares
-    (each rank composes its own config, and their clocks may straddle a second)."""
-    if "RECTNET_RUN_DIR" in os.environ:  # it wins (train.yaml), but OmegaConf resolves this default anyway
-        return os.environ["RECTNET_RUN_DIR"]
-    run_id = os.environ.get("TORCHELASTIC_RUN_ID")
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if run_id and world > 1:
-        if run_id == "none" and world > int(os.environ.get("LOCAL_WORLD_SIZE", world)):
-            # static rendezvous on several nodes without --rdzv-id: every such launch is "none"
-            raise ConfigError(
-                "multi-node torchrun without --rdzv-id: every such launch gets the run id 'none' and would share "
-                "outputs/torchrun/none (trainer.resume=auto would continue another run). Pass "
-                "--rdzv-id=<unique job id> (e.g. $SLURM_JOB_ID), or pin the folder with hydra.run.dir=... or "
-                "RECTNET_RUN_DIR"
-            )
-        return f"outputs/torchrun/{run_id}"
-    return datetime.now().strftime("outputs/%Y-%m-%d/%H-%M-%S")
+    """A folder named after the job where there is one, so that a relaunch of the job finds it again to resume
+    while another job does not: inside a SLURM job outputs/slurm/<job id> (a requeue keeps the id), for any
+    number of processes. Else outputs/<date>/<time> for one process; several processes each compose their own
+    config (their clocks may straddle a second), so they need torchrun's explicit --rdzv-id, outputs/torchrun/<id>.
+    torchrun's own run ids name no job ("none" for every launch without --rdzv-id, a fresh uuid for every
+    --standalone one): such a launch is refused unless the folder is pinned."""
+    env = os.environ
+    if "RECTNET_RUN_DIR" in env:  # it wins (train.yaml), but OmegaConf resolves this default anyway
+        return env["RECTNET_RUN_DIR"]
+    if "SLURM_JOB_ID" in env:  # also for one process: a requeued job must find its folder to resume
+        return f"outputs/slurm/{_slurm_job_id()}"
+    processes = int(env.get("WORLD_SIZE", env.get("SLURM_NTASKS", 1)))
+    if processes == 1:
+        return datetime.now().strftime("outputs/%Y-%m-%d/%H-%M-%S")
+    run_id = env.get("TORCHELASTIC_RUN_ID", "none")
+    if run_id == "none" or _is_uuid(run_id):
+        raise ConfigError(
+            f"a {processes}-process launch needs a run directory named after its job, and torchrun's run id "
+            f"{run_id!r} names none ('none' for every launch without --rdzv-id, a fresh uuid for every --standalone "
+            "one): set hydra.run.dir=<folder> (or RECTNET_RUN_DIR) the same on every rank, or give torchrun "
+            "--rdzv-id=<job name> without --standalone, so that a relaunch resumes the run and another job does not"
+        )
+    return f"outputs/torchrun/{run_id}"
+
+
+def _slurm_job_id() -> str:
+    """The SLURM job's id as squeue shows it: <array job id>_<task id> for an array task, else the job id."""
+    env = os.environ
+    if "SLURM_ARRAY_JOB_ID" in env and "SLURM_ARRAY_TASK_ID" in env:
+        return f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}"
+    return env["SLURM_JOB_ID"]
+
+
+def _is_uuid(text: str) -> bool:
+    """Whether `text` is a uuid in its canonical form (torchrun's generated run ids: str(uuid.uuid4()))."""
+    try:
+        return str(uuid.UUID(text)) == text
+    except ValueError:
+        return False
 
 
 def launch_rank() -> int:

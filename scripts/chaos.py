@@ -122,6 +122,7 @@ def compare(run_dir: Path, reference: Path) -> list[str]:
         ours = torch.load(run_dir / "checkpoints" / name, weights_only=True)
         theirs = torch.load(reference / "checkpoints" / name, weights_only=True)
         ours.pop("config"), theirs.pop("config")  # names the run directory
+        ours.pop("resumes"), theirs.pop("resumes")  # the record of the kills themselves
         found += differences(ours, theirs, name)
     records = [_without_clock(r) for r in _records(run_dir)]
     if records != [_without_clock(r) for r in _records(reference)]:

@@ -108,10 +108,10 @@ def _split(n: int = 40) -> Split:
     return Split(torch.randint(0, 256, (n, 3, 4, 4), dtype=torch.uint8), torch.arange(n) % 10)
 
 
-def test_batches_depend_only_on_seed_epoch_and_step():
+def test_batches_depend_only_on_seed_epoch_and_position():
     split, augment = _split(), BatchAugment(torch.zeros(3), torch.ones(3), flip=True, padding=1)
     full = list(TrainBatches(split, 8, augment, seed=3).epoch(2))
-    again = list(TrainBatches(split, 8, augment, seed=3).epoch(2, start_step=3))
+    again = list(TrainBatches(split, 8, augment, seed=3).epoch(2, start=3 * 8))
     assert len(full) == 5 and all(torch.equal(a[0], b[0]) for a, b in zip(full[3:], again, strict=True))
     other_epoch = list(TrainBatches(split, 8, augment, seed=3).epoch(3))
     assert not torch.equal(full[0][1], other_epoch[0][1])

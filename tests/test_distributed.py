@@ -48,7 +48,7 @@ def test_two_ranks_follow_the_one_rank_run(tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
     single = run_cli([*DDP_RUN, "trainer.batch_size=64", f"hydra.run.dir={one}"])
     assert single.returncode == 0, single.stderr[-2000:]
-    double = _torchrun(2, [*DDP_RUN, "trainer.batch_size=32", f"hydra.run.dir={two}"])
+    double = _torchrun(2, [*DDP_RUN, "trainer.batch_size=64", f"hydra.run.dir={two}"])  # the global batch: 32 each
     assert double.returncode == 0, double.stderr[-3000:]
 
     a, b = _weights(one), _weights(two)
@@ -57,7 +57,7 @@ def test_two_ranks_follow_the_one_rank_run(tmp_path):
     r1, r2 = (json.loads((d / "results.json").read_text()) for d in (one, two))
     assert r1["final"]["count"] == r2["final"]["count"] == 201
     assert r1["final"]["top1_err"] == pytest.approx(r2["final"]["top1_err"])
-    assert r2["world_size"] == 2 and r2["hparams"]["global_batch"] == 64
+    assert r2["world_size"] == 2 and r2["hparams"]["global_batch"] == 64 and r2["hparams"]["batch_per_process"] == 32
     # rank 0 alone writes: TensorBoard files of one process (name: ...tfevents.<time>.<host>.<pid>.<n>)
     assert len({p.name.split(".")[-2] for p in (two / "tb").glob("events.out.tfevents.*")}) == 1
     assert len((two / "metrics.jsonl").read_text().splitlines()) == 2
@@ -152,9 +152,31 @@ def test_submitit_local_two_tasks_preempted_requeue_and_finish(tmp_path):
     assert results["world_size"] == 2 and results["epochs"] == 6
     epochs = [json.loads(line)["epoch"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert epochs == list(range(1, 7))
-    logs = "".join(p.read_text() for p in tmp_path.glob(".submitit/*/*.out")) + (run_dir / "train.log").read_text()
+    train_log = (run_dir / "train.log").read_text()
+    logs = "".join(p.read_text() for p in tmp_path.glob(".submitit/*/*.out")) + train_log
     assert "stopping on SIGUSR2 after writing a checkpoint" in logs and "resumed at epoch" in logs
+    assert "as rank 0 of 2" in train_log and "rank 1" not in train_log  # rank 1's lines: its console only
     assert len(list(tmp_path.glob("*/results.json"))) == 1  # both tasks, one run directory
+
+
+@pytest.mark.slow
+def test_every_rank_takes_a_command_that_ends_in_an_option(tmp_path):
+    """Ranks other than 0 once had an override appended to their command line, after `--cfg job` here."""
+    proc = _torchrun(2, [*TINY, f"hydra.run.dir={tmp_path}", "--cfg", "job"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("run_dir: ${hydra:runtime.output_dir}") == 2  # each rank printed the config
+
+
+@pytest.mark.slow
+def test_a_standalone_launch_without_a_run_dir_is_refused_on_every_rank(monkeypatch):
+    """torchrun --standalone names every launch with a fresh uuid: outputs/torchrun/<it> would never be
+    found again by a relaunch, so both ranks refuse in one line before writing anything."""
+    for key in ("RECTNET_RUN_DIR", "SLURM_JOB_ID"):
+        monkeypatch.delenv(key, raising=False)
+    proc = _torchrun(2, TINY)
+    assert proc.returncode != 0
+    assert proc.stderr.count("ConfigError: a 2-process launch needs a run directory named after its job") == 2
+    assert "default_run_dir" not in proc.stderr  # no rank's traceback (torchrun prints its own summary)
 
 
 @pytest.mark.slow

@@ -22,7 +22,7 @@ import pytest
 from helpers import CONFIGS, ROOT, compose_train, make_image_folder
 from omegaconf import OmegaConf
 
-from rectnet.config import to_settings
+from rectnet.config import ConfigError, to_settings
 from rectnet.engine.train import run
 from rectnet.results.papers import paper_tables
 from rectnet.results.variants import variant_from_config
@@ -50,7 +50,8 @@ HE_LARGE_STATED = {
     "optim.decay_slopes": False,
     "schedule.gamma": 0.1,
     "trainer.epochs": 80,
-    "trainer.batch_size": 128,
+    "trainer.batch_size": 128,  # the mini-batch of one SGD step, "not increased for multi-GPU" (§3)
+    "trainer.batch_scope": "global",
     "model.dropout": 0.5,
     "init.name": "kaiming",
     "init.mode": "fan_out",
@@ -83,6 +84,7 @@ STATED = {
         "schedule.gamma": 0.5,
         "trainer.epochs": 300,
         "trainer.batch_size": 128,
+        "trainer.batch_scope": "global",
         "init.name": "kaiming",
         "init.mode": "fan_out",
     },
@@ -465,12 +467,18 @@ def test_dry_run_lists_the_tables_grid(script, tmp_path):
 
 
 def test_gpus_keep_the_global_batch(tmp_path):
+    """The recipes state the papers' global mini-batch; the processes share it (He et al. 2015 §3: 128, "not
+    increased for multi-GPU"), and the scripts no longer split it themselves, so run names do not name GPUS."""
     done = _script("crelu_table4.sh", "--dry-run", "--sweep-dir", str(tmp_path), env={"GPUS": "8", "LAUNCHER": "slurm"})
     assert done.returncode == 0, done.stderr
     train = _overrides(next(c for c in _commands(done.stdout) if c[1].endswith("train.py")))
-    assert train["trainer.batch_size"] == "16"  # 8 x 16 = the recipes' 128 (He et al. 2015 §3: not raised for GPUs)
+    assert "trainer.batch_size" not in train
     assert (train["hydra/launcher"], train["hydra.launcher.tasks_per_node"]) == ("slurm", "8")
-    assert _script("crelu_table4.sh", "--dry-run", env={"GPUS": "3", "LAUNCHER": "slurm"}).returncode != 0
+    for recipe in ("he_large", "he_small", "convpool", "vgg_cifar", "allcnn_b"):
+        trainer = to_settings(compose_train([f"recipe={recipe}"])).trainer
+        assert [trainer.batch_sizes(n) for n in (1, 4, 8)] == [(128, 128), (32, 128), (16, 128)], recipe
+        with pytest.raises(ConfigError, match="must divide among the 3 processes"):
+            trainer.batch_sizes(3)
 
 
 @pytest.mark.slow

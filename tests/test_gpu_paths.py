@@ -6,13 +6,18 @@ what NCCL would refuse, and fakes stand in for torch.cuda and stand between the 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
+import re
 import signal
+import socket
 import subprocess
 import sys
+import time
+import uuid
 from datetime import timedelta
 from pathlib import Path
 from types import SimpleNamespace
@@ -22,6 +27,9 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from helpers import CONFIGS, ROOT, TINY, compose_train, make_image_folder
+from hydra import compose, initialize_config_dir
+from hydra.core.utils import configure_log
+from omegaconf import DictConfig, read_write
 
 from rectnet.config import (
     ConfigError,
@@ -37,10 +45,12 @@ from rectnet.data.batches import to_device
 from rectnet.data.imagenet import ImageFolderError, index_image_folder
 from rectnet.data.sources import SourceContext, make_source
 from rectnet.engine import checkpoint as ckpt
+from rectnet.engine import distributed
 from rectnet.engine import runtime as rt
 from rectnet.engine import train as train_module
-from rectnet.engine.distributed import Dist, collective_device, slurm_tasks_on_this_node, stop_file_logging
+from rectnet.engine.distributed import Dist, collective_device, init_distributed, slurm_tasks_on_this_node
 from rectnet.engine.evaluate import Evaluator
+from rectnet.engine.hydra_callbacks import OwnRunDir
 from rectnet.engine.metrics import Counts
 from rectnet.engine.optim import fused_sgd_applies, make_optimizer
 from rectnet.engine.preemption import StopSignals
@@ -151,6 +161,16 @@ def test_a_local_rank_beyond_the_visible_gpus_is_refused(monkeypatch):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     with pytest.raises(ConfigError, match="local rank 1 needs cuda:1 but this process sees 1 GPU"):
         rt.select_device("cuda", 1, 2)
+
+
+def test_one_process_on_a_node_of_several_gpus_says_it_uses_one(four_gpus, caplog):
+    with caplog.at_level(logging.INFO, logger=rt.__name__):
+        assert rt.select_device("auto", 0, 1) == torch.device("cuda", 0)
+    assert "runs on cuda:0 of the 4 GPUs it sees" in caplog.text and "torchrun --nproc_per_node=4" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger=rt.__name__):
+        rt.select_device("cuda", 2, 4)  # one process per GPU: nothing to say
+    assert not caplog.records
 
 
 def test_the_slurm_launcher_config_states_one_binding_rule():
@@ -283,6 +303,77 @@ def test_two_ranks_agree_on_a_nan_a_signal_an_empty_batch_and_the_checkpoint(tmp
     assert [r["epoch"] for r in results] == [3, 3]
 
 
+# ------------------------------------------------------------------------------ a dead rank, rank 0's setup
+
+
+def test_the_timeouts_reach_the_process_groups(monkeypatch):
+    created = {}
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(dist, "init_process_group", lambda backend, **kwargs: created.update(default=(backend, kwargs)))
+    monkeypatch.setattr(dist, "new_group", lambda **kwargs: created.setdefault("setup", kwargs))
+    monkeypatch.setattr(distributed, "collective_device", lambda device: device)
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("TORCH_NCCL_ASYNC_ERROR_HANDLING", "")
+    monkeypatch.delenv("TORCH_NCCL_ASYNC_ERROR_HANDLING")  # unset here; monkeypatch restores it afterwards
+    trainer = TrainerConfig(dist_timeout_min=2.5, setup_timeout_min=90)
+    ranks = init_distributed(Dist(1, 2), torch.device("cpu"), trainer)
+    assert created["default"] == ("gloo", {"rank": 1, "world_size": 2, "timeout": timedelta(minutes=2.5)})
+    assert created["setup"] == {"backend": "gloo", "timeout": timedelta(minutes=90)}
+    assert ranks.setup_group is created["setup"]
+    assert os.environ["TORCH_NCCL_ASYNC_ERROR_HANDLING"] == "3"  # a timed-out NCCL collective ends the process
+    monkeypatch.setenv("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1")
+    init_distributed(Dist(1, 2), torch.device("cpu"), trainer)
+    assert os.environ["TORCH_NCCL_ASYNC_ERROR_HANDLING"] == "1"  # the user's choice is kept
+    for key in ("dist_timeout_min", "setup_timeout_min"):
+        with pytest.raises(ConfigError, match=f"trainer.{key} must be > 0"):
+            TrainerConfig(**{key: 0.0}).validate()
+
+
+def _timeouts_worker(rank: int, folder: str, port: int) -> None:
+    """Rank 0 does 4 s of setup work (twice the 2 s timeout) before the setup broadcast; then rank 1 enters
+    a collective that rank 0, alive, never joins."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    ranks = init_distributed(Dist(rank, 2), torch.device("cpu"), TrainerConfig(dist_timeout_min=2 / 60))
+    folder_path, out, joined = Path(folder), {}, time.monotonic()
+    try:
+        if rank == 0:
+            time.sleep(4)
+        out["shared"] = ranks.setup_broadcast("rank 0's index" if rank == 0 else None)
+        if rank == 1:
+            start = time.monotonic()
+            try:
+                ranks.sum(torch.ones(1))
+                out["alone"] = "no error"
+            except RuntimeError as err:
+                out["alone"] = str(err)
+            out["waited_s"] = time.monotonic() - start
+        out["since_joining_s"] = time.monotonic() - joined
+        (folder_path / f"rank{rank}.json").write_text(json.dumps(out))
+        deadline = time.monotonic() + 30
+        while rank == 0 and not (folder_path / "rank1.json").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_setup_work_outlasts_the_timeout_but_a_missing_rank_fails_within_it(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    context = mp.start_processes(
+        _timeouts_worker, args=(str(tmp_path), port), nprocs=2, join=False, start_method="spawn"
+    )
+    for process in context.processes:
+        process.join(timeout=90)  # importing this module takes most of it on a busy 2-core machine
+    assert [p.exitcode for p in context.processes] == [0, 0]
+    results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    assert [r["shared"] for r in results] == ["rank 0's index"] * 2
+    rank_1 = results[1]
+    assert "timed out" in rank_1["alone"].lower() and 1.5 < rank_1["waited_s"] < 10, rank_1
+    assert rank_1["since_joining_s"] < 20, rank_1  # 4 s of setup, 2 s of timeout: no rank hung
+
+
 # ------------------------------------------------------------------------------ wrong results across ranks
 
 
@@ -296,20 +387,76 @@ def test_only_rank_0_writes_hydra_files_under_submitit(monkeypatch):
     assert hydra_output_subdir() == ".hydra"
 
 
-def test_static_multi_node_torchrun_without_a_run_id_is_refused(monkeypatch):
-    monkeypatch.delenv("RECTNET_RUN_DIR", raising=False)
-    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "none")
-    monkeypatch.setenv("WORLD_SIZE", "4")
-    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # one node: its ranks share the launch
-    assert default_run_dir() == "outputs/torchrun/none"
-    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
-    with pytest.raises(ConfigError, match="--rdzv-id"):
+def _with_hydra_config() -> DictConfig:
+    """train.yaml composed as Hydra's entry point sees it, with its `hydra` node."""
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        return compose(config_name="train", overrides=TINY, return_hydra_config=True)
+
+
+LAUNCH_KEYS = ("RECTNET_RUN_DIR", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "RANK", "TORCHELASTIC_RUN_ID", "SLURM_JOB_ID",
+               "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_NTASKS", "SLURM_PROCID")  # fmt: skip
+GENERATED_RUN_ID = str(uuid.uuid4())  # what torchrun --standalone names every launch
+
+
+@pytest.fixture
+def launch(monkeypatch):
+    """Sets a launcher's environment, on top of none (no torchrun, no SLURM, no pinned folder)."""
+    for key in LAUNCH_KEYS:
+        monkeypatch.delenv(key, raising=False)
+
+    def set_environment(**env: str) -> None:
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+
+    return set_environment
+
+
+@pytest.mark.parametrize(
+    "env, run_dir",
+    [
+        ({"WORLD_SIZE": "4", "TORCHELASTIC_RUN_ID": "prelu-a"}, "outputs/torchrun/prelu-a"),  # --rdzv-id=prelu-a
+        ({"WORLD_SIZE": "4", "TORCHELASTIC_RUN_ID": "none", "SLURM_JOB_ID": "4242"}, "outputs/slurm/4242"),
+        ({"WORLD_SIZE": "4", "TORCHELASTIC_RUN_ID": GENERATED_RUN_ID, "SLURM_JOB_ID": "4242"}, "outputs/slurm/4242"),
+        ({"SLURM_NTASKS": "4", "SLURM_PROCID": "1", "SLURM_JOB_ID": "4242"}, "outputs/slurm/4242"),  # srun
+        (
+            {"SLURM_NTASKS": "4", "SLURM_JOB_ID": "4245", "SLURM_ARRAY_JOB_ID": "4242", "SLURM_ARRAY_TASK_ID": "3"},
+            "outputs/slurm/4242_3",
+        ),
+        ({"WORLD_SIZE": "4", "TORCHELASTIC_RUN_ID": "none", "RECTNET_RUN_DIR": "/runs/pinned"}, "/runs/pinned"),
+    ],
+    ids=["rdzv_id", "slurm_job", "standalone_in_a_slurm_job", "srun", "slurm_array_task", "pinned"],
+)
+def test_a_multi_process_launch_runs_in_a_folder_named_after_its_job(launch, env, run_dir):
+    """Every rank and every relaunch of the job (a SLURM requeue keeps the job id) name the same folder."""
+    launch(**env)
+    assert default_run_dir() == run_dir
+
+
+@pytest.mark.parametrize("run_id", ["none", GENERATED_RUN_ID], ids=["no_rdzv_id", "standalone"])
+def test_a_multi_process_launch_that_names_no_job_is_refused(launch, run_id):
+    """'none' is every launch's id without --rdzv-id (another job would resume this run); a generated uuid is
+    new at every launch (a relaunch would not resume it)."""
+    launch(WORLD_SIZE="2", LOCAL_WORLD_SIZE="2", TORCHELASTIC_RUN_ID=run_id)
+    with pytest.raises(ConfigError, match=r"set hydra.run.dir=<folder> \(or RECTNET_RUN_DIR\) the same on every rank"):
         default_run_dir()
-    monkeypatch.setenv("RECTNET_RUN_DIR", "/runs/pinned")  # a pinned folder is not shared by accident
-    assert default_run_dir() == "/runs/pinned"
-    monkeypatch.delenv("RECTNET_RUN_DIR")
-    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job-17")
-    assert default_run_dir() == "outputs/torchrun/job-17"
+
+
+def test_a_single_process_runs_in_a_folder_of_its_start_time_or_of_its_slurm_job(launch):
+    assert re.fullmatch(r"outputs/\d{4}-\d\d-\d\d/\d\d-\d\d-\d\d", default_run_dir())
+    launch(WORLD_SIZE="1", TORCHELASTIC_RUN_ID=GENERATED_RUN_ID)
+    assert re.fullmatch(r"outputs/\d{4}-\d\d-\d\d/\d\d-\d\d-\d\d", default_run_dir())
+    launch(SLURM_JOB_ID="4242", SLURM_NTASKS="1")  # a one-GPU sbatch job: its requeue resumes from the same folder
+    assert default_run_dir() == "outputs/slurm/4242"
+
+
+def test_the_refusal_ends_each_rank_in_one_line_before_hydra_writes(launch):
+    """Hydra resolves hydra.run.dir first in OwnRunDir.on_run_start: the ConfigError, wrapped twice by
+    OmegaConf, ends the rank in its one line (every rank resolves the same environment)."""
+    launch(WORLD_SIZE="2", RANK="1", TORCHELASTIC_RUN_ID="none")
+    with pytest.raises(SystemExit) as exit_info:
+        OwnRunDir().on_run_start(config=_with_hydra_config())
+    message = str(exit_info.value.code)
+    assert message.startswith("ConfigError: a 2-process launch needs a run directory") and "\n" not in message
 
 
 def test_slurm_tasks_per_node_forms():
@@ -460,17 +607,48 @@ def test_preprocessing_constants_live_on_the_device():
         assert {t.device.type for t in tensors} == {"meta"}
 
 
-def test_ranks_other_than_0_stop_appending_to_train_log(tmp_path):
+def _job_logging(output_dir: Path) -> DictConfig:
+    """hydra.job_logging as train.yaml composes it, for a job whose output directory is `output_dir`."""
+    config = _with_hydra_config()
+    with read_write(config.hydra.runtime):
+        config.hydra.runtime.output_dir = str(output_dir)
+    return config.hydra.job_logging
+
+
+@contextlib.contextmanager
+def _hydra_job_setup(output_dir: Path):
+    """The root logger as Hydra's job setup configures it (in every rank's process), then as it was."""
     root = logging.getLogger()
-    to_file, to_console = logging.FileHandler(tmp_path / "train.log"), logging.StreamHandler()
-    root.addHandler(to_file)
-    root.addHandler(to_console)
+    handlers, level = root.handlers[:], root.level
+    output_dir.mkdir()  # Hydra makes the run directory before it sets logging up
+    configure_log(_job_logging(output_dir))
     try:
-        stop_file_logging()
-        assert to_file not in root.handlers and to_console in root.handlers and to_file.stream is None
+        yield
     finally:
-        root.removeHandler(to_console)
-        root.removeHandler(to_file)
+        for handler in root.handlers:
+            handler.close()
+        root.handlers[:] = handlers
+        root.setLevel(level)
+
+
+@pytest.mark.parametrize(
+    "launcher",
+    [{"RANK": "{rank}"}, {"SUBMITIT_EXECUTOR": "local", "SUBMITIT_LOCAL_GLOBALID": "{rank}"}],
+    ids=["torchrun", "submitit"],  # submitit: no RANK until the run exports it, after Hydra's job setup
+)
+def test_ranks_other_than_0_stop_appending_to_train_log(tmp_path, monkeypatch, capsys, launcher):
+    """Rank 1 never creates train.log and logs to its console; rank 0 writes it in Hydra's format."""
+    for key in ("RANK", "SLURM_PROCID", "SLURM_NTASKS", "SUBMITIT_EXECUTOR"):
+        monkeypatch.delenv(key, raising=False)
+    for rank in (1, 0):
+        for key, value in launcher.items():
+            monkeypatch.setenv(key, value.format(rank=rank))
+        with _hydra_job_setup(tmp_path / str(rank)):
+            logging.getLogger("rectnet").info("rank %d speaking", rank)
+    assert not (tmp_path / "1" / "train.log").exists()
+    line = r"\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}\]\[rectnet\]\[INFO\] - rank 0 speaking\n"
+    assert re.fullmatch(line, (tmp_path / "0" / "train.log").read_text())
+    assert "rank 1 speaking" in capsys.readouterr().out
 
 
 # ------------------------------------------------------------------------------ the activations under bf16

@@ -407,8 +407,8 @@ def test_corrupt_files_raise_or_are_skipped_and_counted(corrupt_folder):
 # ----------------------------------------------------------------------------------- determinism, resume
 
 
-def batches_of(loader: TrainLoader, epoch: int, start_step: int = 0) -> list:
-    return [tuple(t.clone() for t in batch) for batch in loader.epoch(epoch, start_step)]
+def batches_of(loader: TrainLoader, epoch: int, start: int = 0) -> list:
+    return [tuple(t.clone() for t in batch) for batch in loader.epoch(epoch, start)]
 
 
 def assert_same_batches(left: list, right: list) -> None:
@@ -424,7 +424,7 @@ def test_batches_do_not_depend_on_workers_and_resume_exactly(folder):
     assert len(serial) == len(IMAGES) // 3
     for epoch in (0, 1):  # the persistent workers learn the epoch from the sampler's keys
         assert_same_batches(batches_of(serial, epoch), batches_of(parallel, epoch))
-    assert_same_batches(batches_of(serial, 1, start_step=2), batches_of(serial, 1)[2:])
+    assert_same_batches(batches_of(serial, 1, start=2 * 3), batches_of(serial, 1)[2:])
     assert not torch.equal(batches_of(serial, 0)[0][3], batches_of(serial, 1)[0][3])  # new order each epoch
 
 

@@ -24,16 +24,30 @@ def metrics(run_dir) -> list[dict]:
 
 
 def test_state_round_trips_through_its_dict():
-    state = State(3, 5, Counts(1.5, 2, 3, 4, 1), 12.5, 2, 0, {"train_loss_at_best": 0.25})
+    state = State(
+        epoch=3,
+        step=5,
+        position=320,
+        partial=Counts(1.5, 2, 3, 4, 1),
+        best_top1_err=12.5,
+        best_epoch=2,
+        records={"train_loss_at_best": 0.25},
+        resumes=[{"checkpoint": "last.pt", "world_size": [1, 2]}],
+    )
     other_rank = Counts(9.0, 9, 9, 9).as_tensor()
     saved = state.to_dict([other_rank, state.partial.as_tensor()])
-    assert State.from_dict(saved, rank=1) == state
-    restarted = State.from_dict(saved, rank=None)
-    assert restarted.partial == Counts() and (restarted.epoch, restarted.step, restarted.records) == (
-        3,
-        5,
-        state.records,
+    assert State.from_dict(saved, rank=1, world_size=2) == state
+
+
+def test_on_another_number_of_ranks_rank_0_carries_the_epochs_counts_so_far():
+    """The interrupted epoch's training loss and errors count every sample trained before the resume once."""
+    saved = State(epoch=1, step=4, position=256).to_dict(
+        [Counts(1.5, 2, 3, 4).as_tensor(), Counts(9.0, 9, 9, 9).as_tensor()]
     )
+    on_three = [State.from_dict(saved, rank=r, world_size=3) for r in range(3)]
+    assert on_three[0].partial == Counts(10.5, 11, 12, 13)
+    assert on_three[1].partial == on_three[2].partial == Counts()
+    assert all((s.epoch, s.step, s.position) == (1, 4, 256) for s in on_three)
 
 
 def test_a_format_1_single_protocol_checkpoint_keeps_its_records_and_its_stop(tmp_path):
@@ -41,7 +55,7 @@ def test_a_format_1_single_protocol_checkpoint_keeps_its_records_and_its_stop(tm
     run(compose_train([*stage, "trainer.epochs=2"], tmp_path))
     as_format_1(tmp_path / "checkpoints" / "last.pt", train_loss_at_best=0.5, stopped_at=2)
     upgraded = ckpt.load(tmp_path / "checkpoints" / "last.pt")
-    assert (upgraded["format"], upgraded["records"], upgraded["stopped_at"]) == (2, {"train_loss_at_best": 0.5}, 2)
+    assert (upgraded["format"], upgraded["records"], upgraded["stopped_at"]) == (3, {"train_loss_at_best": 0.5}, 2)
     results = run(compose_train([*stage, "trainer.epochs=4", "trainer.resume=auto"], tmp_path))
     assert [m["epoch"] for m in metrics(tmp_path)] == [1, 2]  # a stopped run trains nothing more
     assert (results["epochs"], results["stopped_at_epoch"], results["train_loss_at_best"]) == (2, 2, 0.5)

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from helpers import TINY, as_format_1, compose_train, run_cli
 
 from rectnet.engine.checkpoint import CheckpointError
+from rectnet.engine.fingerprint import ResumeMismatchError
 from rectnet.engine.train import NonFiniteLossError, run
 
 LEARNABLE = [*TINY, "trainer.epochs=8", "dataset.num_train=1024", "model.width=0.25", "dataset.synthetic_noise=0.75"]
@@ -134,8 +135,15 @@ def test_resume_from_missing_or_foreign_files_fails_clearly(tmp_path):
 
 def test_resume_with_another_model_is_refused(tmp_path):
     run(compose_train([*TINY, "trainer.epochs=1"], tmp_path))
-    with pytest.raises(CheckpointError, match="does not fit"):
+    with pytest.raises(ResumeMismatchError, match="activation.name: 'relu' -> 'crelu'"):
         run(compose_train([*TINY, "trainer.epochs=2", "activation=crelu", "trainer.resume=auto"], tmp_path))
+    # allowed on purpose, the weights still cannot be loaded into the other network: refused by the loader
+    with pytest.raises(CheckpointError, match="does not fit"):
+        run(
+            compose_train(
+                [*TINY, "trainer.epochs=2", "activation=crelu", "trainer.resume_allow=[activation.name]"], tmp_path
+            )
+        )
 
 
 def test_damaged_last_checkpoint_falls_back_to_the_previous_one(tmp_path):

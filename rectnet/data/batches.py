@@ -1,8 +1,9 @@
 """Batches cut from a tensor-held split and augmented as whole tensors, not image by image through PIL.
 
-Order and augmentation are functions of (seed, epoch, step) only, never of a running RNG: the sequence of
-global batches is the same however many ranks share it (rank r takes its slice of each global batch),
-and a run resumed at any step sees exactly the batches it would have seen.
+Order and augmentation are functions of (seed, epoch) and the sample's place in the epoch's order only, never
+of a running RNG or of the batch size: the sequence of images (and their flips and shifts) is the same
+however many ranks share it (rank r takes its slice of each global batch), and a run resumed at any position
+of an epoch, on any number of ranks, trains on exactly the samples not yet seen, in the same order.
 """
 
 from __future__ import annotations
@@ -114,16 +115,29 @@ class TrainBatches:
     def __len__(self) -> int:
         return len(self.split) // self.global_batch
 
-    def epoch(self, epoch: int, start_step: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        order = torch.randperm(len(self.split), generator=generator(self.seed, epoch))
+    def epoch(self, epoch: int, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """This rank's batches of `epoch` from position `start` of the epoch's order (the global samples
+        already trained): the global batches start at start, start + G, ... (G the global batch)."""
+        n = len(self.split)
+        check_start(start, n)
+        order = torch.randperm(n, generator=generator(self.seed, epoch))
+        # One draw per place in the order, so a sample's flip and shift do not depend on the batch it lands in.
+        params = self.augment.draw(n, generator(self.seed, epoch, AUGMENT_STREAM))
         mine = slice(self.rank * self.batch_size, (self.rank + 1) * self.batch_size)
-        for step in range(start_step, len(self)):
-            index = order[step * self.global_batch : (step + 1) * self.global_batch]
-            params = self.augment.draw(self.global_batch, generator(self.seed, epoch, step))
-            index = to_device(index[mine], self.split.images.device)  # pinned, not blocking the host
-            mine_params = {k: v[mine] for k, v in params.items()}
+        for first in range(start, n - self.global_batch + 1, self.global_batch):
+            places = slice(first, first + self.global_batch)
+            index = to_device(order[places][mine], self.split.images.device)  # pinned, not blocking the host
+            mine_params = {k: v[places][mine] for k, v in params.items()}
             images = to_device(self.split.images[index], self.device)
             yield self.augment(images, mine_params), to_device(self.split.labels[index], self.device)
+
+
+AUGMENT_STREAM = -1  # the third part of the augmentation generator's seed; (seed, epoch) alone seeds the order
+
+
+def check_start(start: int, size: int) -> None:
+    if not 0 <= start <= size:
+        raise ValueError(f"start position {start} is outside an epoch of {size} samples")
 
 
 def eval_batches(

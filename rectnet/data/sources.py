@@ -2,8 +2,9 @@
 
 A source turns a dataset config into network inputs on the training device:
 
-* `train_epoch(epoch, start_step)`: this rank's training batches (`TrainInput`) of one epoch, from a step on,
-  a pure function of (seed, epoch, step) (exact mid-epoch resume, independent of the number of ranks);
+* `train_epoch(epoch, start)`: this rank's training batches (`TrainInput`) of one epoch, from position `start`
+  of the epoch's global order on (the samples already trained), a pure function of (seed, epoch, position):
+  exact mid-epoch resume on any number of ranks;
 * `eval_sets`: "test" (and "val" under k-fold cross-validation), each yielding this rank's contiguous shard
   of its split as `EvalInput`s: every image once across ranks, with all the views its protocol asks for;
 * `state`: the preprocessing constants (per-channel mean/std, or the mean image), computed from the training
@@ -38,6 +39,7 @@ from rectnet.data.imagenet import (
     eval_loader,
     index_image_folder,
 )
+from rectnet.data.imagenet.resources import eval_batch_images, fit_loaders
 from rectnet.data.split import ImageSplits, Split
 from rectnet.registry import Registry
 
@@ -84,18 +86,19 @@ class Source(Protocol):
 
     def __len__(self) -> int: ...  # training steps per epoch
 
-    def train_epoch(self, epoch: int, start_step: int = 0) -> Iterator[TrainInput]: ...
+    def train_epoch(self, epoch: int, start: int = 0) -> Iterator[TrainInput]: ...
 
 
 class SourceContext(NamedTuple):
-    """Where a source runs: the device, this process's rank, the rank count, a sum over ranks and a
-    broadcast of rank 0's object to every rank."""
+    """Where a source runs: the device, this process's rank, the rank count, a sum over ranks, a broadcast
+    of rank 0's object to every rank, and the ranks on this node (they share its cores and /dev/shm)."""
 
     device: torch.device
     rank: int = 0
     world_size: int = 1
     reduce: Reduce = lambda t: t
     share: Callable[[Any], Any] = lambda obj: obj
+    local_world_size: int = 1
 
 
 # ------------------------------------------------------------------------------------- tensor splits
@@ -183,15 +186,16 @@ class TensorSource:
         self.in_chans, self.eval_sets, self.state = evaluation.in_chans, evaluation.eval_sets, evaluation.state
         train, trainer = loaded.splits.train, settings.trainer
         self.num_train = len(train)
+        per_process, _ = trainer.batch_sizes(where.world_size)
         self.batches = TrainBatches(
-            train, trainer.batch_size, loaded.augment, settings.seed, where.rank, where.world_size, where.device
+            train, per_process, loaded.augment, settings.seed, where.rank, where.world_size, where.device
         )
 
     def __len__(self) -> int:
         return len(self.batches)
 
-    def train_epoch(self, epoch: int, start_step: int = 0) -> Iterator[TrainInput]:
-        for images, labels in self.batches.epoch(epoch, start_step):
+    def train_epoch(self, epoch: int, start: int = 0) -> Iterator[TrainInput]:
+        for images, labels in self.batches.epoch(epoch, start):
             yield TrainInput(images, labels)
 
 
@@ -203,20 +207,20 @@ def _channel_state(mean: Sequence[float], std: Sequence[float]) -> dict[str, tor
 
 
 class ImageFolderEvalSet:
-    """The test split under `eval.protocol`: decoded by worker processes (kept alive between evaluations),
-    views normalized on the device. `eval_batch_size` counts network inputs, so a ten_view batch holds a
-    tenth as many images; dense runs one image (and its mirror image, at one scale per forward) at a time."""
+    """The test split under `eval.protocol`: decoded by worker processes (started for each evaluation, see
+    rectnet.data.imagenet.resources), views normalized on the device. `eval_batch_size` counts network inputs,
+    so a ten_view batch holds a tenth as many images; dense runs one image (and its mirror image, at one scale
+    per forward) at a time."""
 
     def __init__(self, index: ImageIndex, settings: TrainConfig, preprocess: Preprocess, where: SourceContext) -> None:
         data, protocol = settings.dataset, settings.eval
         dataset = ViewDataset(
             index, protocol.protocol, protocol.size, data.image_size, protocol.scales, data.skip_corrupt, data.draft_gap
         )
-        views_per_image = {"center": 1, "ten_view": 10, "dense": None}[protocol.protocol]
-        images = max(1, settings.trainer.eval_batch_size // views_per_image) if views_per_image else 1
+        images = eval_batch_images(protocol.protocol, settings.trainer.eval_batch_size)
         self.size, self.preprocess, self.device = len(index), preprocess, where.device
         self.loader = eval_loader(
-            dataset, images, where.rank, where.world_size, data.workers, data.prefetch_factor, persistent=True
+            dataset, images, where.rank, where.world_size, data.workers, data.prefetch_factor, persistent=False
         )
 
     def __len__(self) -> int:
@@ -231,6 +235,7 @@ class ImageFolderEvalSet:
 def image_folder_evaluation(settings: TrainConfig, where: SourceContext, state: dict | None = None) -> Evaluation:
     """The test split under `eval.protocol`. With a checkpoint's statistics (`state`) the training tree (1.28M
     files on ImageNet) is never read."""
+    settings = fit_loaders(settings, where.local_world_size, None)
     data = settings.dataset
     data.image_folder_checks()
     test = _index_split(settings, where, data.test_split, data.num_test)
@@ -247,7 +252,9 @@ class ImageFolderSource:
     as uint8 and lit/normalized there; tests under `eval.protocol`."""
 
     def __init__(self, settings: TrainConfig, where: SourceContext, state: dict | None = None) -> None:
-        data, trainer = settings.dataset, settings.trainer
+        per_process, _ = settings.trainer.batch_sizes(where.world_size)
+        settings = fit_loaders(settings, where.local_world_size, per_process)
+        data = settings.dataset
         data.image_folder_checks()
         test = _index_split(settings, where, data.test_split, data.num_test)
         train = _index_split(settings, where, data.train_split, data.num_train, test)
@@ -257,7 +264,7 @@ class ImageFolderSource:
         spec = ScaleJitterCrop(data.scale_min, data.scale_max, data.image_size, data.flip)
         dataset = TrainDataset(train, settings.seed, spec, data.lighting_std, data.skip_corrupt, data.draft_gap)
         self.loader = TrainLoader(
-            dataset, trainer.batch_size, where.rank, where.world_size, data.workers, data.prefetch_factor
+            dataset, per_process, where.rank, where.world_size, data.workers, data.prefetch_factor
         )
         self.lighting, self.device = data.lighting_std > 0, where.device
         self.in_chans, self.num_train = 3, len(train)
@@ -265,8 +272,8 @@ class ImageFolderSource:
     def __len__(self) -> int:
         return len(self.loader)
 
-    def train_epoch(self, epoch: int, start_step: int = 0) -> Iterator[TrainInput]:
-        for batch in self.loader.epoch(epoch, start_step):
+    def train_epoch(self, epoch: int, start: int = 0) -> Iterator[TrainInput]:
+        for batch in self.loader.epoch(epoch, start):
             images = batch.images.to(self.device, non_blocking=True)
             lighting = batch.lighting.to(self.device, non_blocking=True) if self.lighting else None
             labels = batch.labels.to(self.device, non_blocking=True)
@@ -297,7 +304,9 @@ def _index_split(
 
 def _from_rank_0(where: SourceContext, make: Callable[[], Any]) -> Any:
     """`make()` run on rank 0 only; its result, or its ImageFolderError, on every rank (a rank raising alone
-    would leave the others waiting in the broadcast)."""
+    would leave the others waiting in the broadcast). The others wait while rank 0 works (minutes for ImageNet's
+    tree on a shared filesystem): `where.share` is the setup broadcast, whose timeout is trainer.setup_timeout_min,
+    not the short one of training's collectives (engine/distributed.py)."""
     result: tuple[Any, str | None] = (None, None)
     if where.rank == 0:
         try:

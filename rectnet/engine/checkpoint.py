@@ -2,14 +2,17 @@
 
 Layout of a checkpoint (all keys always present):
     model, optimizer, schedule, scaler (None unless fp16), the loop's state (`rectnet.engine.state.State`:
-    epoch (epochs completed), step (steps done in the next epoch; 0 at an epoch boundary), partial (per rank:
-    that epoch's training counts so far), best_top1_err, best_epoch, stopped_at, records), rng (per rank:
-    python, numpy, torch CPU and CUDA states), world_size, config (the resolved config dict), data (the
-    preprocessing constants), format (CHECKPOINT_FORMAT).
+    epoch (epochs completed), step (steps done in the next epoch; 0 at an epoch boundary), position (samples
+    of the next epoch's global order trained), partial (per rank: that epoch's training counts so far),
+    best_top1_err, best_epoch, stopped_at, records, resumes), rng (per rank: python, numpy, torch CPU and CUDA
+    states), world_size, config (the resolved config dict), fingerprint (what defines the run:
+    `rectnet.engine.fingerprint`), data (the preprocessing constants), format (CHECKPOINT_FORMAT).
 
 Older formats load through `UPGRADES`, each bringing a checkpoint one format forward:
     1 -> 2: the "Single" protocol's training loss at the best epoch, a top-level `train_loss_at_best` (None
     when not recorded), moved into `records`, where every stopping rule keeps what it records.
+    2 -> 3: the fingerprint, computed from the saved config (its global batch: the per-process batch times
+    the ranks that wrote it), the position (step times that global batch) and an empty list of resumes.
 
 `last.pt` is replaced atomically (temporary file, fsync, rename); the checkpoint it replaces is kept as
 `prev.pt`, so a `last.pt` damaged outside our control (disk full, a copy cut short) still leaves a good one.
@@ -33,9 +36,11 @@ from typing import Any
 
 import torch
 
+from rectnet.engine.fingerprint import fingerprint
+
 log = logging.getLogger(__name__)
 
-CHECKPOINT_FORMAT = 2
+CHECKPOINT_FORMAT = 3
 REQUIRED_KEYS = (
     "model",
     "optimizer",
@@ -48,6 +53,9 @@ REQUIRED_KEYS = (
     "config",
     "format",
 )
+
+
+CURRENT_KEYS = ("fingerprint", "position", "resumes")  # written since format 3; older files gain them by `upgrade`
 
 
 class CheckpointError(RuntimeError):
@@ -140,6 +148,9 @@ def load(path: str | Path) -> dict:
             f"{path} has checkpoint format {state['format']}; this rectnet reads formats 1 to {CHECKPOINT_FORMAT}"
         )
     state = upgrade(state)
+    missing = [k for k in CURRENT_KEYS if k not in state]
+    if missing:
+        raise CheckpointError(f"{path} is damaged: format {CHECKPOINT_FORMAT} without {', '.join(missing)}")
     bad = nonfinite_entries(state["model"], state["optimizer"])
     if bad:
         raise CheckpointError(f"{path} is damaged: NaN or inf in {_first_names(bad)}")
@@ -155,7 +166,18 @@ def _records_into_their_own_entry(state: dict) -> dict:
     return state | {"format": 2}
 
 
-UPGRADES = {1: _records_into_their_own_entry}  # format -> its upgrade to format + 1
+def _fingerprint_and_position(state: dict) -> dict:
+    """Format 2 -> 3 (see the module docstring)."""
+    global_batch = state["config"]["trainer"]["batch_size"] * state.get("world_size", 1)
+    return state | {
+        "fingerprint": fingerprint(state["config"], global_batch),
+        "position": state["step"] * global_batch,
+        "resumes": [],
+        "format": 3,
+    }
+
+
+UPGRADES = {1: _records_into_their_own_entry, 2: _fingerprint_and_position}  # format -> its upgrade to format + 1
 
 
 def upgrade(state: dict) -> dict:

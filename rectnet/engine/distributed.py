@@ -4,8 +4,18 @@ NCCL on CUDA, gloo on CPU. A single process (no RANK/WORLD_SIZE in the environme
 with world size 1 and no process group. Only rank 0 writes files; `Dist.sum` makes counts global.
 
 NCCL reduces CUDA tensors only. Rather than a second (gloo) group for CPU tensors, every collective goes
-through `Dist`, which first moves its tensor to `Dist.device`, the device the backend serves: one rule, no
-second group to create and keep in step, and the tensors it sees are tiny (counts, flags).
+through `Dist`, which first moves its tensor to `Dist.device`, the device the backend serves: the tensors
+it sees are tiny (counts, flags).
+
+Timeouts, one rule: a collective that waits on rank 0's one-time setup work goes through
+`Dist.setup_broadcast`; every other collective goes through the default group. srun and submitit do not
+stop a task's siblings when it dies (torchrun does), so the survivors wait in their next collective until
+the group's timeout: the default group's is short (trainer.dist_timeout_min), and NCCL's async error
+handling then ends the process instead of leaving it hung. Training's collectives reach every rank within
+seconds of one another, but the others wait for rank 0 alone to index the ImageNet tree (1.28M files,
+minutes on a shared filesystem) before the first step: that wait goes through the one second group, gloo
+(its payloads are pickles on the host), created once in `init_distributed` with its own long timeout
+(trainer.setup_timeout_min).
 """
 
 from __future__ import annotations
@@ -14,10 +24,13 @@ import io
 import logging
 import os
 from dataclasses import dataclass, field, replace
+from datetime import timedelta
 from typing import Any
 
 import torch
 import torch.distributed as dist
+
+from rectnet.config import TrainerConfig
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +43,8 @@ class Dist:
     local_world_size: int = 1  # processes on this node
     # Where collectives' tensors must live: the rank's GPU under NCCL, the CPU under gloo (`init_distributed`).
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    # The gloo group with the long timeout, for `setup_broadcast` (`init_distributed`); None: the default group.
+    setup_group: dist.ProcessGroup | None = None
 
     @property
     def enabled(self) -> bool:
@@ -70,11 +85,19 @@ class Dist:
         return [torch.load(io.BytesIO(b), weights_only=True) for b in out]
 
     def broadcast(self, obj: Any) -> Any:
-        """Rank 0's `obj` on every rank."""
+        """Rank 0's `obj` on every rank; the others wait at most the default group's timeout for rank 0."""
+        return self._broadcast(obj, None)
+
+    def setup_broadcast(self, obj: Any) -> Any:
+        """Rank 0's result of one-time setup work (an ImageFolder index) on every rank, through the setup
+        group: the others may wait for rank 0 to finish that work up to trainer.setup_timeout_min."""
+        return self._broadcast(obj, self.setup_group)
+
+    def _broadcast(self, obj: Any, group: dist.ProcessGroup | None) -> Any:
         if not self.enabled:
             return obj
         box = [obj]
-        dist.broadcast_object_list(box, src=0)
+        dist.broadcast_object_list(box, src=0, group=group)
         return box[0]
 
     def barrier(self) -> None:
@@ -108,8 +131,9 @@ def slurm_tasks_on_this_node(tasks_per_node: str) -> int:
     return int(tasks_per_node.split(",")[0].split("(")[0])
 
 
-def init_distributed(ranks: Dist, device: torch.device) -> Dist:
-    """Join the process group when there is more than one rank; returns `ranks` with its collective device."""
+def init_distributed(ranks: Dist, device: torch.device, trainer: TrainerConfig) -> Dist:
+    """Join the process group when there is more than one rank (timeout: trainer.dist_timeout_min) and create
+    the setup group (trainer.setup_timeout_min); returns `ranks` with its collective device and setup group."""
     if not ranks.enabled:
         return ranks
     if not dist.is_initialized():
@@ -118,10 +142,18 @@ def init_distributed(ranks: Dist, device: torch.device) -> Dist:
                 f"rank {ranks.rank} of {ranks.world_size}: MASTER_ADDR/MASTER_PORT are not set; launch with "
                 "torchrun (it sets them) or export them for srun"
             )
+        # What NCCL's watchdog does when a collective fails or times out: 0 nothing (the rank hangs on), 1 abort
+        # the communicators, then end the process, 2 abort the communicators only (the process lives on and
+        # waits elsewhere), 3 end the process without aborting them (an abort can itself hang when a peer or
+        # the GPU is gone). 3: the process ends, and the launcher reports the failure. Read when the group is
+        # created; a value set in the environment is kept.
+        os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "3")
         backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend, rank=ranks.rank, world_size=ranks.world_size)
+        timeout = timedelta(minutes=trainer.dist_timeout_min)
+        dist.init_process_group(backend, rank=ranks.rank, world_size=ranks.world_size, timeout=timeout)
         log.info("joined the %s process group as rank %d of %d", backend, ranks.rank, ranks.world_size)
-    return replace(ranks, device=collective_device(device))
+    setup_group = dist.new_group(backend="gloo", timeout=timedelta(minutes=trainer.setup_timeout_min))
+    return replace(ranks, device=collective_device(device), setup_group=setup_group)
 
 
 def collective_device(device: torch.device) -> torch.device:
@@ -153,12 +185,3 @@ class RankFilter(logging.Filter):
 def label_log_records(ranks: Dist) -> None:
     for handler in logging.getLogger().handlers:
         handler.addFilter(RankFilter(ranks))
-
-
-def stop_file_logging() -> None:
-    """Detach the root logger's file handlers: Hydra's job setup opens train.log in every submitit task
-    (it runs before any rank is known); only rank 0 may append to it. Other ranks keep their console."""
-    root = logging.getLogger()
-    for handler in [h for h in root.handlers if isinstance(h, logging.FileHandler)]:
-        root.removeHandler(handler)
-        handler.close()

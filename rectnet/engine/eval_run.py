@@ -82,10 +82,12 @@ def evaluate_checkpoint(run_dir: Path, checkpoint: Path, overrides: Sequence[str
     settings = eval_settings(payload["config"], overrides)
     ranks = env_ranks()
     runtime = make_runtime(settings.trainer, ranks.local_rank, ranks.local_world_size)
-    ranks = init_distributed(ranks, runtime.device)
+    ranks = init_distributed(ranks, runtime.device, settings.trainer)
     label_log_records(ranks)
     try:
-        where = SourceContext(runtime.device, ranks.rank, ranks.world_size, ranks.sum, ranks.broadcast)
+        where = SourceContext(
+            runtime.device, ranks.rank, ranks.world_size, ranks.sum, ranks.setup_broadcast, ranks.local_world_size
+        )
         source = make_evaluation(settings, where, payload.get("data"))
         model = build_model(settings, settings.dataset.num_classes, source.in_chans)
         try:

@@ -27,6 +27,7 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import InterpolationResolutionError
 
 from rectnet.config import ConfigError
 from rectnet.data.cifar import DatasetError
@@ -52,7 +53,8 @@ class OwnRunDir(Callback):
     def __getstate__(self) -> dict:  # submitit pickles the callbacks into its jobs: the lock stays here
         return {"lock": None}
 
-    def _own(self, folder: str) -> None:
+    def _own(self, config: DictConfig, key: str) -> None:
+        folder = _folder(config, key)
         try:
             rundir.check_location(folder)
             if env_ranks().is_main:  # torchrun / srun: every rank runs Hydra, rank 0 owns the folder
@@ -68,16 +70,31 @@ class OwnRunDir(Callback):
             self.lock = None
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        self._own(str(OmegaConf.select(config, "hydra.run.dir")))
+        self._own(config, "hydra.run.dir")
 
     def on_run_end(self, config: DictConfig, **kwargs: Any) -> None:
         self._release()
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        self._own(str(OmegaConf.select(config, "hydra.sweep.dir")))
+        self._own(config, "hydra.sweep.dir")
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         self._release()
+
+
+def _folder(config: DictConfig, key: str) -> str:
+    """The folder `key` names. Its default may refuse to name one (rectnet.config.default_run_dir: a multi-process
+    launch outside SLURM without --rdzv-id): that ConfigError, raised inside OmegaConf's resolver, ends the
+    run as one line on every rank (each resolves the same default from the same launch environment)."""
+    try:
+        return str(OmegaConf.select(config, key))
+    except InterpolationResolutionError as err:
+        cause: BaseException | None = err
+        while cause is not None and not isinstance(cause, ConfigError):  # nested interpolations wrap it again
+            cause = cause.__context__
+        if cause is None:
+            raise
+        raise SystemExit(one_line_reason(cause)) from None
 
 
 @dataclass(frozen=True)

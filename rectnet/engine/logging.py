@@ -15,10 +15,28 @@ from typing import Any
 import torch
 from torch import nn
 
+from rectnet.config import launch_rank
 from rectnet.layers.activations import PReLU
 from rectnet.layers.facts import weight_layers
 
 log = logging.getLogger("rectnet")
+
+
+class RankZeroFileHandler(logging.FileHandler):
+    """train.log, appended to by rank 0 alone (configs/hydra/job_logging/rank_zero.yaml).
+
+    Every rank of torchrun, srun or submitit runs Hydra's job setup, which builds its logging handlers before
+    any process group exists, so the rank is the launcher's (`launch_rank`). The file is opened on the first
+    record rank 0 writes (delay): the other ranks never create it, nor append to it, and log to their console.
+    """
+
+    def __init__(self, filename: str, mode: str = "a", encoding: str | None = None) -> None:
+        super().__init__(filename, mode, encoding, delay=True)
+        self.writes = launch_rank() == 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.writes:
+            super().emit(record)
 
 
 def _parse_line(line: str) -> dict | None:

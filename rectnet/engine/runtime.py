@@ -67,6 +67,14 @@ def select_device(name: str, local_rank: int = 0, local_world_size: int = 1) -> 
             f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}): every process must see all "
             "of its node's GPUs (no per-task gpu-bind; see configs/hydra/launcher/slurm.yaml)"
         )
+    if local_world_size == 1 and visible > 1:  # not an error (a GPU may be left for other work), but say it
+        log.info(
+            "one process on this node runs on cuda:%d of the %d GPUs it sees; to use them all, launch one process "
+            "per GPU: torchrun --nproc_per_node=%d train.py (or eval.py) ...",
+            index,
+            visible,
+            visible,
+        )
     return torch.device("cuda", index)
 
 

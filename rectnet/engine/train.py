@@ -23,6 +23,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from rectnet.config import ConfigError, TrainConfig, TrainerConfig, to_settings
+from rectnet.data.batches import derived_seed
 from rectnet.data.sources import Source, SourceContext, make_source
 from rectnet.engine import checkpoint as ckpt
 from rectnet.engine import rundir, stopping
@@ -33,10 +34,10 @@ from rectnet.engine.distributed import (
     init_distributed,
     label_log_records,
     shutdown,
-    stop_file_logging,
 )
 from rectnet.engine.env import git_state, hardware, versions
 from rectnet.engine.evaluate import Evaluator
+from rectnet.engine.fingerprint import GLOBAL_BATCH, ResumeMismatchError, check_resume, fingerprint
 from rectnet.engine.logging import Progress, RunLogger, elapsed, prelu_slopes, read_jsonl, write_json
 from rectnet.engine.metrics import Counts, topk_hits
 from rectnet.engine.optim import Schedule, make_optimizer, make_schedule, step_schedule
@@ -72,6 +73,8 @@ class Job:
     state: State
     evaluate: Evaluator
     data_state: dict  # the source's preprocessing constants (mean/std or mean image), kept in checkpoints
+    fingerprint: dict  # what defines the run (engine/fingerprint.py): a resume must match it
+    global_batch: int  # images per SGD step over all ranks
     rules: list[StoppingRule] = field(default_factory=list)  # asked after every epoch (rectnet.engine.stopping)
     stop: StopSignals = field(default_factory=StopSignals)
 
@@ -102,6 +105,7 @@ class Job:
                 "rng": rng,
                 "world_size": self.ranks.world_size,
                 "config": self.config,
+                "fingerprint": self.fingerprint,
                 "data": self.data_state,
                 "format": ckpt.CHECKPOINT_FORMAT,
             }
@@ -117,10 +121,8 @@ def run(cfg: DictConfig) -> dict:
     settings = to_settings(cfg)
     ranks = env_ranks()
     runtime = make_runtime(settings.trainer, ranks.local_rank, ranks.local_world_size)
-    ranks = init_distributed(ranks, runtime.device)
+    ranks = init_distributed(ranks, runtime.device, settings.trainer)
     label_log_records(ranks)
-    if not ranks.is_main:
-        stop_file_logging()
     run_dir = rundir.check_location(settings.run_dir)
     if ranks.gather(str(run_dir)) != [str(run_dir)] * ranks.world_size:
         raise ConfigError("ranks disagree on the run directory; pin it with hydra.run.dir=... or RECTNET_RUN_DIR")
@@ -129,7 +131,7 @@ def run(cfg: DictConfig) -> dict:
     try:
         results = _train(settings, OmegaConf.to_container(cfg, resolve=True), run_dir, runtime, ranks, stop)
     except Exception as err:
-        if ranks.is_main:
+        if ranks.is_main and not isinstance(err, ResumeMismatchError):  # the folder holds another run's record
             with contextlib.suppress(OSError):  # on a full disk this write fails too: keep the run's own error
                 (run_dir / "FAILED").write_text(f"{type(err).__name__}: {err}\n\n{traceback.format_exc()}")
         raise
@@ -147,17 +149,23 @@ def _train(
     settings: TrainConfig, config: dict, run_dir: Path, runtime: Runtime, ranks: Dist, stop: StopSignals
 ) -> dict:
     trainer = settings.trainer
+    per_process, global_batch = trainer.batch_sizes(ranks.world_size)
+    _announce_batch(settings, per_process, global_batch, ranks.world_size)
+    run_fingerprint = fingerprint(config, global_batch)
     resume = _agreed_resume(trainer.resume, run_dir / "checkpoints", ranks)  # fail fast on a bad path
+    if resume is not None:  # before any data is read: a mismatch is refused in seconds, not after indexing
+        changed = check_resume(resume[1]["fingerprint"], run_fingerprint, trainer.resume_allow, str(resume[0]))
 
     seed_everything(settings.seed)  # the same on every rank: identical initial weights
-    where = SourceContext(runtime.device, ranks.rank, ranks.world_size, ranks.sum, ranks.broadcast)
-    source = make_source(settings, where, resume.get("data") if resume else None)
-    job = _build_job(settings, config, run_dir, runtime, ranks, source)
+    where = SourceContext(
+        runtime.device, ranks.rank, ranks.world_size, ranks.sum, ranks.setup_broadcast, ranks.local_world_size
+    )
+    source = make_source(settings, where, resume[1].get("data") if resume else None)
+    job = _build_job(settings, config, run_dir, runtime, ranks, source, run_fingerprint, global_batch)
     job.stop = stop
     seed_everything(settings.seed + ranks.rank)  # dropout masks differ between ranks
     if resume is not None:
-        _restore(resume, job)
-        log.info("resumed at epoch %d, step %d", job.state.epoch + (job.state.step > 0), job.state.step)
+        _restore(*resume, changed, job)
 
     n_params = sum(p.numel() for p in job.model.parameters())
     log.info(
@@ -206,7 +214,7 @@ def _train(
         stop_reason = stopping.ask(job.rules, stopping.EpochEnd(epoch, is_best, val), job.state.records)
         if stop_reason:
             job.state.stopped_at = epoch
-        job.state.epoch, job.state.step, job.state.partial = epoch, 0, Counts()
+        job.state.epoch, job.state.step, job.state.position, job.state.partial = epoch, 0, 0, Counts()
         if logger:
             logger.epoch(record, job.model)
         job.save(is_best)
@@ -253,7 +261,14 @@ def _epochs_left(state: State, epochs: int) -> range:
 
 
 def _build_job(
-    settings: TrainConfig, config: dict, run_dir: Path, runtime: Runtime, ranks: Dist, source: Source
+    settings: TrainConfig,
+    config: dict,
+    run_dir: Path,
+    runtime: Runtime,
+    ranks: Dist,
+    source: Source,
+    run_fingerprint: dict,
+    global_batch: int,
 ) -> Job:
     trainer = settings.trainer
     model = build_model(settings, settings.dataset.num_classes, source.in_chans)
@@ -285,6 +300,8 @@ def _build_job(
         State(),
         evaluate,
         source.state,
+        run_fingerprint,
+        global_batch,
         rules,
     )
 
@@ -304,12 +321,12 @@ def _train_epoch(job: Job, source: Source, epoch: int, progress: Progress) -> tu
     """
     trainer, runtime = job.settings.trainer, job.runtime
     steps = _steps_per_epoch(trainer, source)
-    counts, first = job.state.partial, job.state.step + 1
+    counts, done, position = job.state.partial, job.state.step, job.state.position
     already = counts.n  # images counted before a mid-epoch resume
     window = Window()
     job.forward.train()
     start = time.perf_counter()
-    for step, (images, labels, skipped) in enumerate(source.train_epoch(epoch, job.state.step), start=first):
+    for step, (images, labels, skipped) in enumerate(source.train_epoch(epoch, position), start=done + 1):
         if step > steps:
             break
         counts.skipped += skipped
@@ -348,6 +365,7 @@ def _train_epoch(job: Job, source: Source, epoch: int, progress: Progress) -> tu
         window.clear()
         if stopping or checkpoint:
             job.state.epoch, job.state.step, job.state.partial = epoch - 1, step, counts
+            job.state.position = position + (step - done) * job.global_batch  # skipped steps consumed theirs too
             job.save()
         if stopping:
             job.stop.hand_over()
@@ -424,10 +442,11 @@ def _any_rank_empty(job: Job, batch: int) -> bool:
     return empty
 
 
-def _agreed_resume(resume: str | None, checkpoint_dir: Path, ranks: Dist) -> dict | None:
-    """Rank 0 chooses the checkpoint (last.pt, or prev.pt when last.pt is damaged) and every rank loads that
-    file: ranks resolving it themselves could pick different files (a stale NFS entry, a fallback), and DDP's
-    construction-time broadcast happens before the load, so they would train different weights silently."""
+def _agreed_resume(resume: str | None, checkpoint_dir: Path, ranks: Dist) -> tuple[Path, dict] | None:
+    """(the checkpoint, its content), or None for a fresh start. Rank 0 chooses the file (last.pt, or prev.pt
+    when last.pt is damaged) and every rank loads that file: ranks resolving it themselves could pick different
+    files (a stale NFS entry, a fallback), and DDP's construction-time broadcast happens before the load, so
+    they would train different weights silently."""
     chosen, choice = None, (None, None)  # choice: (path, error) as rank 0 sends it
     if ranks.is_main:
         try:
@@ -439,8 +458,8 @@ def _agreed_resume(resume: str | None, checkpoint_dir: Path, ranks: Dist) -> dic
     if error is not None:
         raise ckpt.CheckpointError(error if ranks.is_main else f"rank 0 could not resume: {error}")
     if ranks.is_main or path is None:
-        return chosen[1] if chosen else None
-    return ckpt.load(path)
+        return chosen
+    return Path(path), ckpt.load(path)
 
 
 def _check_initial_loss(loss: float, num_classes: int) -> None:
@@ -457,7 +476,9 @@ def _check_initial_loss(loss: float, num_classes: int) -> None:
         )
 
 
-def _restore(payload: dict, job: Job) -> None:
+def _restore(path: Path, payload: dict, changed: dict, job: Job) -> None:
+    """Continue from `payload`, the checkpoint at `path`, whose fingerprint differs from this run's by `changed`
+    (the keys trainer.resume_allow let through), on any number of ranks."""
     try:
         job.model.load_state_dict(payload["model"])
         job.optimizer.load_state_dict(payload["optimizer"])
@@ -469,21 +490,58 @@ def _restore(payload: dict, job: Job) -> None:
     job.schedule.load_state_dict(payload["schedule"])
     if job.runtime.scaler is not None and payload["scaler"] is not None:
         job.runtime.scaler.load_state_dict(payload["scaler"])
-    rng, rank = payload["rng"], None
-    if len(rng) == job.ranks.world_size:
-        rank = job.ranks.rank
-        set_rng_state(rng[rank], job.runtime.device)
-    else:  # batches and augmentation do not depend on it; dropout masks and partial-epoch metrics do
+    ranks, saved_ranks = job.ranks, len(payload["rng"])
+    job.state = State.from_dict(payload, ranks.rank, ranks.world_size)
+    state = job.state
+    if saved_ranks == ranks.world_size:
+        set_rng_state(payload["rng"][ranks.rank], job.runtime.device)
+    else:  # batches and augmentation do not depend on it; dropout masks do: fresh streams, distinct per segment
+        seed_everything(derived_seed(job.settings.seed, ranks.rank, state.epoch, state.position) % 2**32)
         log.warning(
-            "checkpoint written by %d rank(s), resuming on %d: RNG streams restart and the interrupted "
-            "epoch's training metrics count only its remaining steps",
-            len(rng),
-            job.ranks.world_size,
+            "checkpoint written by %d rank(s), resuming on %d: the data continues at sample %d of epoch %d's "
+            "global order; dropout draws restart",
+            saved_ranks,
+            ranks.world_size,
+            state.position,
+            state.epoch + 1,
         )
-    job.state = State.from_dict(payload, rank)
+    if GLOBAL_BATCH in changed:  # allowed on purpose: the data continues at the same sample, in larger/smaller steps
+        state.step = state.position // job.global_batch
+        log.warning("the global batch changed from %d to %d (trainer.resume_allow)", *changed[GLOBAL_BATCH])
+    state.resumes.append(
+        {
+            "checkpoint": str(path),
+            "epoch": state.epoch,
+            "step": state.step,
+            "position": state.position,
+            "world_size": [saved_ranks, ranks.world_size],
+            "changed": {key: list(values) for key, values in changed.items()},
+        }
+    )
+    log.info(
+        "resumed at epoch %d, step %d from %s%s",
+        state.epoch + (state.step > 0),
+        state.step,
+        path,
+        f" with {', '.join(changed)} changed (trainer.resume_allow)" if changed else "",
+    )
+
+
+def _announce_batch(settings: TrainConfig, per_process: int, global_batch: int, world_size: int) -> None:
+    """The global batch is what the recipe's lr was chosen for: say it, and what it came from, at every start."""
+    log.info(
+        "batch: %d per process x %d process(es) = %d images per step (trainer.batch_size=%d counts %s); lr %g",
+        per_process,
+        world_size,
+        global_batch,
+        settings.trainer.batch_size,
+        "the global batch" if settings.trainer.batch_scope == "global" else "per process",
+        settings.optim.lr,
+    )
 
 
 def _hparams(settings: TrainConfig, world_size: int) -> dict:
+    per_process, global_batch = settings.trainer.batch_sizes(world_size)
     return {
         "dataset": settings.dataset.name,
         "model": settings.model.name,
@@ -493,7 +551,8 @@ def _hparams(settings: TrainConfig, world_size: int) -> dict:
         "init_mode": settings.init.mode,
         "lr": settings.optim.lr,
         "weight_decay": settings.optim.weight_decay,
-        "global_batch": settings.trainer.batch_size * world_size,
+        "global_batch": global_batch,
+        "batch_per_process": per_process,
         "epochs": settings.trainer.epochs,
         "seed": settings.seed,
     }
@@ -513,6 +572,7 @@ def _results(job: Job, last: dict, n_params: int, seconds: float) -> dict:
         "best_epoch": job.state.best_epoch,
         **job.state.records,
         **({"stopped_at_epoch": job.state.stopped_at} if job.state.stopped_at else {}),
+        "resumed_from": job.state.resumes,
         "selected_on": "val" if job.settings.dataset.num_folds else "test",
         "train_images_per_s": last.get("train/images_per_s"),
         "wall_time_s": round(seconds, 3),

@@ -124,7 +124,7 @@ def _recipe(run: Run) -> tuple:
     c = run.config
     return (
         ("epochs", c.get("trainer", {}).get("epochs")),
-        ("batch", c.get("trainer", {}).get("batch_size")),
+        ("batch", (run.results or {}).get("hparams", {}).get("global_batch") or c.get("trainer", {}).get("batch_size")),
         ("lr", c.get("optim", {}).get("lr")),
         ("weight_decay", c.get("optim", {}).get("weight_decay")),
         ("schedule", json.dumps(c.get("schedule"), sort_keys=True)),

@@ -12,9 +12,10 @@
 #   LAUNCHER    basic (default: Hydra's, the jobs one after another in this process), local (submitit on this
 #               machine: GPUS processes per job) or slurm (one SLURM job per run: add hydra.launcher.partition=...
 #               and other configs/hydra/launcher/slurm.yaml settings as overrides)
-#   GPUS        processes (= GPUs) per run, default 1. The recipes' global mini-batch (128) is kept: each
-#               process gets trainer.batch_size=128/GPUS. Keep GPUS the same for every invocation on one sweep
-#               directory (trainer.batch_size is part of the run directory names).
+#   GPUS        processes (= GPUs) per run, default 1. The recipes state their global mini-batch
+#               (trainer.batch_size=128, batch_scope=global): each process takes 128/GPUS; a GPUS that does not divide it
+#               is refused. A sweep directory may be continued with another GPUS: run directory names do not
+#               depend on it, and a run resumes exactly on any number of processes.
 #   PYTHON      the interpreter (default: .venv/bin/python of the repository if present, else python)
 #   EVAL_CMD    how eval.py is started (default: "$PYTHON <repo>/eval.py"; e.g. "srun --gres=gpu:1 python eval.py")
 #   EVAL_ARGS   extra overrides for eval.py, space-separated (dataset.root=... is passed on from OVERRIDEs)
@@ -28,14 +29,13 @@
 # is chosen on the test split (ImageNet's validation set) and would select on the numbers being reported.
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-GLOBAL_BATCH=128  # every recipe's mini-batch (configs/experiment/*.yaml: trainer.batch_size)
 
 if [[ -z "${PYTHON:-}" ]]; then
     if [[ -x "$REPO/.venv/bin/python" ]]; then PYTHON="$REPO/.venv/bin/python"; else PYTHON=python; fi
 fi
 
 # reproduce_setup NAME "$@": reads the options, sets SWEEP_DIR, DRY_RUN, EXTRA (the pass-through overrides) and
-# LAUNCH (the overrides every sweep gets: its directory, the stable run names, the launcher, the batch split).
+# LAUNCH (the overrides every sweep gets: its directory, the stable run names, the launcher).
 reproduce_setup() {
     local name=$1
     shift
@@ -69,10 +69,6 @@ reproduce_setup() {
             ;;
         *) echo "LAUNCHER must be basic, local or slurm, got $launcher" >&2; exit 2 ;;
     esac
-    if ((gpus > 1)); then
-        ((GLOBAL_BATCH % gpus == 0)) || { echo "GPUS=$gpus does not divide the mini-batch $GLOBAL_BATCH" >&2; exit 2; }
-        LAUNCH+=("trainer.batch_size=$((GLOBAL_BATCH / gpus))")
-    fi
     echo "sweep directory: $SWEEP_DIR" >&2
 }
 

@@ -36,8 +36,8 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override
 
 # Keys that do not change what a run computes (paths, hardware, logging): left out of run directory names, so a
-# re-run with another data path or thread count finds the same runs. trainer.batch_size is NOT among them:
-# the scripts set it from GPUS (global batch / processes), so one sweep directory keeps one GPU count.
+# re-run with another data path, thread count or number of processes finds the same runs (the recipes state the
+# global batch; the per-process one follows from the number of processes).
 EXCLUDE_KEYS = (
     "dataset.root",
     "dataset.download",

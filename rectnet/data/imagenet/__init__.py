@@ -27,7 +27,8 @@ not depend on the number of workers or on how they are seeded, and a run resumed
 Files, one concern each: `index` (the split's files and labels), `decode` (reading and decoding one image),
 `resample` (a box of a decoded image at a given scale), `crops` (which box: training crops and evaluation
 views), `lighting` (PCA colour augmentation), `preprocess` (uint8 batches to network input on the device),
-`datasets` (samples keyed by (epoch, index) and by index) and `loaders` (samplers and DataLoaders per rank).
+`datasets` (samples keyed by (epoch, index) and by index), `loaders` (samplers and DataLoaders per rank) and
+`resources` (how many decoding workers a rank's cores and /dev/shm afford).
 """
 
 from rectnet.data.imagenet.crops import CropDraw, ScaleJitterCrop, render_views, train_crop

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-from rectnet.data.batches import generator, shard_bounds
+from rectnet.data.batches import check_start, generator, shard_bounds
 from rectnet.data.imagenet.datasets import TrainBatch, TrainCollate, TrainDataset, ViewDataset, collate_views
 
 
@@ -18,7 +18,8 @@ class GlobalBatchSampler(Sampler[list[tuple[int, int]]]):
     Global batches of `batch_size * world_size` are cut from a permutation seeded by (seed, epoch); rank r
     takes slice r. The last incomplete global batch is dropped, so every step has the same global batch (as
     TrainBatches does for tensor-held splits: the same permutation, the same slices). `set_epoch(epoch,
-    start_step)` chooses what the next iteration yields; start_step > 0 resumes mid-epoch exactly.
+    start)` chooses what the next iteration yields: the global batches from position `start` of the epoch's
+    order (the samples already trained, on any number of ranks), so a mid-epoch resume is exact.
     """
 
     def __init__(self, size: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1) -> None:
@@ -26,25 +27,24 @@ class GlobalBatchSampler(Sampler[list[tuple[int, int]]]):
         self.global_batch = batch_size * world_size
         if size < self.global_batch:
             raise ValueError(f"the training split has {size} images, fewer than one global batch ({self.global_batch})")
-        self.epoch, self.start_step = 0, 0
+        self.epoch, self.start = 0, 0
 
     @property
     def steps(self) -> int:
         return self.size // self.global_batch
 
-    def set_epoch(self, epoch: int, start_step: int = 0) -> None:
-        if not 0 <= start_step <= self.steps:
-            raise ValueError(f"start_step {start_step} is outside an epoch of {self.steps} steps")
-        self.epoch, self.start_step = epoch, start_step
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        check_start(start, self.size)
+        self.epoch, self.start = epoch, start
 
     def __len__(self) -> int:
-        return self.steps - self.start_step
+        return (self.size - self.start) // self.global_batch
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         epoch = self.epoch
         order = torch.randperm(self.size, generator=generator(self.seed, epoch)).tolist()
-        for step in range(self.start_step, self.steps):
-            first = step * self.global_batch + self.rank * self.batch_size
+        for step in range(len(self)):
+            first = self.start + step * self.global_batch + self.rank * self.batch_size
             yield [(epoch, i) for i in order[first : first + self.batch_size]]
 
 
@@ -74,7 +74,7 @@ def loader_options(workers: int, prefetch_factor: int = 2, persistent: bool = Tr
 
 
 class TrainLoader:
-    """This rank's training batches, epoch by epoch: `for batch in loader.epoch(epoch, start_step)`.
+    """This rank's training batches, epoch by epoch: `for batch in loader.epoch(epoch, start)`.
 
     One DataLoader over `dataset` with a GlobalBatchSampler; workers persist across epochs and get the
     epoch through the sampler's keys, so nothing has to be told to them.
@@ -97,8 +97,9 @@ class TrainLoader:
     def __len__(self) -> int:
         return self.sampler.steps
 
-    def epoch(self, epoch: int, start_step: int = 0) -> Iterator[TrainBatch]:
-        self.sampler.set_epoch(epoch, start_step)
+    def epoch(self, epoch: int, start: int = 0) -> Iterator[TrainBatch]:
+        """From position `start` of the epoch's order (see GlobalBatchSampler.set_epoch)."""
+        self.sampler.set_epoch(epoch, start)
         return iter(self.loader)
 
 
