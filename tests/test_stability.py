@@ -14,7 +14,7 @@ from rectnet.analysis.sharpness import loss_hvp, lr_limit, main, top_eigen
 from rectnet.config import ConfigError, OptimConfig, to_settings
 from rectnet.engine.build import build_model
 from rectnet.engine.logging import Progress
-from rectnet.engine.train import run
+from rectnet.engine.train import NonFiniteLossError, run
 from rectnet.layers.facts import weight_layers
 from tests.helpers import TINY, compose_train
 
@@ -155,9 +155,27 @@ AVR_SLOW_START = pytest.mark.xfail(
     "on real CIFAR-10 its initial bias removes the plateau (test_avr_leaves_chance_from_the_first_steps_...)",
 )
 
+# Measured when flips and shifts became one draw per place in the epoch's order (a new random stream, as another
+# seed would be): CReLU at lr 0.01 on this task diverges at step 84-104 in seeds 0-3, and at d5613f4's stream in 2
+# of seeds 0-3 as well. Lucky before, not changed now: the edge of stability that issue 20 (item 5) studies.
+# Not strict: on a CPU whose kernels round differently it may hold; any other failure still fails the test.
+CRELU_EDGE = pytest.mark.xfail(
+    strict=False,
+    raises=NonFiniteLossError,
+    reason="CReLU at lr 0.01 on this 16x16 synthetic task at 1/8 width diverges near step 100 in most seeds",
+)
+
 
 @pytest.mark.parametrize(
-    "act", ["relu", "prelu", "prelu_shared", "crelu", pytest.param("avr", marks=AVR_SLOW_START), "leaky_relu"]
+    "act",
+    [
+        "relu",
+        "prelu",
+        "prelu_shared",
+        pytest.param("crelu", marks=CRELU_EDGE),
+        pytest.param("avr", marks=AVR_SLOW_START),
+        "leaky_relu",
+    ],
 )
 def test_the_default_recipe_descends_at_its_learning_rate(tmp_path, act):
     # ConvPool-CNN-C with the default init, lr 0.01 and momentum 0.9, as `python train.py activation=X` runs it;
