@@ -1,42 +1,50 @@
 """The CUDA and cluster paths on one GPU node in under 9 minutes: what scripts/gpu_check.sh runs.
 
-    python scripts/gpu_check.py [--dry-run] [--cpu-standin] [--out DIR] [--cifar-root DIR] [--gpus N] [thresholds]
+    python scripts/gpu_check.py [--dry-run] [--cpu-standin] [--out DIR] [--cifar-root DIR] [--gpus N]
+                                [--budget-s S] [thresholds: --help]
 
-One JSON line per stage on stdout, with "ok" (false: "reason" says why), the measured figures beside their
-thresholds and the stage's wall time; a last line sums up. Exit status 1 when any stage failed. N is every
-visible GPU (torch.cuda.device_count(), or --gpus N).
+One JSON line per stage on stdout: "ok" (false: "reason" says why), the measured figures beside their thresholds
+(min_<figure> / max_<figure>) and the stage's wall_s; a first line describes the machine, a last one sums up.
+Exit status 1 when any stage failed. N = every visible GPU (torch.cuda.device_count()), or --gpus N.
 
-In this process, on one GPU (CIFAR-shaped data held on the GPU, channels_last, 2 epochs of 200 steps; images/s
-of the second epoch, so cuDNN autotuning and first-call costs do not count):
-  cifar_bf16 / cifar_fp16 / cifar_fp32   bf16 must reach --min-bf16-images-per-s; real CIFAR-10 with --cifar-root
+In this process, on GPU 0 (CIFAR-shaped data held on the GPU, channels_last, 2 epochs of 200 steps of 128;
+images/s of the second epoch, so cuDNN autotuning and first calls do not count):
+  cifar_bf16 / _fp16 / _fp32  bf16 must reach --min-bf16-images-per-s; real CIFAR-10 with --cifar-root
   nccl_1rank          a 1-rank NCCL group (DDP, NCCL sums and flags) under torch.cuda.set_sync_debug_mode("warn"):
-                      host synchronizations per training step at most --max-syncs-per-step
-  cifar_auto_compile  torch.compile of one process (CUDA graphs)
-Under `torchrun --standalone --nproc_per_node=N train.py`, deterministic fp32, 2 epochs, global batch 32 x N:
+                      the host syncs that 200 more steps add, per step, at most --max-syncs-per-step
+  cifar_auto_compile  torch.compile in one process (CUDA graphs), from a cold compile cache
+Under `torchrun --standalone --nproc_per_node=N train.py`: deterministic fp32 CIFAR-shaped runs, 2 epochs of 50
+steps, global batch 32 x N on N processes and on 1:
   ddp_1rank           the 1-process run the others are compared with
-  ddp_nranks          N processes: each on cuda:LOCAL_RANK; final weights and test error equal to ddp_1rank's
-                      within --weight-tol and --max-error-difference; images/s at least --min-scaling x N x 1-rank's
+  ddp_nranks          N processes, each on cuda:LOCAL_RANK: ddp_1rank's final weights (within --weight-tol) and
+                      test error (--max-error-difference); images/s at least --min-scaling x N x ddp_1rank's
   ddp_imagenet        a generated ImageFolder sample through decoding workers on N processes under NCCL
   eval_*              eval.py's protocols (center, ten_view, dense) on ddp_imagenet's checkpoint
-  ddp_nan             a run made to diverge on N processes: every rank ends by itself, status 1, with the same
-                      NonFiniteLossError message and no checkpoint, within the launch's timeout
-  ddp_stop            SIGUSR1 to the process of LOCAL_RANK N-1 only, once epoch 1 is logged: every rank stops
-                      (status 128 + 10) and last.pt holds a mid-epoch state (step > 0)
-  ddp_resume          that run resumed on 1 process to the end: ddp_1rank's weights and test error (tolerances above)
+  ddp_nan             a run made to diverge, its N processes started as srun starts them (no agent to stop them):
+                      every rank ends by itself, status 1, with the same NonFiniteLossError line and no checkpoint,
+                      within the launch's timeout
+  ddp_stop            SIGUSR1 to the process of LOCAL_RANK N-1 only, once epoch 1 is logged: every rank logs its
+                      stop and last.pt holds a mid-epoch state (step > 0)
+  ddp_resume          that run resumed on 1 process (torchrun --nproc_per_node=1) to its end: ddp_1rank's weights
+                      and test error, within the same tolerances
   ddp_compile         ddp_nranks under trainer.compile=true (DDP under torch.compile) from a cold compile cache:
                       learns, ddp_1rank's weights, second-epoch images/s at least --min-compile-ratio x ddp_nranks'
-The compile stages come last: a cold cache costs minutes, and a spent --budget-s then loses only them.
+With N = 1 every stage still runs (ddp_nranks and ddp_stop on 1 process; no scaling threshold). The compile
+stages come last: a cold cache (TORCHINDUCTOR_CACHE_DIR, emptied in --out) costs minutes, and when --budget-s
+is spent, only they are lost.
 
---dry-run (no GPU needed): composes and validates every stage's config as its processes would (the per-process
-batch of N processes, TrainerConfig.batch_sizes(N); N = 8 on a machine without GPUs), prints the commands it
-would run and exits 0.
---cpu-standin: the torchrun stages (less ddp_compile, whose CPU compile alone takes minutes) with gloo on the CPU,
-N = 2, tiny sizes, throughput thresholds off: a check of this script's own launching, signalling and comparing.
+--dry-run (no GPU needed): composes and validates every stage's config as its processes see it (the batch of
+each of N processes, TrainerConfig.batch_sizes(N); N = 8 where there is no GPU), prints the commands it would
+run and exits 0.
+--cpu-standin: the multi-process stages (not eval_*, nor ddp_compile, whose CPU compile alone takes two minutes
+here) with gloo on the CPU, N = 2, tiny sizes, throughput thresholds off: a check of this script's launching,
+signalling, comparing and reporting, not of CUDA.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -80,15 +88,16 @@ SYNC_STEPS = (100, 300)
 SYNC_LOG_EVERY = 50
 
 # The torchrun stages' common settings. lr 0.002, no dropout: N processes then differ from one only by the order
-# of floating-point sums (measured on the CPU stand-in: their weights 1.5e-6 apart, as a fraction of what the last
+# of floating-point sums (measured on the CPU stand-in: their weights 1.3e-6 apart, as a fraction of what the last
 # epoch moved them), while one batch more or fewer per epoch moves them 0.36-0.42: --weight-tol's default 0.02
 # sits between, and leaves room for the GPU's TF32 convolutions (10-bit products, ~5e-4 relative per rounding).
 DDP = ["model.dropout=0", "schedule=constant", "optim.lr=0.002", "trainer.precision=fp32", "trainer.deterministic=true"]
 DDP += ["trainer.epochs=2", "trainer.progress=none", "logger=none"]
-# An lr that overflows fp32 (3.4e38) within a few steps whatever the gradients: even dead ReLUs leave the last
-# layer's bias, which grows by ~lr per step. lr=1e6 need not diverge: with dead ReLUs the loss grows, finite.
+# An lr that overflows fp32 (3.4e38) within a few steps whatever the gradients: even with every ReLU dead the last
+# layer's bias grows by ~lr per step. lr=1e6 need not: with dead ReLUs its loss only grows, finite.
 DIVERGING_LR = "optim.lr=1e38"
 STOP_SIGNAL = signal.SIGUSR1
+COMPILE_TIMEOUT_S = 360  # ddp_compile's launch: N processes compiling from a cold cache
 EVALS = {  # eval.py on ddp_imagenet's checkpoint, one process
     "center": ["eval.protocol=center"],
     "ten_view": ["eval.protocol=ten_view"],
@@ -109,7 +118,6 @@ class Scale:
     imagenet_batch_per_process: int
     imagenet_sample: tuple[int, int, int, tuple[int, int]]  # make_image_folder: classes, train, val, (w, h)
     timeout_s: int  # one launch
-    compile_timeout_s: int  # one launch from a cold compile cache
 
 
 GPU = Scale(
@@ -127,7 +135,6 @@ GPU = Scale(
     imagenet_batch_per_process=8,
     imagenet_sample=(4, 64, 8, (320, 288)),
     timeout_s=180,
-    compile_timeout_s=360,
 )  # fmt: skip
 CPU_STANDIN = Scale(
     device="cpu",
@@ -144,7 +151,6 @@ CPU_STANDIN = Scale(
     imagenet_batch_per_process=4,
     imagenet_sample=(2, 16, 4, (64, 56)),
     timeout_s=150,
-    compile_timeout_s=150,
 )  # fmt: skip
 
 
@@ -274,7 +280,7 @@ def plan(args: argparse.Namespace, scale: Scale, nproc: int, out: Path) -> list[
         Stage("cifar_auto_compile", check_throughput,
               [launch("cifar_auto_compile", 0, [*cifar, "trainer.precision=auto", "trainer.compile=true"])]),
         Stage("ddp_compile", check_compile,
-              [launch("ddp_compile", nproc, compiled, timeout_s=scale.compile_timeout_s)], ("ddp_1rank", "ddp_nranks"),
+              [launch("ddp_compile", nproc, compiled, timeout_s=COMPILE_TIMEOUT_S)], ("ddp_1rank", "ddp_nranks"),
               {**agree, "min_compile_ratio": args.min_compile_ratio}),
     ]  # fmt: skip
 
@@ -308,15 +314,23 @@ def run_launch(check: Check, launch: Launch, during: Callable | None = None) -> 
         why = "its timeout: a hang?" if timeout == launch.timeout_s else "the end of --budget-s"
         raise Failed(f"{launch.name}: still running after {timeout:.0f} s ({why}); killed") from None
     finally:
-        for proc in procs:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        kill(launch, procs)
+
+
+def kill(launch: Launch, procs: list[subprocess.Popen]) -> None:
+    """Whatever of a launch still runs. torchrun starts each rank in a session of its own, which killing the agent
+    leaves running: the ranks are found through /proc, and killed with their groups (data-loading workers)."""
+    for pid in [*training_processes(launch.run_dir).values(), *(p.pid for p in procs if p.poll() is None)]:
+        with contextlib.suppress(ProcessLookupError):  # ended meanwhile, or leads no group
+            os.kill(pid, signal.SIGKILL)
+            os.killpg(pid, signal.SIGKILL)
+    for proc in procs:
+        proc.wait()
 
 
 def start(launch: Launch) -> list[subprocess.Popen]:
     if launch.launcher == "torchrun":
-        return [popen(launch.command(), launch.logs / "torchrun.log", launch.logs / "torchrun.log", {})]
+        return [popen(launch.command(), launch.logs / "torchrun.log", None, {})]  # its ranks': --redirects
     with socket.socket() as s:  # a free port for the ranks' rendezvous (MASTER_PORT)
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -333,13 +347,14 @@ def rank_env(rank: int, nproc: int, port: int) -> dict[str, str]:
     return {"RANK": str(rank), "LOCAL_RANK": str(rank), **sizes, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
 
 
-def popen(command: list[str], stdout: Path, stderr: Path, env: dict[str, str]) -> subprocess.Popen:
-    """A process in its own session, so that killing its group ends whatever it started (torchrun's ranks)."""
+def popen(command: list[str], stdout: Path, stderr: Path | None, env: dict[str, str]) -> subprocess.Popen:
+    """A process in its own session (a group that `kill` ends with whatever it forked), writing to files (None:
+    stderr into stdout's)."""
     stdout.parent.mkdir(parents=True, exist_ok=True)
-    with open(stdout, "ab") as out, open(stderr, "ab") as err:
+    with open(stdout, "wb") as out, open(stderr or os.devnull, "wb") as err:
         return subprocess.Popen(
-            command, cwd=ROOT, env={**os.environ, **env}, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-            start_new_session=True,
+            command, cwd=ROOT, env={**os.environ, **env}, stdin=subprocess.DEVNULL, stdout=out,
+            stderr=err if stderr else subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
 
 
@@ -423,8 +438,8 @@ def compare(check: Check, stage: Stage, row: Row, run_dir: Path, results: dict) 
     ~0.4 of it (see DDP)."""
     reference = check.run_dir("ddp_1rank")
     ref = weights(reference)
-    row.at_most("weight_disagreement", distance(weights(run_dir), ref) / distance(ref, weights(reference, "prev.pt")),
-                stage.params["weight_tol"])  # fmt: skip
+    moved = distance(ref, weights(reference, "prev.pt"))
+    row.at_most("weight_disagreement", distance(weights(run_dir), ref) / moved, stage.params["weight_tol"])
     ref_final = json.loads((reference / "results.json").read_text())["final"]
     row["top1_err"], row["top1_err_1rank"] = results["final"]["top1_err"], ref_final["top1_err"]
     difference = abs(row["top1_err"] - row["top1_err_1rank"])
@@ -465,9 +480,9 @@ def check_ranks_agree(check: Check, stage: Stage, row: Row) -> None:
     row.require(row["devices"] == expected_devices(launch), "the ranks do not each train on their own device")
     compare(check, stage, row, launch.run_dir, results)
     one = epochs(check.run_dir("ddp_1rank"))[-1]["train/images_per_s"]
-    minimum = stage.params["min_scaling"]
     row["images_per_s_1rank"] = round(one, 1)
-    minimum = None if minimum is None or launch.nproc == 1 else minimum * launch.nproc  # none: 1 vs 1 process
+    scaling = stage.params["min_scaling"]
+    minimum = None if scaling is None or launch.nproc == 1 else scaling * launch.nproc  # 1 against 1: none
     row.at_least("speedup", row["images_per_s"] / one, minimum)
 
 
@@ -677,7 +692,8 @@ def run_stage(check: Check, stage: Stage) -> Row:
     except Failed as err:
         row.failures.append(str(err))
     except Exception as err:  # a stage that breaks is reported as this stage's failure; the others still run
-        row.failures.append(f"{type(err).__name__}: {err} ({traceback.format_exc(limit=-1).splitlines()[1].strip()})")
+        where = traceback.format_exc(limit=-1).splitlines()[1].strip()  # the innermost frame: file, line, function
+        row.failures.append(f"{type(err).__name__}: {err} ({where})")
     row["ok"] = not row.failures
     if row.failures:
         row["reason"] = "; ".join(row.failures)
@@ -709,8 +725,7 @@ def describe(launch: Launch) -> dict:
     if launch.launcher == "in_process":
         return row | {"overrides": list(launch.overrides)}
     if launch.launcher == "ranks":
-        row["env"] = "RANK=LOCAL_RANK=<r> " + " ".join(f"{k}={v}" for k, v in rank_env(0, launch.nproc, 0).items()
-                                                        if k not in ("RANK", "LOCAL_RANK"))  # fmt: skip
+        row["env_of_rank_r"] = rank_env(0, launch.nproc, 0) | {"RANK": "r", "LOCAL_RANK": "r", "MASTER_PORT": "free"}
     return row | {"command": shlex.join(launch.command())}
 
 
@@ -779,7 +794,8 @@ def main() -> int:
     scale = CPU_STANDIN if args.cpu_standin else GPU
     nproc = args.gpus or (2 if args.cpu_standin else torch.cuda.device_count() or (8 if args.dry_run else 0))
     out = args.out or (Path(tempfile.gettempdir()) / "gpu_check" if args.dry_run else Path(tempfile.mkdtemp()))
-    stages = plan(args, scale, nproc, out.resolve())
+    out = out.resolve()  # the ranks' run directories and cache, wherever they start
+    stages = plan(args, scale, nproc, out)
     if args.dry_run:
         return dry_run(stages, nproc, args.cpu_standin)
     if not args.cpu_standin and not 1 <= nproc <= torch.cuda.device_count():
