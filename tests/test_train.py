@@ -329,3 +329,55 @@ def test_kept_memory_is_reused_without_page_faults():
     # glibc's default maps 64 MiB afresh every time: a fault per page (16,384 of 4 KiB; 32 if the kernel backs
     # it with 2 MiB pages); kept memory is reused once the heap holds a free block that size: none
     assert default >= 32 and kept * 100 <= default
+
+
+def _scalar_steps(run_dir, tag: str) -> list[int]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir / "tb"), size_guidance={"scalars": 0}).Reload()
+    return [event.step for event in events.Scalars(tag)]
+
+
+def _stop_at_the_sync_number(monkeypatch, calls: int) -> None:
+    """A stop signal (SIGTERM) arriving just before the `calls`-th agreement of the run (one per log interval)."""
+    import signal
+
+    from rectnet.engine.preemption import StopSignals
+
+    original, seen = StopSignals.agreement, []
+
+    def agreement(self, ranks, first_bad):
+        seen.append(1)
+        if len(seen) == calls:
+            self.received = signal.SIGTERM
+        return original(self, ranks, first_bad)
+
+    monkeypatch.setattr(StopSignals, "agreement", agreement)
+
+
+def test_tensorboard_has_every_log_interval_on_one_step_axis_and_a_resume_repeats_none(tmp_path, monkeypatch):
+    """512 images in batches of 64: 8 steps an epoch; a log interval of 2 reads the device at the run's first
+    step and every second step. Interrupted in epoch 2, resumed, then resumed again from the mid-epoch checkpoint
+    after the run had finished (an abandoned attempt's points must go): the same points, once each."""
+    args = [*TINY, "trainer.log_every_steps=2"]
+    run(compose_train(args, tmp_path / "straight"))
+    expected = [1, 2, 4, 6, 8, 10, 12, 14, 16]
+    for tag in ("step/train_loss", "step/lr", "step/images_per_s"):
+        assert _scalar_steps(tmp_path / "straight", tag) == expected, tag
+    for tag in ("train/loss", "test/top1_err", "lr", "epoch"):
+        assert _scalar_steps(tmp_path / "straight", tag) == [8, 16], tag
+
+    cut = tmp_path / "cut"
+    with monkeypatch.context() as patch:
+        _stop_at_the_sync_number(patch, 7)  # syncs at steps 1, 2, 4, 6, 8, 10, 12: stops at 12 (epoch 2, step 4)
+        with pytest.raises(SystemExit):
+            run(compose_train(args, cut))
+    last = cut / "checkpoints" / "last.pt"
+    assert torch.load(last, weights_only=True)["step"] == 4
+    mid_epoch = last.read_bytes()
+    run(compose_train(args, cut))
+    assert _scalar_steps(cut, "step/train_loss") == expected
+    last.write_bytes(mid_epoch)  # the finished run's later points now belong to an abandoned attempt
+    run(compose_train(args, cut))
+    assert _scalar_steps(cut, "step/train_loss") == expected
+    assert _scalar_steps(cut, "test/top1_err") == [8, 16]

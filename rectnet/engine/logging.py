@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from rectnet.config import launch_rank
+from rectnet.config import LoggerConfig, launch_rank
 from rectnet.layers.activations import PReLU
 from rectnet.layers.facts import weight_layers
 
@@ -98,7 +98,7 @@ class Progress:
         """`loss`: this step's batch loss; `epoch_loss`: the epoch's running mean."""
         self.recent.append(loss)
         text = (
-            f"epoch {epoch}/{epochs} step {step}/{steps} loss {sum(self.recent) / len(self.recent):.4f} "
+            f"epoch {epoch}/{epochs} step {step}/{steps} loss {self.recent_loss:.4f} "
             f"(last {len(self.recent)} steps; epoch mean {epoch_loss:.4f}) "
             f"{images_per_s:.0f} img/s ETA {_format_duration(eta_s)}"
         )
@@ -109,6 +109,11 @@ class Progress:
         elif self.mode == "lines" and (step % self.every == 0 or step == steps):
             log.info(text)
 
+    @property
+    def recent_loss(self) -> float:
+        """The mean loss of the last `window` steps, as the progress line shows it."""
+        return sum(self.recent) / len(self.recent)
+
     def end_epoch(self) -> None:
         self.recent.clear()
         if self.mode == "bar":
@@ -117,18 +122,25 @@ class Progress:
 
 
 class RunLogger:
-    """metrics.jsonl (one JSON object per epoch) and, when enabled, TensorBoard under <run_dir>/tb."""
+    """metrics.jsonl (one JSON object per epoch) and, when enabled, TensorBoard under <run_dir>/tb.
 
-    def __init__(self, run_dir: Path, tensorboard: bool, slope_histograms: bool, resume_epoch: int = 0) -> None:
+    TensorBoard has one x axis, the global training step (steps since the run began): every log interval adds
+    `step/train_loss` (the recent-steps mean the progress line shows), `step/lr` and `step/images_per_s`, so a
+    one-epoch run shows curves, and every epoch adds its metrics (train/..., test/..., lr, epoch) at the global
+    step of its last batch. A resumed run first drops what an interrupted attempt wrote after the checkpoint
+    (`purge_step`), so no step appears twice.
+    """
+
+    def __init__(self, run_dir: Path, settings: LoggerConfig, resume_epoch: int = 0, resume_step: int = 0) -> None:
         self.metrics_path = run_dir / "metrics.jsonl"
-        self.slope_histograms = slope_histograms
+        self.slope_histograms = settings.slope_histograms
         self._drop_epochs_after(resume_epoch)
         self.writer = None
-        if tensorboard:
+        if settings.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            # purge_step drops events that an interrupted run wrote after the checkpoint we resume from
-            self.writer = SummaryWriter(str(run_dir / "tb"), purge_step=resume_epoch + 1 if resume_epoch else None)
+            # purge_step: events at steps >= it, written after the checkpoint we resume from, are dropped
+            self.writer = SummaryWriter(str(run_dir / "tb"), purge_step=resume_step + 1 if resume_step else None)
 
     def _drop_epochs_after(self, epoch: int) -> None:
         """On resume the checkpoint is the truth: keep the lines of epochs up to its epoch that parse.
@@ -155,19 +167,31 @@ class RunLogger:
             tmp.write_text(content)
             os.replace(tmp, self.metrics_path)
 
-    def epoch(self, record: dict[str, Any], model: nn.Module) -> None:
+    def interval(self, step: int, loss: float, lr: float, images_per_s: float) -> None:
+        """One log interval's training values at global step `step`."""
+        if self.writer is None:
+            return
+        for key, value in (("step/train_loss", loss), ("step/lr", lr), ("step/images_per_s", images_per_s)):
+            if math.isfinite(value):
+                self.writer.add_scalar(key, value, step)
+
+    def epoch(self, record: dict[str, Any], model: nn.Module, step: int) -> None:
+        """An epoch's record: a line of metrics.jsonl, and its values at global step `step` (its last batch)."""
         with self.metrics_path.open("a") as f:
             f.write(json.dumps(record) + "\n")
         if self.writer is None:
             return
-        step = record["epoch"]
         for key, value in record.items():
-            if key != "epoch" and isinstance(value, (int, float)) and math.isfinite(value):
+            if isinstance(value, (int, float)) and math.isfinite(value):
                 self.writer.add_scalar(key, value, step)
         if self.slope_histograms:
             for name, slopes in prelu_slopes(model).items():
                 self.writer.add_histogram(f"prelu_slopes/{name}", torch.tensor(slopes), step)
         self.writer.flush()
+
+    def flush(self) -> None:
+        if self.writer is not None:
+            self.writer.flush()
 
     def hparams(self, params: dict[str, Any], metrics: dict[str, float]) -> None:
         """Hyper-parameters with final metrics, for TensorBoard's HParams tab (compares sweep runs)."""

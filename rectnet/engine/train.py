@@ -75,8 +75,14 @@ class Job:
     data_state: dict  # the source's preprocessing constants (mean/std or mean image), kept in checkpoints
     fingerprint: dict  # what defines the run (engine/fingerprint.py): a resume must match it
     global_batch: int  # images per SGD step over all ranks
+    steps_per_epoch: int
     rules: list[StoppingRule] = field(default_factory=list)  # asked after every epoch (rectnet.engine.stopping)
     stop: StopSignals = field(default_factory=StopSignals)
+    logger: RunLogger | None = None  # rank 0's metrics.jsonl and TensorBoard
+
+    def global_step(self, epoch: int, step: int) -> int:
+        """TensorBoard's x axis: training steps since the run began (step `step` of epoch `epoch`)."""
+        return (epoch - 1) * self.steps_per_epoch + step
 
     def save(self, is_best: bool = False) -> None:
         """Rank 0 writes last.pt (and best.pt); every rank contributes its RNG state first.
@@ -177,11 +183,10 @@ def _train(
         ranks.world_size,
         runtime.device,
     )
-    logger = (
-        RunLogger(run_dir, settings.logger.tensorboard, settings.logger.slope_histograms, job.state.epoch)
-        if ranks.is_main
-        else None
-    )
+    if ranks.is_main:  # on resume it drops what an interrupted attempt logged after the checkpoint
+        resumed_at = job.global_step(job.state.epoch + 1, job.state.step) if resume else 0
+        job.logger = RunLogger(run_dir, settings.logger, job.state.epoch, resumed_at)
+    logger = job.logger
     progress = Progress(trainer.progress if ranks.is_main else "none", trainer.log_every_steps)
     started = time.perf_counter()
     record: dict = {}
@@ -216,7 +221,7 @@ def _train(
             job.state.stopped_at = epoch
         job.state.epoch, job.state.step, job.state.position, job.state.partial = epoch, 0, 0, Counts()
         if logger:
-            logger.epoch(record, job.model)
+            logger.epoch(record, job.model, job.global_step(epoch, job.steps_per_epoch))
         job.save(is_best)
         log.info(
             "epoch %d/%d: train loss %.4f, test top-1 err %.2f%%, top-5 err %.2f%%, %.0f img/s",
@@ -271,6 +276,7 @@ def _build_job(
     global_batch: int,
 ) -> Job:
     trainer = settings.trainer
+    steps_per_epoch = _steps_per_epoch(trainer, source)
     model = build_model(settings, settings.dataset.num_classes, source.in_chans)
     memory_format = torch.channels_last if trainer.channels_last else torch.preserve_format
     model = model.to(runtime.device, memory_format=memory_format)
@@ -296,12 +302,13 @@ def _build_job(
         model,
         forward,
         optimizer,
-        make_schedule(optimizer, settings.schedule, trainer.epochs, _steps_per_epoch(trainer, source)),
+        make_schedule(optimizer, settings.schedule, trainer.epochs, steps_per_epoch),
         State(),
         evaluate,
         source.state,
         run_fingerprint,
         global_batch,
+        steps_per_epoch,
         rules,
     )
 
@@ -320,7 +327,7 @@ def _train_epoch(job: Job, source: Source, epoch: int, progress: Progress) -> tu
     Returns the epoch's training counts summed over ranks, and the global images/s of this attempt.
     """
     trainer, runtime = job.settings.trainer, job.runtime
-    steps = _steps_per_epoch(trainer, source)
+    steps = job.steps_per_epoch
     counts, done, position = job.state.partial, job.state.step, job.state.position
     already = counts.n  # images counted before a mid-epoch resume
     window = Window()
@@ -362,10 +369,15 @@ def _train_epoch(job: Job, source: Source, epoch: int, progress: Progress) -> tu
                 rate * job.ranks.world_size,
                 (steps - at) * size / rate,
             )
+        if job.logger:  # values already on the host: no synchronization of their own
+            lr = job.optimizer.param_groups[0]["lr"]
+            job.logger.interval(job.global_step(epoch, step), progress.recent_loss, lr, rate * job.ranks.world_size)
         window.clear()
         if stopping or checkpoint:
             job.state.epoch, job.state.step, job.state.partial = epoch - 1, step, counts
             job.state.position = position + (step - done) * job.global_batch  # skipped steps consumed theirs too
+            if job.logger:  # what was logged up to the checkpoint is on disk with it (a resume purges the rest)
+                job.logger.flush()
             job.save()
         if stopping:
             job.stop.hand_over()
