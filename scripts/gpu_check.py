@@ -233,7 +233,7 @@ class Check:
 
 
 def plan(args: argparse.Namespace, scale: Scale, nproc: int, out: Path) -> list[Stage]:
-    """The stages in the order they run: on one GPU node, or (scale CPU_STANDIN) the torchrun ones on the CPU."""
+    """The stages in the order they run: on one GPU node, or (scale CPU_STANDIN) the multi-process ones on the CPU."""
     standin = scale is CPU_STANDIN
     # The 1-process runs (reference, resume) keep N processes' global batch: the same run on another GPU count.
     ddp = [*DDP, *scale.cifar, f"trainer.device={scale.device}", f"trainer.log_every_steps={scale.log_every}"]
@@ -638,9 +638,11 @@ def check_throughput(check: Check, stage: Stage, row: Row) -> None:
 def check_host_syncs(check: Check, stage: Stage, row: Row) -> None:
     counts = [count_host_syncs(launch) for launch in stage.launches]
     row |= {"steps": list(SYNC_STEPS), "host_syncs": counts, "log_every_steps": SYNC_LOG_EVERY}
-    # The steps themselves read the device once per log interval: 1/50 per step. The maximum allows five
-    # reads per interval; a read in every step (a loss's .item(), a bool of a flag) gives 1 or more.
+    # The steps themselves read the device once per log interval: 1/50 per step. The first step, the epoch end,
+    # the checkpoint and evaluation read it too, as often in both runs (shown: whole runs per step). The maximum
+    # allows five reads per interval; a read in every step (a loss's .item(), a bool of a flag) gives 1 or more.
     row["expected_per_step"] = 1 / SYNC_LOG_EVERY
+    row["whole_run_per_step"] = [round(c / s, 3) for c, s in zip(counts, SYNC_STEPS, strict=True)]
     per_step = (counts[1] - counts[0]) / (SYNC_STEPS[1] - SYNC_STEPS[0])
     row.at_most("host_syncs_per_step", per_step, stage.params["max_syncs_per_step"])
 

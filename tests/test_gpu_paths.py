@@ -560,8 +560,9 @@ def test_dense_scoring_turns_cudnn_autotuning_off_and_back_on(monkeypatch):
 
 @pytest.mark.slow
 def test_the_gpu_check_dry_run_composes_every_stage_on_a_cpu_machine():
+    """Every stage composes as its processes would see it on 8 GPUs (tests/test_gpu_check.py runs the script)."""
     proc = subprocess.run(
-        ["bash", str(ROOT / "scripts" / "gpu_check.sh"), "--dry-run"],
+        ["bash", str(ROOT / "scripts" / "gpu_check.sh"), "--dry-run", "--gpus", "8"],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -570,21 +571,42 @@ def test_the_gpu_check_dry_run_composes_every_stage_on_a_cpu_machine():
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = [json.loads(line) for line in proc.stdout.splitlines()]
-    assert rows[0]["dry_run"] and rows[0]["cuda_available"] == torch.cuda.is_available()
-    stages = [row["stage"] for row in rows[1:]]
-    assert stages == [
+    assert rows[0]["dry_run"] and rows[0]["cuda_available"] == torch.cuda.is_available() and rows[0]["nproc"] == 8
+    stages = {row["stage"]: row for row in rows[1:]}
+    assert list(stages) == [
         "cifar_bf16",
         "cifar_fp16",
         "cifar_fp32",
-        "cifar_auto_compile",
         "nccl_1rank",
-        "imagenet",
+        "ddp_1rank",
+        "ddp_nranks",
+        "ddp_imagenet",
         "eval_center",
         "eval_ten_view",
         "eval_dense",
-        "resume",
+        "ddp_nan",
+        "ddp_stop",
+        "ddp_resume",
+        "cifar_auto_compile",
+        "ddp_compile",
     ]
-    assert all(row["train_gflops_per_image"] > 0 for row in rows[1:] if row["kind"] != "eval")
+    launches = {name: row["launches"] for name, row in stages.items() if row["launches"]}
+    assert all(row["train_gflops_per_image"] > 0 for name, row in stages.items() if name in launches)
+    assert {launch["launcher"] for name in launches for launch in launches[name]} == {"in_process", "torchrun", "ranks"}
+    for name in ("ddp_nranks", "ddp_imagenet", "ddp_nan", "ddp_stop", "ddp_compile"):
+        (launch,) = launches[name]
+        assert launch["nproc"] == 8 and launch["batch_per_process"] * 8 == launch["global_batch"], name
+    for name in ("ddp_1rank", "ddp_resume"):  # the same run on one process: the same global batch
+        (launch,) = launches[name]
+        assert launch["nproc"] == 1 and launch["global_batch"] == launches["ddp_nranks"][0]["global_batch"] == 256
+        assert "--nproc_per_node=1 " in launch["command"]
+    (stop,), (resume,), (nan,) = launches["ddp_stop"], launches["ddp_resume"], launches["ddp_nan"]
+    assert "--nproc_per_node=8 " in stop["command"]
+    assert stop["command"].split("hydra.run.dir=")[1] == resume["command"].split("hydra.run.dir=")[1]  # the run
+    assert nan["env_of_rank_r"]["WORLD_SIZE"] == "8" and "optim.lr=1e38" in nan["command"]  # started as srun would
+    assert (stages["cifar_bf16"]["min_images_per_s"], stages["nccl_1rank"]["max_syncs_per_step"]) == (8000, 0.1)
+    assert (stages["ddp_nranks"]["min_scaling"], stages["ddp_compile"]["min_compile_ratio"]) == (0.3, 0.5)
+    assert stages["eval_dense"]["command"].endswith("eval.protocol=dense 'eval.scales=[256]'")
 
 
 def test_only_rank_0_scans_the_image_tree_and_its_error_reaches_every_rank(tmp_path, monkeypatch):
