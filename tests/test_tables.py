@@ -65,11 +65,12 @@ def make_run(
     labels: torch.Tensor | None = None,
     evals: dict[str, dict] | None = None,
     overrides: list[str] | None = None,
+    train_top1: float | None = None,
     **extra,
 ) -> Path:
     """A run directory as train.py leaves it: .hydra/config.yaml (and overrides.yaml, the command line's
     overrides) always, then results.json and the rest (completed), FAILED (failed) or nothing more (missing:
-    interrupted)."""
+    interrupted). The last epoch's training error is `train_top1`, by default half the test error."""
     config = _config(model, activation, dataset, seed, **extra)
     (folder / ".hydra").mkdir(parents=True)
     OmegaConf.save(OmegaConf.create(config), folder / ".hydra" / "config.yaml")
@@ -82,7 +83,8 @@ def make_run(
     final = {"top1_err": top1, "top5_err": top1 / 4, "loss": 1.0, "count": TEST_SIZE}
     results = {"status": "completed", "final": final, "params": 1_370_000, "config": config}
     (folder / "results.json").write_text(json.dumps(results))
-    epoch = {"epoch": 3, "train/top1_err": top1 / 2, "test/top1_err": top1}
+    train = top1 / 2 if train_top1 is None else train_top1
+    epoch = {"epoch": 3, "train/top1_err": train, "test/top1_err": top1}
     (folder / "metrics.jsonl").write_text(json.dumps(epoch) + "\n")
     if logits is not None:
         torch.save({"logits": logits, "labels": labels}, folder / "test_logits.pt")

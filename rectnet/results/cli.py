@@ -4,7 +4,9 @@
 
 Every run directory at or under the given paths is read (rectnet/results/runs.py), grouped by network
 variant, init and dataset (variants.py, table.py), measured per column (statistics.py) and written beside the
-papers' printed values (papers/) as tables.md, one CSV per table and runs.csv (render.py).
+papers' printed values (papers/) as tables.md, one CSV per table, claims.csv and runs.csv (render.py). Under
+each table with runs: every row's difference to the table's baseline row with its 95% Welch interval, Table 1's
+train/test gaps, and the verdict on each of the paper's claims about the table's rows (comparison.py).
 
 Tables written:
 
@@ -24,14 +26,14 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from rectnet.results import render, runs, statistics, variants
+from rectnet.results import comparison, render, runs, statistics, variants
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m rectnet.tables",
         description="The papers' result tables (CReLU Tables 1, 2, 4; PReLU Tables 2, 4-6) from run directories.",
-        epilog="\n\n".join(m.__doc__ for m in (sys.modules[__name__], runs, variants, statistics, render)),
+        epilog="\n\n".join(m.__doc__ for m in (sys.modules[__name__], runs, variants, statistics, comparison, render)),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("dirs", nargs="+", help="sweep or run directories (searched recursively)")

@@ -8,7 +8,8 @@
   approximation of the stopping point). results.json's "best_top1_err" of a run without folds is selected on
   the test split, so it is never used. "Single train" is the last epoch's running training error from
   metrics.jsonl (measured during the epoch, with augmentation and dropout on), not a separate pass over the
-  training set.
+  training set. "gap" (Table 1's overfitting, read from its two Single columns): per run, its final test error
+  minus its last epoch's running training error, mean ± std over seeds.
 * Average: mean over the 10-fold runs (`dataset.num_folds>0`, any fold, any seed) of their final test top-1
   error, ± standard error (sample std / sqrt(n)), as the paper reports it.
 * Vote: for each complete fold set (one seed, folds 0..k-1 all completed with test_logits.pt) the test error of
@@ -56,6 +57,7 @@ class Cell:
     missing: int = 0
     notes: list[str] = field(default_factory=list)
     shortened: int = 0  # of the n values, those that come from runs shorter than their recipe (Run.shortened)
+    values: list[float] = field(default_factory=list)  # the n values (comparison.py's intervals read them)
 
     def text(self, digits: int = 2) -> str:
         lost = [f"{k} {what}" for k, what in ((self.failed, "failed"), (self.missing, "missing")) if k]
@@ -78,7 +80,7 @@ def summarise(values: Sequence[float], failed: int, missing: int, standard_error
     spread = statistics.stdev(values) if len(values) > 1 else None
     if spread is not None and standard_error:
         spread /= math.sqrt(len(values))
-    return Cell(statistics.fmean(values), spread, len(values), failed, missing)
+    return Cell(statistics.fmean(values), spread, len(values), failed, missing, values=list(values))
 
 
 def _slot(run: Run) -> tuple[int | None, int | None]:
@@ -130,6 +132,11 @@ def _last_train_err(run: Run) -> float | None:
     return records[-1].get("train/top1_err") if records else None
 
 
+def _train_test_gap(run: Run) -> float | None:
+    train, test = _last_train_err(run), final_test_err(run)
+    return None if train is None or test is None else test - train
+
+
 def _single_runs(runs: Sequence[Run]) -> list[Run]:
     """The retrained runs of the "Single" protocol when there are any, else the runs without folds."""
     return [r for r in runs if r.single_stage == 2] or [r for r in runs if not r.num_folds]
@@ -143,6 +150,11 @@ def single_test(runs: Sequence[Run]) -> Cell:
 def single_train(runs: Sequence[Run]) -> Cell:
     """CReLU Table 1 "Single" train error: the last epoch's running training top-1 error."""
     return per_run(_single_runs(runs), _last_train_err)
+
+
+def single_gap(runs: Sequence[Run]) -> Cell:
+    """Train/test gap of the Single runs: per run, final test error - last epoch's running training error."""
+    return per_run(_single_runs(runs), _train_test_gap)
 
 
 def _fold_sets(runs: Sequence[Run]) -> dict[tuple[int | None, int], list[Run]]:

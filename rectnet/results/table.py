@@ -1,4 +1,5 @@
-"""A paper's table as data (named columns, rows of printed values keyed by column) and its filling from runs.
+"""A paper's table as data (named columns, rows of printed values keyed by column, the row the others are
+compared with, the paper's claims about its rows, train/test gaps) and its filling from runs.
 
 Runs are grouped by (variant, init, dataset); the init is "name/mode" (kaiming/fan_in, ...). Seeds are the
 repeats of a group; runs of one group whose recipe differs (epochs, lr, batch, schedule, ...) are still merged
@@ -9,9 +10,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
+from rectnet.results.comparison import RELATIONS, Claim
 from rectnet.results.runs import Run, count_statuses
 from rectnet.results.statistics import (
     SHORT_MARK,
@@ -43,6 +45,18 @@ class Column:
     title: str  # the header in tables.md and the CSVs
     dataset: str  # dataset.name of the runs that fill it
     measure: Callable[[Sequence[Run]], Cell]
+    compare: bool = True  # an error that rows are compared on (comparison.py); False: train error, params
+
+
+@dataclass(frozen=True)
+class Gap:
+    """A train/test gap beside a table (not one of its printed columns): per run, test - train error."""
+
+    title: str
+    train: str  # title of the train-error column
+    test: str  # title of the test-error column
+    dataset: str
+    measure: Callable[[Sequence[Run]], Cell]
 
 
 @dataclass(frozen=True)
@@ -59,6 +73,9 @@ class PaperTable:
     title: str
     columns: tuple[Column, ...]
     rows: tuple[PaperRow, ...]
+    baseline: str | None = None  # label of the row the others are compared with
+    claims: tuple[Claim, ...] = ()  # the paper's claims about its rows (comparison.py)
+    gaps: tuple[Gap, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -75,8 +92,17 @@ def row(label: str, variant: Variant, init: str | None = None, **values: float |
     return Row(label, variant, values, init)
 
 
-def paper_table(key: str, title: str, columns: Sequence[Column], rows: Iterable[Row]) -> PaperTable:
-    """The table with each row's values keyed by column title; a key that names no column is an error."""
+def paper_table(
+    key: str,
+    title: str,
+    columns: Sequence[Column],
+    rows: Iterable[Row],
+    baseline: str | None = None,
+    claims: Sequence[Claim] = (),
+    gaps: Sequence[Gap] = (),
+) -> PaperTable:
+    """The table with each row's values keyed by column title; a key that names no column, a baseline or claim
+    that names no row, and a gap that names no column are errors."""
     titles = {c.key: c.title for c in columns}
     paper_rows = []
     for r in rows:
@@ -85,7 +111,19 @@ def paper_table(key: str, title: str, columns: Sequence[Column], rows: Iterable[
             raise ValueError(f"{key}, row {r.label!r}: no column {sorted(unknown)}; columns: {list(titles)}")
         values = {titles[k]: v if isinstance(v, Reported) else Reported(float(v)) for k, v in r.values.items()}
         paper_rows.append(PaperRow(r.label, r.variant, values, r.init))
-    return PaperTable(key, title, tuple(columns), tuple(paper_rows))
+    labels = [r.label for r in paper_rows]
+    named = [baseline] if baseline is not None else []
+    named += [label for claim in claims for label in (claim.a, claim.b)]
+    unknown_rows = sorted(set(named) - set(labels))
+    if unknown_rows:
+        raise ValueError(f"{key}: no row {unknown_rows}; rows: {labels}")
+    for claim in claims:
+        if claim.relation not in RELATIONS or claim.quantity not in ("test", "gap"):
+            raise ValueError(f"{key}: claim {claim}: relation one of {RELATIONS}, quantity test or gap")
+    for gap in gaps:
+        if not {gap.train, gap.test} <= set(titles.values()):
+            raise ValueError(f"{key}, gap {gap.title!r}: no column {gap.train!r} or {gap.test!r}")
+    return PaperTable(key, title, tuple(columns), tuple(paper_rows), baseline, tuple(claims), tuple(gaps))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -113,6 +151,7 @@ class TableRow:
     paper: dict[str, Reported]
     counts: tuple[int, int, int]  # completed, failed, missing runs over the row's columns
     notes: list[str]
+    gaps: dict[str, Cell] = field(default_factory=dict)  # the table's train/test gaps (Gap), by title
 
 
 def _init_matches(row: PaperRow, init: str) -> bool:
@@ -165,11 +204,12 @@ def fill_table(table: PaperTable, groups: dict[GroupKey, list[Run]], used: set[G
             keys = [(row.variant, init, ds) for ds in sorted(datasets) if (row.variant, init, ds) in groups]
             used.update(keys)
             cells = {c.title: c.measure(groups.get((row.variant, init, c.dataset), [])) for c in table.columns}
+            gaps = {g.title: g.measure(groups.get((row.variant, init, g.dataset), [])) for g in table.gaps}
             runs = [r for k in keys for r in groups[k]]
             notes = [n for k in keys if (n := _mixed_recipe_note(groups[k]))]
             notes += [n for n in [_shortened_note(runs)] if n]
             notes += [f"{title}: {n}" for title, cell in cells.items() for n in cell.notes]
-            lines.append(TableRow(row.label, row.variant, init, cells, row.paper, count_statuses(runs), notes))
+            lines.append(TableRow(row.label, row.variant, init, cells, row.paper, count_statuses(runs), notes, gaps))
     return lines
 
 

@@ -1,11 +1,13 @@
 """He, Zhang, Ren, Sun 2015, "Delving Deep into Rectifiers: Surpassing Human-Level Performance on ImageNet
 Classification" (arXiv:1502.01852v1): Tables 2, 4, 5 and 6 as printed, ImageNet 2012 val error (%).
 
-Each row: the paper's label, the network it names, then the printed values keyed by column.
+Each row: the paper's label, the network it names, then the printed values keyed by column. Each table also
+names its baseline row and the paper's claims about its rows (PReLU below ReLU; rectnet/results/comparison.py).
 """
 
 from __future__ import annotations
 
+from rectnet.results.comparison import Claim
 from rectnet.results.statistics import eval_protocol
 from rectnet.results.table import Column, PaperTable, paper_table, row
 from rectnet.results.variants import Variant, make_variant
@@ -31,8 +33,9 @@ def prelu_table2() -> PaperTable:
         row("PReLU, channel-wise",      make_variant(small14, "prelu"),                   top1=32.64, top5=12.75),
     )
     # fmt: on
+    claims = tuple(Claim(p, "<", "ReLU", "Table 2, §2.1") for p in ("PReLU, channel-shared", "PReLU, channel-wise"))
     title = "He et al. 2015, Table 2: 14-layer model on ImageNet, 10-view error (%)"
-    return paper_table("prelu_table2", title, _top1_top5("ten_view"), rows)
+    return paper_table("prelu_table2", title, _top1_top5("ten_view"), rows, "ReLU", claims)
 
 
 def prelu_table4() -> PaperTable:
@@ -49,13 +52,19 @@ def prelu_table4() -> PaperTable:
         row("PReLU", make_variant("prelu_a", "prelu"), s256_top1=25.81, s256_top5=8.08, s384_top1=24.20, s384_top5=7.03, s480_top1=24.83, s480_top5=7.39, multi_top1=22.97, multi_top5=6.28),
     )
     # fmt: on
+    claims = (Claim("PReLU", "<", "ReLU", "Table 4, §4"),)
     title = "He et al. 2015, Table 4: model A on ImageNet, dense testing, error (%)"
-    return paper_table("prelu_table4", title, columns, rows)
+    return paper_table("prelu_table4", title, columns, rows, "ReLU", claims)
 
 
 def _model(letter: str, activation: str) -> Variant:
     """Model A, B or C of Table 3 with `activation`."""
     return make_variant(f"prelu_{letter.lower()}", activation)
+
+
+def _a_claims(source: str) -> tuple[Claim, ...]:
+    """Model A with PReLU below model A with ReLU (the same network otherwise)."""
+    return (Claim("A, PReLU", "<", "A, ReLU", source),)
 
 
 def prelu_table5() -> PaperTable:
@@ -69,7 +78,7 @@ def prelu_table5() -> PaperTable:
     )
     # fmt: on
     title = "He et al. 2015, Table 5: models A/B/C on ImageNet, 10-view error (%)"
-    return paper_table("prelu_table5", title, _top1_top5("ten_view"), rows)
+    return paper_table("prelu_table5", title, _top1_top5("ten_view"), rows, "A, ReLU", _a_claims("Table 5, §4"))
 
 
 def prelu_table6() -> PaperTable:
@@ -83,4 +92,4 @@ def prelu_table6() -> PaperTable:
     )
     # fmt: on
     title = "He et al. 2015, Table 6: models A/B/C on ImageNet, dense multi-scale error (%)"
-    return paper_table("prelu_table6", title, _top1_top5("dense", "multi"), rows)
+    return paper_table("prelu_table6", title, _top1_top5("dense", "multi"), rows, "A, ReLU", _a_claims("Table 6, §4"))
