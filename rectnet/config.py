@@ -89,6 +89,13 @@ class DatasetConfig:
         _require(self.num_classes >= 2, "dataset.num_classes", "must be >= 2", self.num_classes)
         _require(self.image_size >= 8, "dataset.image_size", "must be >= 8", self.image_size)
         _require(self.crop_padding >= 0, "dataset.crop_padding", "must be >= 0", self.crop_padding)
+        _require(
+            self.crop_padding < self.image_size,
+            "dataset.crop_padding",
+            f"must be smaller than dataset.image_size ({self.image_size}): a shift by the image's size leaves none "
+            "of it in the crop, and reflect padding cannot reach past the image",
+            self.crop_padding,
+        )
         _require(self.num_folds == 0 or self.num_folds >= 2, "dataset.num_folds", "must be 0 or >= 2", self.num_folds)
         _require(
             self.num_folds == 0 or 0 <= self.fold < self.num_folds,
@@ -474,8 +481,11 @@ def _reject_non_finite(value: Any, key: str) -> None:
         _require(math.isfinite(value), key, "must be a finite number", value)
 
 
-def to_settings(cfg: DictConfig) -> TrainConfig:
-    """Resolve and validate a composed config into `TrainConfig` (raises ConfigError with the key)."""
+def to_settings(cfg: DictConfig, training: bool = True) -> TrainConfig:
+    """Resolve and validate a composed config into `TrainConfig` (raises ConfigError with the key).
+
+    After the ranges, rectnet/engine/preflight.py checks what the registries, the model's layer list and (with
+    `training`: for a training run, not for eval.py or a summary) the data split and this machine's memory say."""
     _reject_unknown_keys(cfg, TrainConfig)
     settings = OmegaConf.to_object(cfg)
     if not isinstance(settings, TrainConfig):
@@ -486,13 +496,17 @@ def to_settings(cfg: DictConfig) -> TrainConfig:
         if hasattr(section, "validate"):
             section.validate()
     _check_pairings(settings)
+    from rectnet.engine import preflight  # the registries it asks import this module
+
+    preflight.check(settings, training)
     return settings
 
 
 def settings_from_dict(config: dict) -> TrainConfig:
-    """A saved, resolved config (a checkpoint's `config`, results.json's `config`) back into TrainConfig."""
+    """A saved, resolved config (a checkpoint's `config`, results.json's `config`) back into TrainConfig, to read
+    or evaluate what it trained (so not checked as a training run on this machine: `to_settings`)."""
     saved = {**config, "run_dir": config.get("run_dir", ".")}  # outside Hydra ${hydra:...} cannot resolve
-    return to_settings(OmegaConf.merge(OmegaConf.structured(TrainConfig), saved))
+    return to_settings(OmegaConf.merge(OmegaConf.structured(TrainConfig), saved), training=False)
 
 
 register_configs()

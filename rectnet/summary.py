@@ -42,7 +42,8 @@ CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 
 def compose_settings(overrides: Sequence[str]) -> TrainConfig:
-    """Compose configs/train.yaml with `overrides` as train.py does, and validate it.
+    """Compose configs/train.yaml with `overrides` as train.py does, and validate it (as a config to read, not as
+    a training run on this machine: `rectnet.config.to_settings`).
 
     `run_dir` defaults to ${hydra:runtime.output_dir}, which only resolves inside a Hydra run; it is set to
     "." unless an override names it (nothing is written there).
@@ -50,7 +51,7 @@ def compose_settings(overrides: Sequence[str]) -> TrainConfig:
     defaults = [] if any(o.startswith("run_dir=") for o in overrides) else ["run_dir=."]
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose(config_name="train", overrides=[*defaults, *overrides])
-    return to_settings(cfg)
+    return to_settings(cfg, training=False)
 
 
 @dataclass

@@ -23,6 +23,11 @@ def test_every_config_group_has_options():
 
 @pytest.mark.parametrize("group,option", _options())
 def test_each_option_composes_and_validates(group, option):
+    if (group, option) == ("model", "timm"):  # it names itself, and a run needs an architecture instead
+        with pytest.raises(ConfigError, match="model=timm needs an architecture"):
+            to_settings(compose_train(["model=timm"]))
+        assert to_settings(compose_train(["model=timm", "model.name=resnet18"])).model.source == "timm"
+        return
     settings = to_settings(compose_train([f"{group}={option}"]))
     if group not in ("trainer", "logger", "recipe", "experiment"):
         assert getattr(settings, group).name == option  # each option file names itself

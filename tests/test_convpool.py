@@ -45,7 +45,7 @@ def test_act_at_and_halve_at_place_the_activation_per_layer():
 
 
 def test_bad_layer_indices_are_refused():
-    with pytest.raises(ValueError, match="weight layers 1..9"):
+    with pytest.raises(ValueError, match="has 9 weight layers, numbered 1..9"):
         create("convpool_cnn_c", act_at=[0, 10])
 
 

@@ -52,8 +52,10 @@ def test_two_ranks_follow_the_one_rank_run(tmp_path):
     assert double.returncode == 0, double.stderr[-3000:]
 
     a, b = _weights(one), _weights(two)
-    for key in a:  # same global batches: equal up to floating-point summation order
-        assert torch.allclose(a[key], b[key], rtol=1e-5, atol=1e-6), key
+    # same global batches: equal up to floating-point summation order, which 16 steps at lr 0.01 amplify to
+    # ~1e-6 here (measured); a batch seen twice or missed moves the weights by orders of magnitude more
+    for key in a:
+        assert torch.allclose(a[key], b[key], rtol=1e-4, atol=1e-5), key
     r1, r2 = (json.loads((d / "results.json").read_text()) for d in (one, two))
     assert r1["final"]["count"] == r2["final"]["count"] == 201
     assert r1["final"]["top1_err"] == pytest.approx(r2["final"]["top1_err"])

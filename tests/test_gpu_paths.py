@@ -44,7 +44,6 @@ from rectnet.data import sources
 from rectnet.data.batches import to_device
 from rectnet.data.imagenet import ImageFolderError, index_image_folder
 from rectnet.data.sources import SourceContext, make_source
-from rectnet.engine import checkpoint as ckpt
 from rectnet.engine import distributed
 from rectnet.engine import runtime as rt
 from rectnet.engine import train as train_module
@@ -275,21 +274,16 @@ def _two_rank_worker(rank: int, folder: str) -> None:
         # an all-corrupt batch on rank 1 only: both skip the step
         out["skip"] = _any_rank_empty(job, 0 if rank == 1 else 5)
         # rank 1 sees no checkpoint (a stale directory listing): it still resumes rank 0's choice
-        out["epoch"] = _agreed_resume("auto", folder_path / f"checkpoints{rank}", ranks)["epoch"]
+        out["epoch"] = _agreed_resume("auto", folder_path / f"checkpoints{rank}", ranks)[1]["epoch"]
     finally:
         dist.destroy_process_group()
     (folder_path / f"rank{rank}.json").write_text(json.dumps(out))
 
 
-def _checkpoint(epoch: int) -> dict:
-    keys = {k: None for k in ckpt.REQUIRED_KEYS}
-    return {**keys, "model": {}, "optimizer": {"state": {}}, "epoch": epoch, "format": ckpt.CHECKPOINT_FORMAT}
-
-
 @pytest.mark.slow
 def test_two_ranks_agree_on_a_nan_a_signal_an_empty_batch_and_the_checkpoint(tmp_path):
-    (tmp_path / "checkpoints0").mkdir()
-    ckpt.atomic_save(_checkpoint(3), tmp_path / "checkpoints0" / "last.pt")
+    run(compose_train([*TINY, "trainer.epochs=1", "logger=none"], tmp_path / "run"))  # a real checkpoint: epoch 1
+    (tmp_path / "run" / "checkpoints").rename(tmp_path / "checkpoints0")
     context = mp.start_processes(_two_rank_worker, args=(str(tmp_path),), nprocs=2, join=False, start_method="spawn")
     for process in context.processes:
         process.join(timeout=120)  # the process group's 30 s timeout bounds a hang
@@ -300,7 +294,7 @@ def test_two_ranks_agree_on_a_nan_a_signal_an_empty_batch_and_the_checkpoint(tmp
     assert [r["stop"] for r in results] == [True, True]
     assert [r["counts"] for r in results] == [[2 * 0.5 + 2 * 0.25, 2, 4, 4]] * 2  # this rank's, 2 steps of 2
     assert [r["skip"] for r in results] == [True, True]
-    assert [r["epoch"] for r in results] == [3, 3]
+    assert [r["epoch"] for r in results] == [1, 1]
 
 
 # ------------------------------------------------------------------------------ a dead rank, rank 0's setup

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from rectnet.config import DatasetConfig
 from rectnet.data.batches import BatchAugment, TrainBatches, eval_batches
 from rectnet.data.cifar import CIFAR10, CIFAR100, DatasetError, load_cifar
-from rectnet.data.split import ImageSplits, Split
+from rectnet.data.split import ImageSplits, Split, check_folds
 from rectnet.data.synthetic import make_synthetic
 from rectnet.registry import Registry
 
@@ -29,6 +29,7 @@ def load_dataset(cfg: DatasetConfig, seed: int) -> ImageSplits:
     training split too with `holdout_in_train`)."""
     splits = DATASETS.get(cfg.name)(cfg, seed)
     train, test = splits.train.head(cfg.num_train), splits.test.head(cfg.num_test)
+    check_folds(len(train), cfg, f"{cfg.name} as loaded")
     if cfg.num_folds:
         rest, val = train.folds(cfg.num_folds, cfg.fold)
         return ImageSplits(train if cfg.holdout_in_train else rest, test, val)

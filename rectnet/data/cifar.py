@@ -82,12 +82,11 @@ class CifarUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
-def _read_batch(path: Path, label_key: str) -> tuple[np.ndarray, np.ndarray]:
+def _read_batch(path: Path, label_key: str, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
     try:
         with path.open("rb") as f:
             entry = CifarUnpickler(f, encoding="latin1").load()
-        data = np.asarray(entry["data"], dtype=np.uint8)
-        labels = np.asarray(entry[label_key], dtype=np.int64)
+        data, labels = np.asarray(entry["data"]), np.asarray(entry[label_key])
     except FileNotFoundError:
         raise
     except UnsafePickleError as err:
@@ -98,17 +97,59 @@ def _read_batch(path: Path, label_key: str) -> tuple[np.ndarray, np.ndarray]:
         ) from None
     except Exception as err:  # truncated pickle, wrong file, missing keys: all mean "corrupt"
         raise DatasetError(f"{path} is not a readable CIFAR batch file ({type(err).__name__}: {err})") from None
-    if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(labels) != len(data):
-        raise DatasetError(f"{path}: expected data of shape (N, 3072) and N labels, got {data.shape}, {len(labels)}")
-    return data.reshape(-1, 3, 32, 32), labels
+    if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or labels.shape != (len(data),):
+        raise DatasetError(f"{path}: expected data of shape (N, 3072) and N labels, got {data.shape}, {labels.shape}")
+    _check_pixels(path, data)
+    _check_labels(path, labels, num_classes)
+    return data.astype(np.uint8, copy=False).reshape(-1, 3, 32, 32), labels.astype(np.int64, copy=False)
+
+
+def _check_pixels(path: Path, data: np.ndarray) -> None:
+    """uint8, or integers within 0..255: a re-encoded copy may keep the pixel values in a wider integer type,
+    and casting those is lossless. Anything else would be cast silently into other images: floats in [0, 1]
+    (scaled pixels) into near-black ones, NaN into arbitrary bytes."""
+    if data.dtype == np.uint8 or (np.issubdtype(data.dtype, np.integer) and _within(data, 0, 255)):
+        return
+    hint = ""
+    if np.issubdtype(data.dtype, np.floating) and _within(data, 0, 1):
+        hint = ". Floats in [0, 1] are scaled images: store round(x * 255) as uint8"
+    raise DatasetError(f"{path}: data holds {_describe(data)}; expected uint8 pixels 0..255, shape (N, 3072){hint}")
+
+
+def _check_labels(path: Path, labels: np.ndarray, num_classes: int) -> None:
+    expected = f"expected integers in [0, {num_classes}) (dataset.num_classes={num_classes})"
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise DatasetError(f"{path}: labels hold {_describe(labels)}; {expected}")
+    if len(labels) and not _within(labels, 0, num_classes - 1):
+        raise DatasetError(
+            f"{path}: labels outside [0, {num_classes}): found values in [{labels.min()}, {labels.max()}]; "
+            f"{expected} - wrong dataset for this config?"
+        )
+
+
+def _within(values: np.ndarray, low: float, high: float) -> bool:
+    return not len(values) or bool(low <= values.min() and values.max() <= high)
+
+
+def _describe(values: np.ndarray) -> str:
+    """The dtype, the range of the finite values and the count of NaN and infinite ones."""
+    text = f"{values.dtype} values"
+    if not np.issubdtype(values.dtype, np.number):
+        return text
+    inexact = np.issubdtype(values.dtype, np.inexact)
+    finite = values[np.isfinite(values)] if inexact else values
+    if finite.size:
+        text += f" in [{finite.min():g}, {finite.max():g}]"
+    if inexact:
+        counts = ((int(np.isnan(values).sum()), "NaN"), (int(np.isinf(values).sum()), "infinite"))
+        text += "".join(f" and {count} {what}" for count, what in counts if count)
+    return text
 
 
 def _read_split(folder: Path, files: tuple[str, ...], label_key: str, num_classes: int) -> Split:
-    parts = [_read_batch(folder / name, label_key) for name in files]
+    parts = [_read_batch(folder / name, label_key, num_classes) for name in files]
     images = torch.from_numpy(np.concatenate([p[0] for p in parts]))
     labels = torch.from_numpy(np.concatenate([p[1] for p in parts]))
-    if labels.min() < 0 or labels.max() >= num_classes:
-        raise DatasetError(f"{folder}: labels outside [0, {num_classes}) - wrong dataset for this config?")
     return Split(images, labels)
 
 

@@ -40,7 +40,7 @@ from rectnet.data.imagenet import (
     index_image_folder,
 )
 from rectnet.data.imagenet.resources import eval_batch_images, fit_loaders
-from rectnet.data.split import ImageSplits, Split
+from rectnet.data.split import ImageSplits, Split, check_batch
 from rectnet.registry import Registry
 
 log = logging.getLogger("rectnet")
@@ -186,6 +186,7 @@ class TensorSource:
         self.in_chans, self.eval_sets, self.state = evaluation.in_chans, evaluation.eval_sets, evaluation.state
         train, trainer = loaded.splits.train, settings.trainer
         self.num_train = len(train)
+        check_batch(len(train), settings.dataset, trainer, where.world_size, f"{settings.dataset.name} as loaded")
         per_process, _ = trainer.batch_sizes(where.world_size)
         self.batches = TrainBatches(
             train, per_process, loaded.augment, settings.seed, where.rank, where.world_size, where.device
@@ -258,6 +259,7 @@ class ImageFolderSource:
         data.image_folder_checks()
         test = _index_split(settings, where, data.test_split, data.num_test)
         train = _index_split(settings, where, data.train_split, data.num_train, test)
+        check_batch(len(train), data, settings.trainer, where.world_size, f"{train.root}, as indexed")
         self.state = state or image_statistics(train.sample(data.stats_images), settings, where)
         self.preprocess = _preprocess_for(settings, self.state, where)
         self.eval_sets = {"test": ImageFolderEvalSet(test, settings, self.preprocess, where)}

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
+from rectnet.config import ConfigError, DatasetConfig, TrainerConfig
+
 
 @dataclass
 class Split:
@@ -32,10 +34,54 @@ class Split:
         CReLU paper's 10-fold protocol (§3.1: train on 9 folds, validate on 1) see complementary folds.
         """
         order = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))
-        start, stop = len(self) * fold // num_folds, len(self) * (fold + 1) // num_folds
+        start, stop = fold_bounds(len(self), num_folds, fold)
         held_out = order[start:stop].sort().values
         kept = torch.cat([order[:start], order[stop:]]).sort().values
         return self.take(kept), self.take(held_out)
+
+
+def fold_bounds(images: int, num_folds: int, fold: int) -> tuple[int, int]:
+    """Where fold `fold` of `num_folds` near-equal folds of `images` images starts and stops in the shuffled order."""
+    return images * fold // num_folds, images * (fold + 1) // num_folds
+
+
+def check_folds(images: int, data: DatasetConfig, source: str, at_most: bool = False) -> None:
+    """Refuse k-fold cross-validation (dataset.num_folds) of a training split of `images` images (`source` says
+    where that count comes from; `at_most`: an upper bound, known before the data are read) that leaves a fold
+    empty: the held-out fold picks the best model, and an empty one would pick it on the test set."""
+    if data.num_folds and images < data.num_folds:
+        raise ConfigError(
+            f"dataset.num_folds={data.num_folds} needs at least one image per fold, but the training split holds "
+            f"{'at most ' if at_most else ''}{images} images ({source}): folds would be empty, and an empty held-out "
+            f"fold picks the best model on the test set; use at most {images} folds"
+        )
+
+
+def held_out(images: int, data: DatasetConfig) -> int:
+    """The images of a training split of `images` that k-fold cross-validation holds out of training."""
+    if not data.num_folds or data.holdout_in_train:
+        return 0
+    start, stop = fold_bounds(images, data.num_folds, data.fold)
+    return stop - start
+
+
+def check_batch(
+    images: int, data: DatasetConfig, trainer: TrainerConfig, world_size: int, source: str, at_most: bool = False
+) -> None:
+    """Refuse `images` training images (k-fold: the held-out fold already taken out; `source` says where the count
+    comes from) that cannot fill one global batch: every step takes a whole one, the last incomplete batch of an
+    epoch is dropped."""
+    _, global_batch = trainer.batch_sizes(world_size)
+    if images >= global_batch:
+        return
+    if data.num_folds and not data.holdout_in_train:
+        source += f", less held-out fold {data.fold} of dataset.num_folds={data.num_folds}"
+    scope = f" per process x {world_size}" if trainer.batch_scope == "process" else ""
+    raise ConfigError(
+        f"the training split holds {'at most ' if at_most else ''}{images} images ({source}), fewer than one global "
+        f"batch of {global_batch} (trainer.batch_size={trainer.batch_size}{scope}): lower trainer.batch_size or "
+        "train on more images"
+    )
 
 
 @dataclass

@@ -16,25 +16,34 @@ Older formats load through `UPGRADES`, each bringing a checkpoint one format for
 
 `last.pt` is replaced atomically (temporary file, fsync, rename); the checkpoint it replaces is kept as
 `prev.pt`, so a `last.pt` damaged outside our control (disk full, a copy cut short) still leaves a good one.
+The rotation first writes `.last.pt.new` completely, then renames last.pt to prev.pt and `.last.pt.new` to
+last.pt: a run killed between those renames left its newest state in `.last.pt.new`, which the next start
+makes last.pt (`finish_rotation`). Whatever is not a file at last.pt or prev.pt (a directory, a socket) is
+renamed to `<name>.damaged-<time>` with a warning instead of failing the rotation after a training segment.
 
 Integrity on load: a checkpoint is a zip archive whose every member carries a CRC-32 that torch.save
 computes; `load` checks them all before unpickling (a flipped byte anywhere in the data is a mismatch) and
-refuses model or optimizer tensors holding NaN or inf. The training loop never writes such a state
-(`nonfinite_entries` before every save), so either finding means damage, and `choose_resume` falls back
-to `prev.pt` as for any damaged file.
+refuses model or optimizer tensors holding NaN or inf, and entries of the wrong type or shape (a resume
+would fail on them with a TypeError or AttributeError: `structure_fault`). The training loop never writes
+such a state (`nonfinite_entries` before every save), so any finding means damage, and `choose_resume`
+falls back to `prev.pt` as for any damaged file.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
 import pickle
+import shutil
+import time
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from rectnet.engine.fingerprint import fingerprint
 
@@ -67,6 +76,9 @@ class CheckpointWriteError(CheckpointError):
 
 
 NO_SPACE = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded"}
+NEW_LAST = ".last.pt.new"  # save_last's complete new checkpoint, before it becomes last.pt
+# What checkpoints/ holds at its fullest: these three while the next one is being written
+CHECKPOINT_FILES = ("best.pt", "last.pt", "prev.pt")
 
 
 def temporary_path(path: Path) -> Path:
@@ -96,7 +108,8 @@ def atomic_save(obj: Any, path: Path, replaces: Path | None = None) -> None:
         kept = f"the previous {target} is intact" if target.exists() else f"no earlier {target.name} existed"
         raise CheckpointWriteError(f"{reason} while writing {target}; {kept}. Free space and resume.") from err
     finally:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # a failed removal must not hide why the write failed (a leftover
+            tmp.unlink(missing_ok=True)  # temporary is removed at the next start: rundir.STALE_TEMPORARIES)
     _fsync_dir(path.parent)
 
 
@@ -120,19 +133,70 @@ def _fsync_dir(folder: Path) -> None:
 
 def save_last(state: dict, folder: Path) -> Path:
     """Write `last.pt`, keeping the checkpoint it replaces as `prev.pt`."""
+    last = folder / "last.pt"
+    new = folder / NEW_LAST
+    atomic_save(state, new, replaces=last)
+    _rotate(new, folder)
+    return last
+
+
+def _rotate(new: Path, folder: Path) -> None:
+    """last.pt becomes prev.pt and `new` (a complete checkpoint) becomes last.pt; what is not a file at either
+    name is moved aside first (a directory there would fail the renames after every training segment)."""
     last, prev = folder / "last.pt", folder / "prev.pt"
-    tmp = folder / ".last.pt.new"
-    atomic_save(state, tmp, replaces=last)
+    for path in (prev, last):
+        _move_aside_if_not_a_file(path, new)
     if last.exists():
         os.replace(last, prev)
-    os.replace(tmp, last)
+    os.replace(new, last)
     _fsync_dir(folder)
-    return last
+
+
+def _what(path: Path) -> str:
+    return "a directory" if path.is_dir() else "not a regular file"
+
+
+def _move_aside_if_not_a_file(path: Path, new: Path) -> None:
+    if not os.path.lexists(path) or path.is_file():
+        return
+    what = _what(path)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    aside = path.with_name(f"{path.name}.damaged-{stamp}")
+    n = 1
+    while os.path.lexists(aside):
+        aside, n = path.with_name(f"{path.name}.damaged-{stamp}-{n}"), n + 1
+    try:
+        os.rename(path, aside)
+    except OSError as err:
+        raise CheckpointError(
+            f"{path} is {what}, not a checkpoint, and cannot be moved aside ({err.strerror}): the newest "
+            f"checkpoint stays in {new}; move {path} away and start again (the next start makes {new.name} last.pt)"
+        ) from None
+    log.warning("%s is %s, not a checkpoint: moved aside to %s (look inside, then delete it)", path, what, aside)
+
+
+def finish_rotation(folder: Path) -> None:
+    """Complete a `save_last` that was stopped after writing `.last.pt.new` (complete and fsynced by then),
+    before it became last.pt: that file holds the newest state. One that does not load is removed. Call only
+    while owning the run directory, before choosing the checkpoint to resume from."""
+    new = folder / NEW_LAST
+    if not new.is_file():
+        return
+    try:
+        load(new)
+    except CheckpointError as err:
+        log.warning("%s: removed (a write cut short)", err)
+        new.unlink()
+        return
+    log.warning("%s holds the newest checkpoint (an interrupted rotation): it becomes last.pt", new)
+    _rotate(new, folder)
 
 
 def load(path: str | Path) -> dict:
     """Load and check a rectnet checkpoint (weights_only=True: no code runs from the file)."""
     path = Path(path)
+    if os.path.lexists(path) and not path.is_file():
+        raise CheckpointError(f"{path} is {_what(path)}, not a checkpoint file")
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     _verify_archive(path)
@@ -147,10 +211,16 @@ def load(path: str | Path) -> dict:
         raise CheckpointError(
             f"{path} has checkpoint format {state['format']}; this rectnet reads formats 1 to {CHECKPOINT_FORMAT}"
         )
-    state = upgrade(state)
+    try:
+        state = upgrade(state)
+    except (KeyError, TypeError, AttributeError, ValueError) as err:
+        raise CheckpointError(f"{path} is damaged: format {state['format']} cannot be read ({err!r})") from None
     missing = [k for k in CURRENT_KEYS if k not in state]
     if missing:
         raise CheckpointError(f"{path} is damaged: format {CHECKPOINT_FORMAT} without {', '.join(missing)}")
+    fault = structure_fault(state)
+    if fault:
+        raise CheckpointError(f"{path} is damaged: {fault}")
     bad = nonfinite_entries(state["model"], state["optimizer"])
     if bad:
         raise CheckpointError(f"{path} is damaged: NaN or inf in {_first_names(bad)}")
@@ -196,6 +266,219 @@ def _verify_archive(path: Path) -> None:
         raise CheckpointError(f"{path} is not a readable checkpoint ({type(err).__name__}: {err})") from None
     if bad is not None:
         raise CheckpointError(f"{path} is corrupted: the content of {bad} does not match its CRC-32")
+
+
+def _is_int(value: Any, least: int = 0) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= least
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return f"{type(value).__name__} {text if len(text) <= 40 else text[:37] + '...'}"
+
+
+def _python_rng(value: Any) -> bool:
+    """random.getstate(): (version, 625 ints, None or the cached gaussian); lists after some round trips."""
+    return (
+        isinstance(value, (tuple, list))
+        and len(value) == 3
+        and _is_int(value[0])
+        and isinstance(value[1], (tuple, list))
+        and all(_is_int(x) for x in value[1])
+        and (value[2] is None or _is_number(value[2]))
+    )
+
+
+def _rng_fault(index: int, rng: Any) -> str | None:
+    """The entry of one rank's RNG states that `runtime.set_rng_state` could not restore, or None."""
+    name = f"rng[{index}]"
+    if not isinstance(rng, dict):
+        return f"{name} is {_shown(rng)}, not a dict of RNG states"
+    missing = [k for k in ("python", "numpy", "torch", "cuda") if k not in rng]
+    if missing:
+        return f"{name} lacks {', '.join(missing)}"
+    numpy = rng["numpy"]
+    checks = {
+        "python": _python_rng(rng["python"]),
+        "numpy": isinstance(numpy, dict)
+        and isinstance(numpy.get("key"), torch.Tensor)
+        and _is_int(numpy.get("pos"))
+        and _is_int(numpy.get("has_gauss"))
+        and _is_number(numpy.get("cached_gaussian")),
+        "torch": isinstance(rng["torch"], torch.Tensor) and rng["torch"].dtype == torch.uint8,
+        "cuda": isinstance(rng["cuda"], torch.Tensor)
+        or (isinstance(rng["cuda"], list) and all(isinstance(t, torch.Tensor) for t in rng["cuda"])),
+    }
+    wrong = next((key for key, ok in checks.items() if not ok), None)
+    return None if wrong is None else f"{name}.{wrong} is {_shown(rng[wrong])}, not a {wrong} RNG state"
+
+
+def _tensor_dict(value: Any) -> bool:
+    return isinstance(value, dict) and all(isinstance(k, str) and isinstance(t, torch.Tensor) for k, t in value.items())
+
+
+def _optimizer_state(value: Any) -> bool:
+    return (
+        isinstance(value, dict)
+        and isinstance(value.get("state"), dict)
+        and all(isinstance(per, dict) for per in value["state"].values())
+        and isinstance(value.get("param_groups"), list)
+        and all(isinstance(group, dict) for group in value["param_groups"])
+    )
+
+
+def _counts(value: Any) -> bool:
+    """Per rank, `Counts.as_tensor()`: loss sum, top-1, top-5, n and (since it was added) skipped."""
+    return (
+        isinstance(value, list)
+        and bool(value)
+        and all(isinstance(t, torch.Tensor) and t.dim() == 1 and t.numel() in (4, 5) for t in value)
+    )
+
+
+def _dict_of(keys: type, values: Any) -> Any:
+    return lambda v: isinstance(v, dict) and all(isinstance(k, keys) and values(x) for k, x in v.items())
+
+
+def _list_of(items: Any) -> Any:
+    return lambda v: isinstance(v, list) and all(items(x) for x in v)
+
+
+def _optional(check: Any) -> Any:
+    return lambda v: v is None or check(v)
+
+
+def _anything(value: Any) -> bool:
+    return True
+
+
+# Every entry of a current-format checkpoint: (what it must be, the check). Entries nested deeper are the
+# business of whatever reads them (load_state_dict names what does not fit), except the RNG states: `_rng_fault`.
+STRUCTURE: dict[str, tuple[str, Any]] = {
+    "model": ("a dict of tensors", _tensor_dict),
+    "optimizer": (
+        "an optimizer state_dict (a dict 'state' of dicts, a list 'param_groups' of dicts)",
+        _optimizer_state,
+    ),
+    "schedule": ("a dict", _dict_of(str, _anything)),
+    "scaler": ("None or a dict", _optional(_dict_of(str, _anything))),
+    "epoch": ("an int >= 0", _is_int),
+    "step": ("an int >= 0", _is_int),
+    "position": ("an int >= 0", _is_int),
+    "partial": ("a list of per-rank count tensors", _counts),
+    "best_top1_err": ("a number", _is_number),
+    "best_epoch": ("an int >= 0", _is_int),
+    "stopped_at": ("an int >= 0", _is_int),
+    "records": ("a dict of numbers", _dict_of(str, _is_number)),
+    "resumes": ("a list of dicts", _list_of(lambda r: isinstance(r, dict))),
+    "rng": ("a list of per-rank dicts", lambda v: isinstance(v, list) and bool(v)),
+    "world_size": ("an int >= 1", lambda v: _is_int(v, 1)),
+    "config": ("a dict", _dict_of(str, _anything)),
+    "fingerprint": ("a dict", _dict_of(str, _anything)),
+    "data": ("None or a dict", _optional(_dict_of(str, _anything))),
+}
+OPTIONAL = ("world_size", "data")  # absent from early checkpoints: `upgrade` and the resume have defaults
+
+
+def structure_fault(state: dict) -> str | None:
+    """What in a checkpoint (brought to the current format) has the wrong type or shape, or None.
+
+    Every top-level entry's type (`STRUCTURE`), the RNG states of every rank, and that the per-rank entries
+    agree on the number of ranks: without this a damaged entry fails the resume with a TypeError or
+    AttributeError instead of counting as damage, and `choose_resume` would not fall back to prev.pt.
+    """
+    for key, (what, ok) in STRUCTURE.items():
+        if key not in state:
+            if key in OPTIONAL:
+                continue
+            return f"{key} is missing"
+        if not ok(state[key]):
+            return f"{key} is {_shown(state[key])}, not {what}"
+    for index, rng in enumerate(state["rng"]):
+        fault = _rng_fault(index, rng)
+        if fault:
+            return fault
+    ranks = {"rng": len(state["rng"]), "partial": len(state["partial"])} | (
+        {"world_size": state["world_size"]} if "world_size" in state else {}
+    )
+    if len(set(ranks.values())) > 1:
+        listed = ", ".join(f"{key}: {n}" for key, n in ranks.items())
+        return f"its per-rank entries disagree on the number of ranks ({listed})"
+    return None
+
+
+def read_fingerprint(path: Path) -> dict | None:
+    """The fingerprint of the checkpoint at `path`, read cheaply (mmap: no tensor data is read, no CRC is
+    checked); None when there is no file or it cannot be read so (then `load`, which verifies it, decides)."""
+    if not path.is_file():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        if not isinstance(state, dict) or state.get("format") not in range(1, CHECKPOINT_FORMAT + 1):
+            return None
+        saved = upgrade(state)["fingerprint"]
+    except Exception:  # anything unreadable is damage, which `load` names
+        return None
+    return saved if isinstance(saved, dict) and all(isinstance(k, str) for k in saved) else None
+
+
+def peek_fingerprint(resume: str | None, checkpoint_dir: Path) -> tuple[Path, dict] | None:
+    """(the checkpoint `choose_resume` would resume from, its fingerprint) without reading its tensors: last.pt,
+    else prev.pt when last.pt cannot be read (trainer.resume=auto), or the file trainer.resume names. None for a
+    fresh start, or when nothing could be read cheaply."""
+    if resume is None:
+        return None
+    candidates = [checkpoint_dir / "last.pt", checkpoint_dir / "prev.pt"] if resume == "auto" else [Path(resume)]
+    for path in candidates:
+        saved = read_fingerprint(path)
+        if saved is not None:
+            return path, saved
+    return None
+
+
+def estimated_size(model: nn.Module, optimizer: torch.optim.Optimizer, world_size: int) -> int:
+    """About how many bytes a checkpoint of `model` and `optimizer` takes on disk, known before the first step.
+
+    The tensors are nearly all of it: the model's state_dict (weights and buffers) and, per trainable
+    parameter, as many buffers of its size as the optimizer keeps (SGD: one momentum buffer, none without
+    momentum; Adam-like optimizers, with betas: two). The rest is small and bounded: the RNG states (about
+    12 KB per rank), the config, fingerprint and loop state (about 10 KB), and the archive's records around
+    each tensor (about 360 bytes); allowed for with a margin (on the tests' 88 KB net the estimate is 8%
+    above the real file, tests/test_fault_audit.py; on real models the tensors make it exact to a fraction
+    of a percent).
+    """
+    tensors = list(model.state_dict().values())
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    momentum = any(group.get("momentum") for group in optimizer.param_groups)
+    buffers = 2 if "betas" in optimizer.defaults else int(momentum)
+    nbytes = sum(t.numel() * t.element_size() for t in tensors)
+    nbytes += buffers * sum(p.numel() * p.element_size() for p in params)
+    return nbytes + 16_384 * (1 + world_size) + 400 * (len(tensors) + buffers * len(params))
+
+
+def _megabytes(nbytes: float) -> str:
+    return f"{nbytes / 1e9:.1f} GB" if nbytes >= 1e9 else f"{nbytes / 1e6:.1f} MB"
+
+
+def check_room(folder: Path, size: int) -> None:
+    """Refuse a run whose checkpoints will not fit in `folder`'s filesystem: at its fullest it holds best.pt,
+    last.pt and prev.pt while the next checkpoint is written, four of about `size` bytes; the ones already
+    there count towards that. Raises CheckpointWriteError naming what is free and what is needed."""
+    there = [folder / name for name in CHECKPOINT_FILES if (folder / name).is_file()]
+    needed = max(4 * size - sum(path.stat().st_size for path in there), size)
+    free = shutil.disk_usage(folder if folder.is_dir() else folder.parent).free
+    if free >= needed:
+        return
+    listed = f"{', '.join(path.name for path in there)} there" if there else "none there yet"
+    raise CheckpointWriteError(
+        f"no room for this run's checkpoints in {folder}: {_megabytes(free)} free, about {_megabytes(needed)} "
+        f"needed (4 checkpoints of about {_megabytes(size)}: best.pt, last.pt, prev.pt and the one being "
+        f"written; {listed}). Free space or pick another hydra.run.dir"
+    )
 
 
 def nonfinite_entries(model: dict, optimizer: dict) -> list[str]:

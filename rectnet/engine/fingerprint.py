@@ -21,7 +21,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from rectnet.config import ConfigError, TrainConfig
+from rectnet.config import ConfigError, TrainConfig, TrainerConfig
 
 # Keys (or `section.` prefixes) that may differ between segments of one run: they change where and how fast it
 # runs, what it logs and where files lie, not what it computes (beyond floating-point order). trainer.epochs may
@@ -90,6 +90,16 @@ def fingerprint(config: dict, global_batch: int) -> dict[str, Any]:
     return kept
 
 
+def launch_fingerprint(config: dict, world_size: int) -> dict[str, Any]:
+    """The fingerprint of launching the resolved `config` on `world_size` processes: its global batch is what
+    trainer.batch_size and trainer.batch_scope make of that many processes (`TrainerConfig.batch_sizes`, which
+    raises ConfigError for a global batch the processes cannot share). The training loop and the check that
+    train.py makes before Hydra writes `.hydra/` (engine/hydra_callbacks.py) both compute it here."""
+    trainer = config["trainer"]
+    sizes = TrainerConfig(batch_size=trainer["batch_size"], batch_scope=trainer["batch_scope"])
+    return fingerprint(config, sizes.batch_sizes(world_size)[1])
+
+
 def differences(saved: dict[str, Any], current: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
     """key -> (the checkpoint's value, this run's value) for every key whose values differ. A key that only one
     side has (a checkpoint of a rectnet version before or after the key existed) counts as its schema default
@@ -122,11 +132,12 @@ def check_resume(saved: dict[str, Any], current: dict[str, Any], allowed: list[s
         listed = "; ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in refused.items())
         fixed = [k for k in refused if _matches(k, HELD_BY_CHECKPOINT)]
         if fixed:
-            way = f"({', '.join(fixed)} cannot change within a run: the checkpoint's optimizer/schedule state holds it)"
+            held_by = "the checkpoint's optimizer/schedule state holds it"
+            way = f" ({', '.join(fixed)} cannot change within a run: {held_by})"
         else:
-            way = f"or resume it on purpose with 'trainer.resume_allow=[{','.join(refused)}]'"
+            way = f", or resume it on purpose with 'trainer.resume_allow=[{','.join(refused)}]'"
         raise ResumeMismatchError(
             f"{checkpoint} was written by a different run ({listed}): resuming would continue that run under this "
-            f"config. Choose another hydra.run.dir for a new run, {way}"
+            f"config. Choose another hydra.run.dir for a new run{way}"
         )
     return changed

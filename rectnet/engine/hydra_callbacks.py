@@ -1,9 +1,12 @@
 """Hydra callbacks of train.py (configs/train.yaml, hydra.callbacks): run-directory checks and error reports.
 
 `OwnRunDir` acts before Hydra writes anything: Hydra opens `train.log` and writes `.hydra/` before the task
-function runs, so an empty `hydra.run.dir`, the repository itself, a read-only folder or a folder that
-another run owns must be refused in `on_run_start` (a sweep's folder in `on_multirun_start`), or the refused
-run would already have appended to the owner's log and replaced its `.hydra/config.yaml`.
+function runs, so an empty `hydra.run.dir`, the repository itself, a read-only or full folder or a folder
+that another run owns must be refused in `on_run_start` (a sweep's folder in `on_multirun_start`), or the
+refused run would already have appended to the owner's log and replaced its `.hydra/config.yaml`. For the
+same reason a single run refuses there a relaunch whose config differs from the checkpoint it would resume
+(the fingerprint check that `run` makes too, engine/fingerprint.py): a run directory's record must always
+describe the weights in it.
 
 `ReportFailures` makes a user error (bad config value, missing data, bad checkpoint, NaN loss, busy run
 directory) end in its one-line reason instead of a traceback; `HYDRA_FULL_ERROR=1` keeps the traceback, as
@@ -17,27 +20,33 @@ while an uncaught SystemExit prints its message as the process's last line (exit
 
 from __future__ import annotations
 
+import copy
+import logging
 import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from omegaconf.errors import InterpolationResolutionError
 
 from rectnet.config import ConfigError
 from rectnet.data.cifar import DatasetError
 from rectnet.data.imagenet import CorruptImageError, ImageFolderError
 from rectnet.engine import rundir
-from rectnet.engine.checkpoint import CheckpointError
+from rectnet.engine.checkpoint import CheckpointError, peek_fingerprint
 from rectnet.engine.distributed import env_ranks
+from rectnet.engine.fingerprint import check_resume, launch_fingerprint
 from rectnet.engine.train import NonFiniteLossError
 
 USER_ERRORS = (ConfigError, CheckpointError, DatasetError, ImageFolderError, CorruptImageError, NonFiniteLossError)
+
+log = logging.getLogger(__name__)
 
 
 def _full_error() -> bool:
@@ -61,7 +70,7 @@ class OwnRunDir(Callback):
                 self.lock, _ = rundir.claim(Path(folder))
             else:
                 rundir.check_writable(Path(folder))
-        except rundir.RunDirError as err:
+        except (rundir.RunDirError, OSError) as err:  # an OSError here would become a mere warning of Hydra's
             raise SystemExit(one_line_reason(err)) from None
 
     def _release(self) -> None:
@@ -71,6 +80,11 @@ class OwnRunDir(Callback):
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         self._own(config, "hydra.run.dir")
+        try:
+            refuse_another_run(config)
+        except ConfigError as err:
+            self._release()
+            raise SystemExit(one_line_reason(err)) from None
 
     def on_run_end(self, config: DictConfig, **kwargs: Any) -> None:
         self._release()
@@ -80,6 +94,49 @@ class OwnRunDir(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         self._release()
+
+
+def refuse_another_run(config: DictConfig) -> None:
+    """Raise the ResumeMismatchError (or the ConfigError of a refused trainer.resume_allow) that `run` would
+    raise for this launch, before Hydra writes `.hydra/`: the checkpoint's fingerprint is read without its
+    tensors (checkpoint.peek_fingerprint) and compared as `_train` compares it (on every rank, so that all
+    stop). Whatever cannot be read or resolved here is left to `run`, which names it."""
+    task = _resolved_task(config)
+    if task is None:
+        return
+    trainer = task.get("trainer") or {}
+    found = peek_fingerprint(trainer.get("resume"), Path(str(task.get("run_dir"))) / "checkpoints")
+    if found is None:
+        return
+    try:
+        current = launch_fingerprint(task, env_ranks().world_size)
+    except (ConfigError, KeyError, TypeError):  # e.g. a global batch the processes cannot share: `run` says so
+        return
+    check_resume(found[1], current, list(trainer.get("resume_allow") or []), str(found[0]))
+
+
+def _resolved_task(config: DictConfig) -> dict | None:
+    """The task's config as `run` receives it, resolved; None when it does not resolve (`run` reports that).
+
+    `run_dir` names hydra.runtime.output_dir, which Hydra sets only when the job starts: it is set here on a
+    copy the way Hydra's run_job sets it (the absolute hydra.run.dir), for the `${hydra:...}` resolver."""
+    hydra_config = HydraConfig.instance()
+    before = hydra_config.cfg
+    try:
+        full = copy.deepcopy(config)
+        with read_write(full.hydra.runtime), open_dict(full.hydra.runtime):
+            full.hydra.runtime.output_dir = os.path.abspath(str(OmegaConf.select(full, "hydra.run.dir")))
+        hydra_config.set_config(full)
+        task = copy.deepcopy(full)
+        with read_write(task), open_dict(task):
+            del task["hydra"]
+        resolved = OmegaConf.to_container(task, resolve=True)
+    except Exception as err:  # a config that does not resolve fails in `run`, named
+        log.debug("the launch's config does not resolve before the job starts: %s", err)
+        return None
+    finally:
+        hydra_config.cfg = before
+    return resolved if isinstance(resolved, dict) else None
 
 
 def _folder(config: DictConfig, key: str) -> str:

@@ -5,16 +5,26 @@ sends SIGUSR1) and sends SIGTERM on preemption. `StopSignals` only records the s
 reads `agreement()` once per log interval (one all-reduce, which also carries each rank's "a loss was not
 finite" flag, so all ranks stop together), writes last.pt, and calls
 `hand_over()`: the handler that was installed before ours runs (submitit's requeues the job and exits),
-and a plain signal without one ends the process with 128 + signal number.
+and a plain signal without one ends the process with 128 + signal number, its last line saying where the run
+stopped and that the same command resumes it.
+
+Ctrl-C (SIGINT) is such a signal too: the run stops at its next log interval with a checkpoint and exits 130
+instead of dying in a KeyboardInterrupt traceback with nothing saved. A second Ctrl-C stops at once without
+saving (the first one says so): the checkpoint files are only ever replaced by renames of complete files, so
+an exit in the middle of a save leaves the previous checkpoint (or a complete `.last.pt.new`, which the next
+start makes last.pt). A SIGINT that the process inherited as ignored (`nohup ... &`) stays ignored.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import signal
 import sys
+from pathlib import Path
 from types import FrameType
-from typing import NamedTuple
+from typing import NamedTuple, NoReturn
 
 import torch
 
@@ -22,7 +32,7 @@ from rectnet.engine.distributed import Dist
 
 log = logging.getLogger(__name__)
 
-SIGNALS = tuple(getattr(signal, name) for name in ("SIGUSR1", "SIGUSR2", "SIGTERM") if hasattr(signal, name))
+SIGNALS = tuple(getattr(signal, name) for name in ("SIGUSR1", "SIGUSR2", "SIGTERM", "SIGINT") if hasattr(signal, name))
 
 
 class StepVerdict(NamedTuple):
@@ -31,14 +41,20 @@ class StepVerdict(NamedTuple):
 
 
 class StopSignals:
-    def __init__(self) -> None:
+    def __init__(self, announce: bool = True) -> None:
         self.received: int | None = None
         self._frame: FrameType | None = None
         self._previous = {}
+        self.announce = announce  # this process says on stderr what happens (rank 0; the others stop silently)
+        self.interrupts = 0  # Ctrl-Cs received
+        self.saved: tuple[Path, str] | None = None  # the newest checkpoint and where the run stands in it
 
     def install(self) -> StopSignals:
         for sig in SIGNALS:
-            self._previous[sig] = signal.getsignal(sig)
+            previous = signal.getsignal(sig)
+            if sig == signal.SIGINT and previous == signal.SIG_IGN:
+                continue  # started in the background of a shell (or nohup): Ctrl-C is not meant for it
+            self._previous[sig] = previous
             signal.signal(sig, self._record)
         return self
 
@@ -48,7 +64,37 @@ class StopSignals:
         self._previous.clear()
 
     def _record(self, signum: int, frame: FrameType | None) -> None:
+        if signum == signal.SIGINT:
+            self.interrupts += 1
+            if self.interrupts > 1:
+                self._say(self._abandoned(), in_handler=True)
+                raise SystemExit(128 + signum)
+            self._say(
+                "SIGINT: the run stops at its next log interval, after writing checkpoints/last.pt; press Ctrl-C "
+                "again to stop at once without saving",
+                in_handler=True,
+            )
         self.received, self._frame = signum, frame
+
+    def _abandoned(self) -> str:
+        if self.saved is None:
+            return "stopped on a second SIGINT without saving: no checkpoint had been written yet"
+        path, where = self.saved
+        return (
+            f"stopped on a second SIGINT without saving: {path} holds the last checkpoint ({where}); the same "
+            "command resumes from it"
+        )
+
+    def _say(self, line: str, in_handler: bool = False) -> None:
+        """One line on stderr (this process's last, when it exits). A signal handler writes to the file
+        descriptor: the interrupted code may be inside a write to sys.stderr, which is not reentrant."""
+        if not self.announce:
+            return
+        with contextlib.suppress(OSError, ValueError):
+            if in_handler:
+                os.write(2, f"{line}\n".encode())
+            else:
+                print(line, file=sys.stderr, flush=True)
 
     def agreement(self, ranks: Dist, first_bad: torch.Tensor) -> torch.Tensor:
         """[any rank got a signal, then per rank the 1-based position in the step window of its first
@@ -70,12 +116,17 @@ class StopSignals:
         bad = {rank: round(at) for rank, at in enumerate(flags[1:]) if at}
         return StepVerdict(flags[0] > 0, bad)
 
-    def hand_over(self) -> None:
-        """Run the handler that was there before ours (submitit requeues), else exit with 128 + signal."""
+    def hand_over(self) -> NoReturn:
+        """Run the handler that was there before ours (submitit requeues), else exit with 128 + signal, the last
+        line saying where the run stopped (`saved`, set by the save just before) and how to resume it."""
         signum = self.received or signal.SIGTERM
         previous = self._previous.get(signum)
-        self.uninstall()
-        log.warning("stopping on %s after writing a checkpoint", signal.Signals(signum).name)
-        if callable(previous):
+        name = signal.Signals(signum).name
+        log.warning("stopping on %s after writing a checkpoint", name)
+        if callable(previous) and previous is not signal.default_int_handler:  # Python's: a KeyboardInterrupt
+            self.uninstall()
             previous(signum, self._frame)
-        sys.exit(128 + signum)
+        if self.saved is not None:
+            path, where = self.saved
+            self._say(f"stopped on {name} at {where}: {path} holds it; the same command resumes")
+        raise SystemExit(128 + signum)

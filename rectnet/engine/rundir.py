@@ -20,6 +20,11 @@ holds `<run dir>/.lock` with two guards:
 The wait costs HEARTBEAT_S * STALE_BEATS (25 s) only when a job moves to another node after its previous
 owner died without releasing; a clean exit, a requeue after a checkpoint and every same-node restart claim
 at once. Only rank 0 claims (`claim_for`): under torchrun and submitit the other ranks write nothing.
+
+A claim also checks that the run can write where it will (`check_writes`): a probe file written, fsynced and
+removed in the run directory and in `checkpoints/`, so a full disk, an exhausted quota, a read-only mount or a
+`checkpoints` that is not a folder is refused in one line before Hydra writes `.hydra/`, not found at the
+first checkpoint after a training segment. A failed claim closes its lock file.
 """
 
 from __future__ import annotations
@@ -44,11 +49,14 @@ log = logging.getLogger(__name__)
 LOCK_NAME = ".lock"
 HEARTBEAT_S = float(os.environ.get("RECTNET_LOCK_HEARTBEAT_S", "10"))
 STALE_BEATS = 2.5  # heartbeat periods a claimant watches a foreign record before calling its owner dead
-# Left behind by a write that was killed: checkpoint.atomic_save's `.<name>.tmp-<pid>`, save_last's
-# `.last.pt.new`, write_json's and the metrics rewrite's `.<name>.tmp`.
-STALE_TEMPORARIES = (".*.tmp-*", ".*.tmp", ".last.pt.new")
+# Left behind by a write that was killed: checkpoint.atomic_save's and check_writes' `.<name>.tmp-<pid>`,
+# write_json's and the metrics rewrite's `.<name>.tmp`. (save_last's complete `.last.pt.new` is not waste: the
+# next start makes it last.pt, checkpoint.finish_rotation.)
+STALE_TEMPORARIES = (".*.tmp-*", ".*.tmp")
 # errno values with which flock says "not on this filesystem" rather than "held by someone else"
 FLOCK_UNSUPPORTED = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL}
+NO_ROOM = {errno.ENOSPC, errno.EDQUOT}
+PROBE_BYTES = 65536  # more than Hydra's .hydra/ files and the lock record together
 
 
 class RunDirError(ConfigError):
@@ -85,6 +93,76 @@ def check_writable(run_dir: Path) -> None:
 
 def _not_writable(run_dir: Path, reason: str) -> RunDirError:
     return RunDirError(f"the run directory {run_dir} is not writable ({reason}); pick another hydra.run.dir")
+
+
+def _cannot_write(run_dir: Path, err: OSError) -> RunDirError:
+    """The refusal for an OSError met writing in the run directory itself."""
+    reason = (err.strerror or str(err)).lower()
+    if err.errno in NO_ROOM:
+        return RunDirError(
+            f"the run directory {run_dir} has no room to write ({reason}): free space there or pick another "
+            "hydra.run.dir"
+        )
+    return _not_writable(run_dir, reason)
+
+
+def _cannot_write_checkpoints(folder: Path, err: OSError) -> RunDirError:
+    reason = (err.strerror or str(err)).lower()
+    if err.errno in NO_ROOM:
+        return RunDirError(
+            f"{folder} has no room to write ({reason}): the run writes its checkpoints there; free space or pick "
+            "another hydra.run.dir"
+        )
+    return RunDirError(
+        f"{folder} is not writable ({reason}): the run writes its checkpoints there; make it writable or pick "
+        "another hydra.run.dir"
+    )
+
+
+def _probe(folder: Path) -> OSError | None:
+    """Write PROBE_BYTES to a new file in `folder`, fsync it (network filesystems report a full disk there) and
+    remove it; the first error, or None. A removal that fails after a failed write does not hide the write's
+    error; one that fails alone is returned too (the checkpoint rotation removes and renames files there)."""
+    probe = folder / f".probe.tmp-{os.getpid()}"  # a kill's leftover matches STALE_TEMPORARIES
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            data = memoryview(bytes(PROBE_BYTES))
+            while data:
+                data = data[os.write(fd, data) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as err:
+        with contextlib.suppress(OSError):
+            probe.unlink(missing_ok=True)
+        return err
+    try:
+        probe.unlink()
+    except OSError as err:
+        return err
+    return None
+
+
+def check_writes(run_dir: Path) -> None:
+    """Refuse a run directory the run could not write in, before anything is written: a probe in the run
+    directory and, when it exists, in `checkpoints/` (which must be a folder; when missing, the run directory's
+    probe stands for it). Free space for the checkpoints themselves needs the model's size: checked once it is
+    built (checkpoint.check_room)."""
+    error = _probe(run_dir)
+    if error is not None:
+        raise _cannot_write(run_dir, error)
+    folder = run_dir / "checkpoints"
+    if os.path.lexists(folder) and not folder.is_dir():
+        what, thing = ("a file, not a folder", "file") if folder.is_file() else ("not a folder", "entry")
+        raise RunDirError(
+            f"{folder} is {what}: the run writes its checkpoints there; move the {thing} away or pick another "
+            "hydra.run.dir"
+        )
+    if folder.is_dir():
+        error = _probe(folder)
+        if error is not None:
+            raise _cannot_write_checkpoints(folder, error)
 
 
 def _read_only_mount(path: Path) -> bool:
@@ -202,25 +280,28 @@ def claim(run_dir: Path) -> tuple[RunDirLock, bool]:
         run_dir.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as err:
-        raise _not_writable(run_dir, err.strerror.lower()) from None
+        raise _cannot_write(run_dir, err) from None
     try:
         flock_held = _flock(fd, path)
         took_over = _check_record(path, flock_held)
-    except BaseException:
-        os.close(fd)
+        check_writes(run_dir)
+        record = {
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "started": _process_start(os.getpid()),
+            "started_at": time.time(),
+            "beat": 0,
+            "released": False,
+        }
+        lock = RunDirLock(path, fd, record, flock_held)
+        lock._write()
+        if took_over:
+            _confirm(lock)
+    except BaseException as err:
+        os.close(fd)  # the flock goes with it
+        if isinstance(err, OSError):  # the record's write (a full disk), or flock failing in an unexpected way
+            raise _cannot_write(run_dir, err) from None
         raise
-    record = {
-        "host": socket.gethostname(),
-        "pid": os.getpid(),
-        "started": _process_start(os.getpid()),
-        "started_at": time.time(),
-        "beat": 0,
-        "released": False,
-    }
-    lock = RunDirLock(path, fd, record, flock_held)
-    lock._write()
-    if took_over:
-        _confirm(lock)
     lock.start_heartbeat()
     _HELD[path] = lock
     return lock, True
@@ -277,8 +358,7 @@ def _confirm(lock: RunDirLock) -> None:
     time.sleep(min(1.0, HEARTBEAT_S))
     record = _read_record(lock.path)
     if record is None or (record.get("host"), record.get("pid")) != (lock.record["host"], lock.record["pid"]):
-        os.close(lock.fd)
-        raise RunDirError(
+        raise RunDirError(  # `claim` closes the lock file
             f"the run directory {lock.path.parent} was claimed at the same time by "
             f"{_describe(record) if record else 'another process'}"
         )

@@ -37,7 +37,7 @@ from rectnet.engine.distributed import (
 )
 from rectnet.engine.env import git_state, hardware, versions
 from rectnet.engine.evaluate import Evaluator
-from rectnet.engine.fingerprint import GLOBAL_BATCH, ResumeMismatchError, check_resume, fingerprint
+from rectnet.engine.fingerprint import GLOBAL_BATCH, ResumeMismatchError, check_resume, launch_fingerprint
 from rectnet.engine.logging import Progress, RunLogger, elapsed, prelu_slopes, read_jsonl, write_json
 from rectnet.engine.metrics import Counts, topk_hits
 from rectnet.engine.optim import Schedule, make_optimizer, make_schedule, step_schedule
@@ -120,6 +120,12 @@ class Job:
                 ckpt.atomic_save(payload, self.run_dir / "checkpoints" / "best.pt")
             ckpt.save_last(payload, self.run_dir / "checkpoints")
         self.ranks.barrier()
+        self.stop.saved = (self.run_dir / "checkpoints" / "last.pt", _where(self.state))  # what a stop reports
+
+
+def _where(state: State) -> str:
+    """Where a checkpoint of `state` stands, as the messages of a stopped run say it."""
+    return f"the end of epoch {state.epoch}" if state.step == 0 else f"epoch {state.epoch + 1}, step {state.step}"
 
 
 def run(cfg: DictConfig) -> dict:
@@ -133,7 +139,7 @@ def run(cfg: DictConfig) -> dict:
     if ranks.gather(str(run_dir)) != [str(run_dir)] * ranks.world_size:
         raise ConfigError("ranks disagree on the run directory; pin it with hydra.run.dir=... or RECTNET_RUN_DIR")
     lock = rundir.claim_for(run_dir, ranks)  # before anything is written: another live run may own the folder
-    stop = StopSignals().install()
+    stop = StopSignals(announce=ranks.is_main).install()  # SIGTERM, SIGUSR1/2 and Ctrl-C: save, then stop
     try:
         results = _train(settings, OmegaConf.to_container(cfg, resolve=True), run_dir, runtime, ranks, stop)
     except Exception as err:
@@ -157,7 +163,7 @@ def _train(
     trainer = settings.trainer
     per_process, global_batch = trainer.batch_sizes(ranks.world_size)
     _announce_batch(settings, per_process, global_batch, ranks.world_size)
-    run_fingerprint = fingerprint(config, global_batch)
+    run_fingerprint = launch_fingerprint(config, ranks.world_size)
     resume = _agreed_resume(trainer.resume, run_dir / "checkpoints", ranks)  # fail fast on a bad path
     if resume is not None:  # before any data is read: a mismatch is refused in seconds, not after indexing
         changed = check_resume(resume[1]["fingerprint"], run_fingerprint, trainer.resume_allow, str(resume[0]))
@@ -169,6 +175,7 @@ def _train(
     source = make_source(settings, where, resume[1].get("data") if resume else None)
     job = _build_job(settings, config, run_dir, runtime, ranks, source, run_fingerprint, global_batch)
     job.stop = stop
+    _check_room(job)  # before training: a checkpoint that cannot fit would fail after a whole segment
     seed_everything(settings.seed + ranks.rank)  # dropout masks differ between ranks
     if resume is not None:
         _restore(*resume, changed, job)
@@ -454,14 +461,31 @@ def _any_rank_empty(job: Job, batch: int) -> bool:
     return empty
 
 
+def _check_room(job: Job) -> None:
+    """Rank 0 checks that this model's checkpoints fit on the run directory's disk (checkpoint.check_room);
+    every rank raises if not (one rank training on alone would wait in DDP's all-reduce)."""
+    error = None
+    if job.ranks.is_main:
+        size = ckpt.estimated_size(job.model, job.optimizer, job.ranks.world_size)
+        try:
+            ckpt.check_room(job.run_dir / "checkpoints", size)
+        except ckpt.CheckpointWriteError as err:
+            error = str(err)
+    error = job.ranks.broadcast(error)
+    if error is not None:
+        raise ckpt.CheckpointWriteError(error)
+
+
 def _agreed_resume(resume: str | None, checkpoint_dir: Path, ranks: Dist) -> tuple[Path, dict] | None:
     """(the checkpoint, its content), or None for a fresh start. Rank 0 chooses the file (last.pt, or prev.pt
     when last.pt is damaged) and every rank loads that file: ranks resolving it themselves could pick different
     files (a stale NFS entry, a fallback), and DDP's construction-time broadcast happens before the load, so
-    they would train different weights silently."""
+    they would train different weights silently. Rank 0 first completes a checkpoint rotation that a kill
+    interrupted (its newest state is in `.last.pt.new`), whatever `resume` says: the run writes there."""
     chosen, choice = None, (None, None)  # choice: (path, error) as rank 0 sends it
     if ranks.is_main:
         try:
+            ckpt.finish_rotation(checkpoint_dir)
             chosen = ckpt.choose_resume(resume, checkpoint_dir)
             choice = (str(chosen[0]) if chosen else None, None)
         except ckpt.CheckpointError as err:
@@ -520,6 +544,7 @@ def _restore(path: Path, payload: dict, changed: dict, job: Job) -> None:
     if GLOBAL_BATCH in changed:  # allowed on purpose: the data continues at the same sample, in larger/smaller steps
         state.step = state.position // job.global_batch
         log.warning("the global batch changed from %d to %d (trainer.resume_allow)", *changed[GLOBAL_BATCH])
+    job.stop.saved = (path, _where(state))  # what a second Ctrl-C before the next save reports
     state.resumes.append(
         {
             "checkpoint": str(path),

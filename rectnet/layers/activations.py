@@ -27,6 +27,7 @@ Per activation (derivations in each class docstring):
 
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -233,6 +234,11 @@ class ActivationFactory:
 
     def out_channels(self, channels: int) -> int:
         return channels * self.cls.channel_multiplier
+
+
+def activation_parameters(name: str) -> tuple[str, ...]:
+    """The keyword parameters activation `name` takes besides its channel count (its class's signature)."""
+    return tuple(p for p in inspect.signature(ACTIVATIONS.get(name)).parameters if p != "channels")
 
 
 def make_activation(name: str, **params: Any) -> ActivationFactory:

@@ -80,12 +80,13 @@ def _check_mode(mode: str, valid: tuple[str, ...]) -> None:
 
 InitFn = Callable[[WeightLayer, str], float]
 INITS: Registry[InitFn] = Registry("init")
+MODES = {"kaiming": FAN_MODES, "xavier": (*FAN_MODES, "avg")}  # the init.mode values each init takes
 
 
 @INITS.register("kaiming")
 def kaiming_std(layer: WeightLayer, mode: str) -> float:
     """He et al. 2015: Eq. 10 (fan_in) / Eq. 14 (fan_out), gains per rectifier (Eq. 15 for PReLU)."""
-    _check_mode(mode, FAN_MODES)
+    _check_mode(mode, MODES["kaiming"])
     fan_in, fan_out = fans(layer.module.weight)
     if mode == "fan_in":
         act = layer.before or layer.after
@@ -100,7 +101,7 @@ def xavier_std(layer: WeightLayer, mode: str) -> float:
     `fan_in` is the paper's "n_l Var[w_l] = 1" and Caffe's default xavier filler; `avg` is Glorot's own
     2 / (fan_in + fan_out) (He et al., footnote 3).
     """
-    _check_mode(mode, (*FAN_MODES, "avg"))
+    _check_mode(mode, MODES["xavier"])
     fan_in, fan_out = fans(layer.module.weight)
     fan = {"fan_in": fan_in, "fan_out": fan_out, "avg": (fan_in + fan_out) / 2}[mode]
     return 1.0 / math.sqrt(fan)

@@ -27,7 +27,7 @@ loads those too (`SpecNet.load_state_dict` maps them, `_positional_to_named`).
 from __future__ import annotations
 
 from collections import Counter, OrderedDict
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import ClassVar, Protocol
 
@@ -183,10 +183,69 @@ def _scaled(out: int, factor: float) -> int:
     return max(1, round(out * factor))
 
 
-def _check_indices(name: str, indices: Sequence[int], count: int) -> None:
-    bad = [i for i in indices if not 1 <= i <= count]
-    if bad:
-        raise ValueError(f"{name}={list(indices)}: this model has weight layers 1..{count}, got {bad}")
+def weight_layer_count(specs: Sequence[LayerSpec]) -> int:
+    """The conv and fc layers of a spec list: the weight layers that act_at, halve_at and init_std number 1..n."""
+    return sum(isinstance(s, (Conv, Linear)) for s in specs)
+
+
+def check_layer_indices(specs: Sequence[LayerSpec], model: str = "this model", **indices: Collection[int]) -> None:
+    """Refuse weight-layer indices (`act_at=[...]`, `halve_at=[...]`, `init_std={...}`) outside 1..n."""
+    count = weight_layer_count(specs)
+    for key, listed in indices.items():
+        bad = [i for i in listed if not 1 <= int(i) <= count]
+        if bad:
+            raise ValueError(f"{key}={listed}: {model} has {count} weight layers, numbered 1..{count}; got {bad}")
+
+
+@dataclass(frozen=True)
+class PlannedLayer:
+    """One layer of a spec list as `build` makes it: the channels it reads and emits (what the next layer reads)
+    and, for a weight layer, its filters and the activation after it."""
+
+    spec: LayerSpec
+    name: str
+    channels_in: int
+    channels_out: int
+    filters: int = 0  # weight layers only
+    act: ActivationFactory | None = None
+    studied: bool = False  # the activation under study follows it
+
+
+def plan(
+    specs: Sequence[LayerSpec],
+    act: ActivationFactory,
+    num_classes: int,
+    in_chans: int = 3,
+    width: float = 1.0,
+    act_at: Sequence[int] | None = None,
+    halve_at: Sequence[int] = (),
+    base_act: str = "relu",
+    dropout: float | None = None,
+) -> list[PlannedLayer]:
+    """Every layer's channels, filters and activation as `build` makes them, without making a module."""
+    if width <= 0:
+        raise ValueError(f"width must be > 0, got {width}")
+    check_layer_indices(specs, act_at=list(act_at or ()), halve_at=list(halve_at))
+    base = make_activation(base_act)
+    channels, index, layers = in_chans, 0, []
+    for spec, name in zip(specs, _module_names(specs), strict=True):
+        if isinstance(spec, (Conv, Linear)):
+            index += 1
+            chosen = spec.act == "main" and (act_at is None or index in act_at)
+            layer_act = _activation_for(spec.act, chosen, act, base)
+            if spec.out == CLASSES:
+                out = _classifier_filters(num_classes, layer_act)
+            else:
+                out = _scaled(spec.out, width * (0.5 if index in halve_at else 1.0))
+            emitted = layer_act.out_channels(out) if layer_act else out
+            layers.append(PlannedLayer(spec, name, channels, emitted, out, layer_act, chosen))
+        else:
+            if dropout is not None and isinstance(spec, Dropout):
+                spec = Dropout(dropout)
+            emitted = _plain_out_channels(spec, channels)
+            layers.append(PlannedLayer(spec, name, channels, emitted))
+        channels = emitted
+    return layers
 
 
 def build(
@@ -201,41 +260,47 @@ def build(
     dropout: float | None = None,
 ) -> SpecNet:
     """Build `specs` into a SpecNet. `dropout`, when given, replaces every Dropout spec's rate."""
-    if width <= 0:
-        raise ValueError(f"width must be > 0, got {width}")
-    n_weight = sum(isinstance(s, (Conv, Linear)) for s in specs)
-    _check_indices("act_at", act_at or (), n_weight)
-    _check_indices("halve_at", halve_at, n_weight)
-    base = make_activation(base_act)
-
+    layers = plan(specs, act, num_classes, in_chans, width, act_at, halve_at, base_act, dropout)
     features: OrderedDict[str, nn.Module] = OrderedDict()
     head: OrderedDict[str, nn.Module] = OrderedDict()
     target = features
-    channels, index = in_chans, 0
-    weight_names, studied = [], []
-    for spec, name in zip(specs, _module_names(specs), strict=True):
+    for layer in layers:
+        spec = layer.spec
         if isinstance(spec, (Conv, Linear)):
-            index += 1
-            chosen = spec.act == "main" and (act_at is None or index in act_at)
-            layer_act = _activation_for(spec.act, chosen, act, base)
-            if spec.out == CLASSES:
-                out = _classifier_filters(num_classes, layer_act)
-            else:
-                out = _scaled(spec.out, width * (0.5 if index in halve_at else 1.0))
-            target.update(_weight_layer(spec, name, channels, out, layer_act))
-            channels = layer_act.out_channels(out) if layer_act else out
-            weight_names.append(name)
-            studied.append(chosen)
+            target.update(_weight_layer(spec, layer.name, layer.channels_in, layer.filters, layer.act))
         else:
             if spec.starts_head:
                 target = head
-            if dropout is not None and isinstance(spec, Dropout):
-                spec = Dropout(dropout)
-            target[name] = spec.to_module(channels)
-            channels = _plain_out_channels(spec, channels)
+            target[layer.name] = spec.to_module(layer.channels_in)
     model = SpecNet(nn.Sequential(features), nn.Sequential(head))
-    model.layer_facts = walk_layer_facts(model, weight_names, studied)
+    weights = [layer for layer in layers if isinstance(layer.spec, (Conv, Linear))]
+    model.layer_facts = walk_layer_facts(model, [w.name for w in weights], [w.studied for w in weights])
     return model
+
+
+@dataclass(frozen=True)
+class Footprint:
+    """What a planned network costs at a square input: its parameters, and per image the outputs of its weight
+    layers (each kept for the backward pass)."""
+
+    parameters: int
+    outputs: int
+
+
+def footprint(layers: Sequence[PlannedLayer], image_size: int) -> Footprint:
+    """Exact integers, so no size overflows: the weights and biases (or BatchNorm's two vectors) of the conv and fc
+    layers, PReLU slopes left out, and their outputs for one `image_size` x `image_size` image."""
+    side, parameters, outputs = image_size, 0, 0
+    for layer in layers:
+        spec = layer.spec
+        if isinstance(spec, (Conv, Linear)):
+            kernel = spec.kernel**2 if isinstance(spec, Conv) else 1
+            parameters += kernel * layer.channels_in * layer.filters + (2 if spec.bn else 1) * layer.filters
+            side = _side_after(spec, side)
+            outputs += layer.filters * side * side
+        else:
+            side = 1 if spec.starts_head else _side_after(spec, side)  # the head's layers read vectors
+    return Footprint(parameters, outputs)
 
 
 def _module_names(specs: Sequence[LayerSpec]) -> list[str]:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 try:  # deprecated in torchvision 0.29 in favour of TorchCodec; PIL decodes the same JPEGs where it is gone
     from torchvision.io import ImageReadMode
@@ -24,9 +24,12 @@ Size = tuple[float, float]
 class CorruptImageError(RuntimeError):
     """An image file could not be read or decoded (corrupt, truncated, not an image)."""
 
-    def __init__(self, path: str, cause: BaseException) -> None:
+    def __init__(self, path: str, cause: BaseException | str) -> None:
         super().__init__(f"cannot decode {path}: {cause}")
-        self.path = path
+        self.path, self.reason = path, str(cause)
+
+    def __reduce__(self) -> tuple:  # rebuilt from its path and reason where a DataLoader worker sends it back
+        return type(self), (self.path, self.reason)
 
 
 @dataclass
@@ -45,6 +48,9 @@ class EncodedImage:
                 data = bytearray(file.read())
             header = Image.open(io.BytesIO(data))
             return cls(path, data, header, header.size)
+        except UnidentifiedImageError as exc:  # its message names the BytesIO object, not the file
+            what = "the file is empty" if not data else "not an image format PIL recognizes (corrupt header?)"
+            raise CorruptImageError(path, what) from exc
         except (OSError, SyntaxError, ValueError, EOFError) as exc:  # what PIL raises on bad data
             raise CorruptImageError(path, exc) from exc
 

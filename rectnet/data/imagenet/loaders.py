@@ -3,13 +3,16 @@ evaluation split."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from rectnet.data.batches import check_start, generator, shard_bounds
 from rectnet.data.imagenet.datasets import TrainBatch, TrainCollate, TrainDataset, ViewDataset, collate_views
+from rectnet.data.imagenet.decode import CorruptImageError
 
 
 class GlobalBatchSampler(Sampler[list[tuple[int, int]]]):
@@ -64,6 +67,65 @@ class ShardSampler(Sampler[int]):
 # ------------------------------------------------------------------------------------------- loaders
 
 
+@dataclass(frozen=True)
+class _Undecodable:
+    """A corrupt file's error as a sample or batch: it reaches the main process as data, not as a worker's crash."""
+
+    error: CorruptImageError
+
+
+class _CatchCorrupt(Dataset):
+    """`dataset`, with a corrupt file's CorruptImageError returned as `_Undecodable` instead of raised."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: Any) -> Any:
+        try:
+            return self.dataset[key]
+        except CorruptImageError as err:
+            return _Undecodable(err)
+
+
+@dataclass(frozen=True)
+class _CollateOrUndecodable:
+    """The batch, or the first corrupt file's `_Undecodable` when the batch has one."""
+
+    collate: Callable[[Sequence[Any]], Any]
+
+    def __call__(self, samples: Sequence[Any]) -> Any:
+        return next((s for s in samples if isinstance(s, _Undecodable)), None) or self.collate(samples)
+
+
+class Loader(DataLoader):
+    """A DataLoader whose corrupt files raise CorruptImageError in the process that draws the batches, with or
+    without workers: the one-line "cannot decode <file>: <reason>" that train.py and eval.py report. Raised in a
+    worker it would reach the main process as torch's RuntimeError("Caught CorruptImageError in DataLoader worker
+    process 0") holding the worker's traceback (torch rebuilds a worker's exception from its message alone, which
+    CorruptImageError's signature does not take)."""
+
+    def __init__(self, dataset: Dataset, collate_fn: Callable[[Sequence[Any]], Any], **options: Any) -> None:
+        super().__init__(_CatchCorrupt(dataset), collate_fn=_CollateOrUndecodable(collate_fn), **options)
+
+    def __iter__(self) -> Iterator[Any]:
+        batches = super().__iter__()
+        for batch in batches:
+            if isinstance(batch, _Undecodable):
+                self._stop(batches)
+                raise batch.error
+            yield batch
+
+    def _stop(self, batches: Iterator[Any]) -> None:
+        """Stop the workers now, not whenever the iterator is collected (their queue threads then fail noisily)."""
+        shutdown = getattr(batches, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
+        self._iterator = None  # persistent workers: the next epoch starts new ones
+
+
 def loader_options(workers: int, prefetch_factor: int = 2, persistent: bool = True) -> dict:
     """DataLoader keywords: `workers` processes (kept alive across epochs when `persistent`); pinned memory
     only with CUDA."""
@@ -92,7 +154,7 @@ class TrainLoader:
         self.sampler = GlobalBatchSampler(len(dataset), batch_size, dataset.seed, rank, world_size)
         collate = TrainCollate(dataset.spec.crop)
         options = loader_options(workers, prefetch_factor)
-        self.loader = DataLoader(dataset, batch_sampler=self.sampler, collate_fn=collate, **options)
+        self.loader = Loader(dataset, collate, batch_sampler=self.sampler, **options)
 
     def __len__(self) -> int:
         return self.sampler.steps
@@ -111,8 +173,8 @@ def eval_loader(
     workers: int = 0,
     prefetch_factor: int = 2,
     persistent: bool = True,
-) -> DataLoader:
+) -> Loader:
     """This rank's contiguous shard of `dataset`, in order, unpadded, as EvalBatches (batch_size 1 for dense)."""
     sampler = ShardSampler(len(dataset), rank, world_size)
     options = loader_options(workers, prefetch_factor, persistent)
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate_views, **options)
+    return Loader(dataset, collate_views, batch_size=batch_size, sampler=sampler, **options)
