@@ -149,6 +149,7 @@ CHANGES: dict[str, tuple[str | None, dict]] = {
     "convpool_baseline": ("convpool", {"activation.name": "relu", "model.width": 1.0}),
     "convpool_double": ("convpool", {"activation.name": "relu", "model.width": 2.0}),
     "convpool_avr": ("convpool", {"activation.name": "avr", "model.width": 1.0, "model.dropout": 0.1}),
+    "convpool_prelu": ("convpool", {"activation.name": "prelu", "activation.slope": 0.25, "model.width": 1.0}),
     "convpool_crelu": ("convpool", {"activation.name": "crelu", "model.width": 1.0}),
     "convpool_crelu_half": ("convpool", {"activation.name": "crelu", "model.width": 0.5}),
     # CReLU Table 2: CReLU at conv1 / 1,3 / 1,3,5 with those layers halved
@@ -265,6 +266,7 @@ ROWS = {
     "convpool_baseline": {"crelu_table1:Baseline"},
     "convpool_double": {"crelu_table1:+ (double)"},
     "convpool_avr": {"crelu_table1:AVR"},
+    "convpool_prelu": {"crelu_table1:PReLU (He et al.)"},
     "convpool_crelu": {"crelu_table1:CReLU"},
     "convpool_crelu_half": {"crelu_table1:+ (half)"},
     "vgg_cifar_baseline": {"crelu_table2:VGG"},
@@ -390,7 +392,7 @@ SWEEPS = {
     "prelu_fig3.sh": ({"fig3_plain30_kaiming", "fig3_plain30_xavier"}, set()),
     "prelu_tables4to6.sh": ({"prelu_a_relu", "prelu_a_prelu", "prelu_b_prelu", "prelu_c_prelu"}, {"ten_view", "dense"}),
     "crelu_table1.sh": (
-        {"convpool_baseline", "convpool_double", "convpool_avr", "convpool_crelu", "convpool_crelu_half"},
+        {"convpool_baseline", "convpool_double", "convpool_avr", "convpool_crelu", "convpool_crelu_half", "convpool_prelu"},
         set(),
     ),
     "crelu_table2.sh": ({"vgg_cifar_baseline", "vgg_cifar_crelu1", "vgg_cifar_crelu13", "vgg_cifar_crelu135"}, set()),
@@ -433,7 +435,8 @@ def _overrides(command: list[str]) -> dict[str, str]:
 
 
 def test_every_table_has_a_script():
-    assert {p.name for p in SCRIPTS.glob("*_*.sh")} == set(SWEEPS)
+    # crelu_table1_mini.sh (Table 1 converged at a reduced width): tests/test_reproduce_mini.py
+    assert {p.name for p in SCRIPTS.glob("*_*.sh")} == {*SWEEPS, "crelu_table1_mini.sh"}
 
 
 @pytest.mark.parametrize("script", sorted(SWEEPS))

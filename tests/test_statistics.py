@@ -165,6 +165,8 @@ def test_a_sweep_directory_gains_differences_gaps_and_claims(tmp_path):
         ("crelu_table1", "C10 Single", "reproduced"),
         ("crelu_table1", "C10 Single", "reproduced"),
         ("crelu_table1", "C10 Single", "not established (n=1)"),
+        # He et al.'s PReLU < ReLU, carried to this table, is checked wherever the baseline has runs
+        ("crelu_table1", "C10 Single", "not measured (no runs of PReLU (He et al.))"),
         ("crelu_table1", "C10 gap (test - train)", "reproduced"),
     ]
     assert float(checked[0]["df"]) == pytest.approx(50 / 17, rel=1e-5)
@@ -211,3 +213,28 @@ def test_a_claim_naming_no_row_is_refused():
     rows = [row("Baseline", make_variant("convpool_cnn_c", "relu"), c10=9.17)]
     with pytest.raises(ValueError, match="no row \\['CReLU'\\]"):
         paper_table("t", "T", columns, rows, "Baseline", [Claim("CReLU", "<", "Baseline", "Table 1")])
+
+
+def test_a_carried_claim_is_made_in_every_column_a_tables_own_claim_only_where_printed():
+    own = Claim("AVR", "<", "Baseline", "Table 1, §3.1")
+    carried = Claim("PReLU (He et al.)", "<", "Baseline", "He et al. 2015, Table 2", carried=True)
+    assert own.made_by(8.32, 9.17) and not own.made_by(10.26, 10.20) and not own.made_by(None, 9.17)
+    assert carried.made_by(None, 9.17) and carried.made_by(None, None)
+
+
+def test_he_et_als_prelu_claim_is_checked_in_every_column_of_table_1_with_runs(tmp_path):
+    """PReLU has no printed value in Shang et al.'s Table 1, so He et al.'s PReLU < ReLU is checked wherever both
+    rows have runs, C10 Average included, where Table 1's own AVR < Baseline is not (printed 10.26 vs 10.20)."""
+    for seed in range(2):
+        for dataset in ("cifar10", "cifar100"):
+            for activation in ("relu", "prelu", "avr"):
+                name = f"{activation}_{dataset}_{seed}"
+                make_run(tmp_path / name, activation=activation, dataset=dataset, seed=seed, top1=30.0 + seed)
+        for activation in ("relu", "prelu", "avr"):  # a 2-fold set each: C10 Average has values in every row
+            folds = {"num_folds": 2, "fold": seed}
+            make_run(tmp_path / f"{activation}_fold{seed}", activation=activation, top1=10.0 + seed, **folds)
+    table = crelu_table1()
+    checked = {(r.claim.a, r.column) for r in compare_table(table, list(_rows(table, tmp_path).values())).claims}
+    prelu = {column for a, column in checked if a == "PReLU (He et al.)"}
+    assert prelu == {"C10 Single", "C10 Average", "C100 Single"}  # Vote: no test_logits.pt, no values
+    assert ("AVR", "C10 Average") not in checked and ("AVR", "C10 Single") in checked

@@ -15,6 +15,7 @@ import torch
 from omegaconf import OmegaConf
 
 from rectnet.results.cli import main
+from rectnet.results.miniature import scale_table, scale_text, scaled_width
 from rectnet.results.papers import crelu_table1, crelu_table4, prelu_table2, prelu_table4
 from rectnet.results.runs import find_run_dirs, read_runs
 from rectnet.results.statistics import vote_error
@@ -49,6 +50,7 @@ def _config(model: str, activation: str, dataset: str, seed: int, **extra) -> di
             "max_steps_per_epoch": extra.get("max_steps_per_epoch"),
         },
         "optim": {"lr": 0.1},
+        "schedule": extra.get("schedule", {"name": "multistep", "gamma": 0.1, "milestones": [200, 250, 300]}),
         "seed": seed,
     }
 
@@ -66,11 +68,15 @@ def make_run(
     evals: dict[str, dict] | None = None,
     overrides: list[str] | None = None,
     train_top1: float | None = None,
+    results: dict | None = None,
+    epochs_log: list[dict] | None = None,
     **extra,
 ) -> Path:
     """A run directory as train.py leaves it: .hydra/config.yaml (and overrides.yaml, the command line's
     overrides) always, then results.json and the rest (completed), FAILED (failed) or nothing more (missing:
-    interrupted). The last epoch's training error is `train_top1`, by default half the test error."""
+    interrupted). The last epoch's training error is `train_top1`, by default half the test error. `results`:
+    more keys of results.json (wall_time_s, hardware, ...); `epochs_log`: metrics.jsonl's records instead of the
+    one written here."""
     config = _config(model, activation, dataset, seed, **extra)
     (folder / ".hydra").mkdir(parents=True)
     OmegaConf.save(OmegaConf.create(config), folder / ".hydra" / "config.yaml")
@@ -81,11 +87,11 @@ def make_run(
     if status != "completed":
         return folder
     final = {"top1_err": top1, "top5_err": top1 / 4, "loss": 1.0, "count": TEST_SIZE}
-    results = {"status": "completed", "final": final, "params": 1_370_000, "config": config}
-    (folder / "results.json").write_text(json.dumps(results))
+    saved = {"status": "completed", "final": final, "params": 1_370_000, "config": config, **(results or {})}
+    (folder / "results.json").write_text(json.dumps(saved))
     train = top1 / 2 if train_top1 is None else train_top1
-    epoch = {"epoch": 3, "train/top1_err": train, "test/top1_err": top1}
-    (folder / "metrics.jsonl").write_text(json.dumps(epoch) + "\n")
+    records = epochs_log or [{"epoch": 3, "train/top1_err": train, "test/top1_err": top1}]
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(record) + "\n" for record in records))
     if logits is not None:
         torch.save({"logits": logits, "labels": labels}, folder / "test_logits.pt")
     for protocol, values in (evals or {}).items():
@@ -333,3 +339,151 @@ def test_a_run_short_of_its_recipe_is_marked_and_says_why(tmp_path):
     markdown = (out / "tables.md").read_text()
     assert "| 89.40 (n=1) ‡ | 9.17 |" in markdown
     assert "‡ = some of the cell's values come from runs that did not run their recipe's full schedule" in markdown
+
+
+# --------------------------------------------------------------------------------------- miniatures (--width-scale)
+
+MINI_OVERRIDES = ["dataset=cifar10", "trainer.epochs=10", "schedule.milestones=[6,7,9]", "trainer.precision=fp32"]
+MINI_SCHEDULE = {"name": "multistep", "gamma": 0.1, "milestones": [6, 7, 9]}
+# experiment -> (activation, width at 1/4 of the paper's, {seed: (final test error, last epoch's train error)})
+MINI_RUNS = {
+    "convpool_baseline": ("relu", 0.25, {0: (31.0, 20.0), 1: (31.2, 20.1), 2: (31.4, 20.2)}),
+    "convpool_crelu": ("crelu", 0.25, {0: (30.0, 22.0), 1: (30.2, 22.1), 2: (30.1, 22.2)}),
+    "convpool_crelu_half": ("crelu", 0.125, {0: (30.1, 23.0), 1: (30.0, 23.0), 2: (30.3, 23.0)}),
+    "convpool_avr": ("avr", 0.25, {0: (31.5, 25.0)}),
+    "convpool_prelu": ("prelu", 0.25, {0: (30.5, 19.0), 1: (30.7, 19.0), 2: (30.9, 19.0)}),
+    "convpool_double": ("relu", 0.5, {0: (29.0, 15.0)}),
+}
+
+
+def make_miniature_sweep(root: Path, results: dict | None = None) -> list[Path]:
+    """Table 1's rows at 1/4 width, 10 epochs with the milestones compressed (crelu_table1_mini.sh's runs)."""
+    folders = []
+    for experiment, (activation, width, seeds) in MINI_RUNS.items():
+        for seed, (top1, train) in seeds.items():
+            overrides = [f"experiment={experiment}", f"model.width={width:g}", f"seed={seed}", *MINI_OVERRIDES]
+            folder = root / f"{experiment}_{seed}"
+            make_run(
+                folder,
+                activation=activation,
+                width=width,
+                seed=seed,
+                top1=top1,
+                train_top1=train,
+                overrides=overrides,
+                epochs=10,
+                schedule=MINI_SCHEDULE,
+                results=results,
+            )
+            folders.append(folder)
+    return folders
+
+
+def test_a_miniature_fills_every_row_of_table_1_at_its_scaled_width(tmp_path):
+    """--width-scale 0.25: runs at width 0.25 fill the width-1 rows, 0.125 "+ (half)", 0.5 "+ (double)"."""
+    make_miniature_sweep(tmp_path)
+    rows = _rows(scale_table(crelu_table1(), 0.25), tmp_path)
+    expected = {  # label: (n, mean) of the final test errors in MINI_RUNS
+        "Baseline": (3, 31.2),
+        "+ (double)": (1, 29.0),
+        "AVR": (1, 31.5),
+        "CReLU": (3, 30.1),
+        "+ (half)": (3, (30.1 + 30.0 + 30.3) / 3),
+        "PReLU (He et al.)": (3, 30.7),
+    }
+    for label, (n, mean) in expected.items():
+        cell = rows[(label, "kaiming/fan_in")].cells["C10 Single"]
+        assert (cell.n, cell.mean) == (n, pytest.approx(mean)), label
+    assert rows[("Baseline", "kaiming/fan_in")].cells["C10 Single"].spread == pytest.approx(0.2)
+    assert rows[("+ (half)", "kaiming/fan_in")].variant.width == 0.125
+    assert rows[("Baseline", "kaiming/fan_in")].paper["C10 Single"] == (9.17, None)  # the paper's, unscaled
+    # without the scale the same runs fill no paper row
+    assert all(line.init is None for line in _rows(crelu_table1(), tmp_path).values())
+
+
+def test_the_miniatures_tables_say_so_and_keep_the_papers_values_beside(tmp_path):
+    make_miniature_sweep(tmp_path / "runs")
+    out = tmp_path / "tables"
+    main([str(tmp_path / "runs"), "--width-scale", "0.25", "--out", str(out)])
+    markdown = (out / "tables.md").read_text()
+    title = "## Shang et al. 2016, Table 1: ConvPool-CNN-C on CIFAR, error (%), miniature at 1/4 of the paper's width"
+    assert f"{title}, 10 epochs\n" in markdown
+    assert (
+        "Miniature (`--width-scale 0.25`): every row at 1/4 of the paper's width: model.width 0.125 the paper's "
+        "width-0.5 rows, model.width 0.25 the paper's width-1 rows, model.width 0.5 the paper's width-2 rows. "
+        "The runs trained 10 epochs, lr x0.1 at epochs 6, 7, 9." in markdown
+    )
+    assert markdown.count("Miniature (`--width-scale") == 1  # the note where runs fill the table only
+    row = "| Baseline | `convpool_cnn_c relu width=0.25` | kaiming/fan_in | 3 ok | 20.10 ± 0.10 (n=3) ‡ | 1.09 |"
+    assert f"{row} 31.20 ± 0.20 (n=3) ‡ | 9.17 |" in markdown
+    # the compressed schedule, in the row's note
+    assert (
+        "3 of 3 completed runs ran less than their recipe's schedule or data (trainer.epochs=10; lr schedule as "
+        "run: schedule.milestones=[6,7,9]) ‡" in markdown
+    )
+    # the other tables have no runs at 1/4 width either: their titles say the scale, without epochs
+    assert (
+        "## He et al. 2015, Table 2: 14-layer model on ImageNet, 10-view error (%), miniature at 1/4 of the "
+        "paper's width\n" in markdown
+    )
+    assert "## Other runs (no paper cell), final test error (%)\n\nNone." in markdown
+
+    plain = tmp_path / "plain"
+    main([str(tmp_path / "runs"), "--out", str(plain)])
+    markdown = (plain / "tables.md").read_text()
+    assert "--width-scale" not in markdown and ", miniature at" not in markdown
+    assert "## Shang et al. 2016, Table 1: ConvPool-CNN-C on CIFAR, error (%)\n" in markdown
+    assert "| Baseline | `convpool_cnn_c relu` | — | 0 ok |" in markdown
+    with (plain / "other_runs.csv").open() as f:
+        assert len(list(csv.DictReader(f))) == len(MINI_RUNS)  # one group per experiment
+
+
+def test_the_miniatures_differences_and_claims_match_a_hand_computation(tmp_path):
+    # CReLU 30.0, 30.2, 30.1 vs the baseline 31.0, 31.2, 31.4: the shifted samples of test_statistics' hand
+    # computation: -1.10 [-1.52, -0.68], reproduced. PReLU 30.5, 30.7, 30.9 vs the baseline: diff -0.50, both
+    # variances 0.04: se = sqrt(0.08/3) = 0.163299, df = 4, half-width 2.776445 * 0.163299 = 0.453391 ->
+    # [-0.9534, -0.0466]: below 0, reproduced. Gaps (test - train): CReLU 8.0, 8.1, 7.9 vs the baseline 11.0,
+    # 11.1, 11.2: diff -3.10, variances 0.01: se = 0.081650, df = 4, half-width 0.226697 -> [-3.3267, -2.8733].
+    make_miniature_sweep(tmp_path / "runs")
+    out = tmp_path / "tables"
+    main([str(tmp_path / "runs"), "--width-scale", "0.25", "--out", str(out)])
+    markdown = (out / "tables.md").read_text()
+    assert "| CReLU | `convpool_cnn_c crelu width=0.25` | kaiming/fan_in | -1.10 [-1.52, -0.68] (n=3,3) |" in markdown
+    assert "| + (double) | `convpool_cnn_c relu width=0.5` | kaiming/fan_in | -2.20 (n=1,3) |" in markdown
+    for claim in (
+        "| CReLU < Baseline (error) | Table 1, §3.1 | C10 Single | kaiming/fan_in | -1.10 [-1.52, -0.68] (n=3,3) "
+        "| reproduced | 8.43 vs 9.17 |",
+        "| + (half) ≈ CReLU (error within ±0.5) | Table 1, §3.1 | C10 Single | kaiming/fan_in "
+        "| +0.03 [-0.28, +0.35] (n=3,3) | reproduced | 8.37 vs 8.43 |",
+        "| AVR < Baseline (error) | Table 1, §3.1 | C10 Single | kaiming/fan_in | +0.30 (n=1,3) "
+        "| not established (n=1) | 8.32 vs 9.17 |",
+        "| PReLU (He et al.) < Baseline (error) | He et al. 2015, §2.1 and Table 2 (14-layer net, ImageNet) "
+        "| C10 Single | kaiming/fan_in | -0.50 [-0.95, -0.05] (n=3,3) | reproduced | — vs 9.17 |",
+        "| CReLU < Baseline (train/test gap) | Table 1, §3.1 (Single train vs Single) | C10 gap (test - train) "
+        "| kaiming/fan_in | -3.10 [-3.33, -2.87] (n=3,3) | reproduced | 4.20 vs 8.08 |",
+    ):
+        assert claim in markdown
+    with (out / "claims.csv").open() as f:
+        prelu = next(c for c in csv.DictReader(f) if c["a"] == "PReLU (He et al.)")
+    assert float(prelu["low"]) == pytest.approx(-0.953391, abs=1e-5)
+    assert float(prelu["high"]) == pytest.approx(-0.046609, abs=1e-5)
+    assert (prelu["paper_a"], prelu["paper_b"]) == ("", "9.17")  # no printed PReLU value in Shang et al.
+
+
+def test_width_scales_in_words_and_in_floating_point():
+    assert scale_text(0.25) == "1/4 of the paper's width"
+    assert scale_text(1 / 3) == "1/3 of the paper's width"
+    assert scale_text(0.3) == "3/10 of the paper's width"
+    assert scale_text(2.0) == "2x the paper's width"
+    # 1.5 x 0.1 is 0.15000000000000002 in binary floating point; a config's "0.15" reads as 0.15
+    assert 1.5 * 0.1 != 0.15 and scaled_width(1.5, 0.1) == 0.15
+    with pytest.raises(ValueError, match="> 0"):
+        scale_table(crelu_table1(), 0.0)
+
+
+def test_the_cli_refuses_a_width_scale_that_is_not_positive(tmp_path, capsys):
+    make_run(tmp_path / "r")
+    for bad in ("0", "-0.25", "quarter"):
+        with pytest.raises(SystemExit):
+            main([str(tmp_path), "--width-scale", bad, "--out", str(tmp_path / "t")])
+    assert "--width-scale" in capsys.readouterr().err

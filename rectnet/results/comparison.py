@@ -18,7 +18,9 @@
   its only init with runs), in every error column (Column.compare) and train/test gap (Gap); then each of the
   paper's claims defined with its table (rectnet/results/papers/), in the columns where the paper's printed
   values make that claim (a "<" claim where the paper prints A below B, an "≈" claim where it prints them
-  within δ): a claim is not checked where the paper's own numbers do not show it.
+  within δ): a claim is not checked where the paper's own numbers do not show it. A claim carried from
+  another paper (Claim.carried: He et al. 2015's PReLU < ReLU, beside Shang et al.'s Table 1) has no printed
+  value in the table to show it, and is checked in every compared column.
 
 The intervals treat seeds as independent draws and nothing else: a 95% interval per cell, not corrected for
 the number of cells and claims a table checks (with a dozen of them, one can miss by chance).
@@ -192,7 +194,9 @@ def difference_of(a: Cell, b: Cell) -> Difference | None:
 class Claim:
     """A paper's claim about two rows of one of its tables: "A < B" (lower error) or "A ≈ B" (within ±delta).
 
-    quantity "test": the table's error columns (Column.compare); "gap": its train/test gaps (Gap)."""
+    quantity "test": the table's error columns (Column.compare); "gap": its train/test gaps (Gap). carried: the
+    claim comes from another paper than the table's (`source` names it) and holds in general, not in columns
+    of this table's printed values, so it is checked in every compared column (made_by)."""
 
     a: str  # row label
     relation: str  # "<" or "≈"
@@ -200,6 +204,7 @@ class Claim:
     source: str  # where the paper makes it: "Table 1, §3.1"
     quantity: str = "test"
     delta: float = CLOSE_DELTA
+    carried: bool = False
 
     def text(self) -> str:
         what = "train/test gap" if self.quantity == "gap" else "error"
@@ -208,7 +213,10 @@ class Claim:
         return f"{self.a} < {self.b} ({what})"
 
     def made_by(self, paper_a: float | None, paper_b: float | None) -> bool:
-        """Whether the paper's printed values of A and B make this claim (both printed, in its direction)."""
+        """Whether this claim is made in a column: a carried claim in every one; a table's own claim where the
+        paper prints both values, in its direction."""
+        if self.carried:
+            return True
         if paper_a is None or paper_b is None:
             return False
         return paper_a < paper_b if self.relation == "<" else abs(paper_a - paper_b) < self.delta
@@ -222,8 +230,8 @@ class ClaimResult:
     init_b: str | None  # the init of the runs of B it is compared with (None: B has none)
     difference: Difference | None  # A - B; None: a row has no value there
     verdict: str
-    paper_a: float
-    paper_b: float
+    paper_a: float | None  # the table's printed values (None: not printed, a carried claim's rows)
+    paper_b: float | None
 
 
 @dataclass

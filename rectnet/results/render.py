@@ -7,14 +7,19 @@ Under each table with runs (comparison.py): each row's difference to the table's
 [95% Welch interval] (n=row,baseline)"; Table 1's train/test gaps per row; and the paper's claims about the
 table's rows with their verdicts. Each table's CSV gains, after "notes", per error column "<column> Δ",
 "<column> Δ low" and "<column> Δ high" (row - baseline and its interval) and per gap its value, ±, n, paper and
-Δ columns; claims.csv lists every claim checked, in every table, with its numbers and verdict."""
+Δ columns; claims.csv lists every claim checked, in every table, with its numbers and verdict.
+
+With a width scale (miniature.py) every table is filled by runs at that fraction of its rows' widths, and its
+title and notes say so."""
 
 from __future__ import annotations
 
 import csv
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
+from rectnet.results import miniature
 from rectnet.results.comparison import (
     CLOSE_DELTA,
     LEVEL,
@@ -133,7 +138,7 @@ def markdown_comparison(lines: Sequence[TableRow], comparison: TableComparison) 
                 _inits(r.init, r.init_b),
                 _difference_text(r.difference),
                 r.verdict,
-                f"{r.paper_a:.2f} vs {r.paper_b:.2f}",
+                f"{_paper_number(r.paper_a)} vs {_paper_number(r.paper_b)}",
             ]
             for r in comparison.claims
         ]
@@ -241,7 +246,8 @@ Under a table with runs: each row's difference to the table's baseline row, "row
 (n=row,baseline)", with the {LEVEL:.0%} confidence interval by Welch's t (unequal variances, Welch-Satterthwaite
 degrees of freedom) where both rows have n >= 2; Table 1's train/test gap per row (per run: final test error -
 last epoch's running training error); and the paper's claims about the table's rows (rectnet/results/papers/),
-each checked in the columns where the paper's printed values make it. A claim "A < B" is reproduced when the
+each checked in the columns where the paper's printed values make it (a claim carried from another paper, He et
+al. 2015's PReLU < ReLU beside Table 1, in every column). A claim "A < B" is reproduced when the
 whole interval of A - B is below 0, opposite when it is wholly above 0, else not established at those n; a
 claim "A ≈ B" is reproduced when the whole interval lies within ±δ (δ = {CLOSE_DELTA:g} points unless the claim says
 otherwise), opposite when it lies wholly outside; n = 1 in either row gives no interval and "not established
@@ -249,29 +255,72 @@ otherwise), opposite when it lies wholly outside; n = 1 in either row gives no i
 lists every claim checked, with its numbers."""
 
 
-def write_all(runs: Sequence[Run], out: Path) -> list[Path]:
-    """Fill every table from `runs`, write tables.md, one CSV per table and runs.csv; returns the paths."""
-    out.mkdir(parents=True, exist_ok=True)
+@dataclass
+class FilledTable:
+    """A paper table filled from runs: its lines, their comparison, and the title and notes it is printed with."""
+
+    table: PaperTable  # as filled (a miniature's rows at the scaled widths)
+    lines: list[TableRow]
+    comparison: TableComparison
+    title: str
+    notes: tuple[str, ...]
+
+    def measured(self) -> bool:
+        return any(line.init is not None for line in self.lines)
+
+
+def fill_all(runs: Sequence[Run], width_scale: float | None = None) -> tuple[list[FilledTable], list[TableRow]]:
+    """Every paper table filled from `runs` (at `width_scale` times its rows' widths when given), and the lines
+    of "Other runs": the groups that no table used."""
     groups, used = group_runs(runs), set()
+    filled = []
+    for paper in paper_tables():
+        table = paper if width_scale is None else miniature.scale_table(paper, width_scale)
+        lines = fill_table(table, groups, used)
+        title, notes = paper.title, paper.notes
+        if width_scale is not None:  # the title says so always; the note where runs fill the table
+            table_runs = [run for line in lines for run in line.runs]
+            title = f"{title}, {miniature.heading(width_scale, table_runs)}"
+            notes = (miniature.note(paper, width_scale, table_runs), *notes) if table_runs else notes
+        filled.append(FilledTable(table, lines, compare_table(table, lines), title, notes))
+    return filled, other_runs(groups, used)
+
+
+def table_section(filled: FilledTable) -> str:
+    """A table's part of tables.md: its title, its own notes (what a miniature is, a row the paper lacks), the
+    table with its rows' notes, and the differences, gaps and claims where it has runs."""
+    titles = [c.title for c in filled.table.columns]
+    parts = [
+        f"## {filled.title}\n",
+        *(f"{note}\n" for note in filled.notes),
+        f"{markdown_table(titles, filled.lines)}\n",
+    ]
+    compared = markdown_comparison(filled.lines, filled.comparison)
+    if compared:
+        parts.append(f"{compared}\n")
+    return "\n".join(parts)
+
+
+def other_runs_section(extra: Sequence[TableRow]) -> str:
+    body = markdown_table(list(OTHER_RUNS_MEASURES), extra, with_paper=False) if extra else "None."
+    return f"## Other runs (no paper cell), final test error (%)\n\n{body}\n"
+
+
+def write_all(runs: Sequence[Run], out: Path, width_scale: float | None = None) -> list[Path]:
+    """Fill every table from `runs` (a miniature at `width_scale`: miniature.py), write tables.md, one CSV per
+    table, other_runs.csv, claims.csv and runs.csv; returns the paths, tables.md first."""
+    out.mkdir(parents=True, exist_ok=True)
+    filled, extra = fill_all(runs, width_scale)
     sections, written = [f"# Result tables\n\n{len(runs)} run directories: {runs_text(count_statuses(runs))}.\n"], []
     checked: list[tuple[PaperTable, ClaimResult]] = []
-    for table in paper_tables():
-        lines = fill_table(table, groups, used)
-        titles = [c.title for c in table.columns]
-        comparison = compare_table(table, lines)
-        sections.append(f"## {table.title}\n\n{markdown_table(titles, lines)}\n")
-        compared = markdown_comparison(lines, comparison)
-        if compared:
-            sections.append(f"{compared}\n")
-        checked += [(table, result) for result in comparison.claims]
-        written.append(out / f"{table.key}.csv")
-        write_csv(written[-1], titles, lines, comparison)
-    extra = other_runs(groups, used)
-    extra_titles = list(OTHER_RUNS_MEASURES)
-    body = markdown_table(extra_titles, extra, with_paper=False) if extra else "None."
-    sections.append(f"## Other runs (no paper cell), final test error (%)\n\n{body}\n")
+    for table in filled:
+        sections.append(table_section(table))
+        checked += [(table.table, result) for result in table.comparison.claims]
+        written.append(out / f"{table.table.key}.csv")
+        write_csv(written[-1], [c.title for c in table.table.columns], table.lines, table.comparison)
+    sections.append(other_runs_section(extra))
     written.append(out / "other_runs.csv")
-    write_csv(written[-1], extra_titles, extra)
+    write_csv(written[-1], list(OTHER_RUNS_MEASURES), extra)
     unattributed = [r for r in runs if r.config is None]
     if unattributed:
         sections.append(

@@ -82,6 +82,15 @@ class Run:
                 reasons.append(override)
         return reasons
 
+    def overrides(self) -> list[str]:
+        """The command-line overrides Hydra saved for the run (`.hydra/overrides.yaml`); [] when absent."""
+        return _overrides(self.path)
+
+    def schedule_overrides(self) -> list[str]:
+        """The lr schedule set on the command line (`schedule.*` overrides, e.g. a compressed schedule's
+        "schedule.milestones=[6,7,9]"): what a shortened run's note adds to say how its schedule ran."""
+        return [o for o in _overrides(self.path) if o.lstrip("+").startswith(("schedule.", "schedule="))]
+
     def failure(self) -> str:
         """The first line of FAILED (the error), for the inventory."""
         path = self.path / "FAILED"

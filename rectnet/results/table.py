@@ -76,6 +76,7 @@ class PaperTable:
     baseline: str | None = None  # label of the row the others are compared with
     claims: tuple[Claim, ...] = ()  # the paper's claims about its rows (comparison.py)
     gaps: tuple[Gap, ...] = ()
+    notes: tuple[str, ...] = ()  # printed between its title and the table, e.g. why a row the paper lacks is there
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,7 @@ def paper_table(
     baseline: str | None = None,
     claims: Sequence[Claim] = (),
     gaps: Sequence[Gap] = (),
+    notes: Sequence[str] = (),
 ) -> PaperTable:
     """The table with each row's values keyed by column title; a key that names no column, a baseline or claim
     that names no row, and a gap that names no column are errors."""
@@ -123,7 +125,7 @@ def paper_table(
     for gap in gaps:
         if not {gap.train, gap.test} <= set(titles.values()):
             raise ValueError(f"{key}, gap {gap.title!r}: no column {gap.train!r} or {gap.test!r}")
-    return PaperTable(key, title, tuple(columns), tuple(paper_rows), baseline, tuple(claims), tuple(gaps))
+    return PaperTable(key, title, tuple(columns), tuple(paper_rows), baseline, tuple(claims), tuple(gaps), tuple(notes))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -152,6 +154,7 @@ class TableRow:
     counts: tuple[int, int, int]  # completed, failed, missing runs over the row's columns
     notes: list[str]
     gaps: dict[str, Cell] = field(default_factory=dict)  # the table's train/test gaps (Gap), by title
+    runs: list[Run] = field(default_factory=list)  # the run directories behind the line
 
 
 def _init_matches(row: PaperRow, init: str) -> bool:
@@ -183,14 +186,18 @@ def _mixed_recipe_note(runs: Sequence[Run]) -> str | None:
 
 
 def _shortened_note(runs: Sequence[Run]) -> str | None:
-    """A note naming how the row's completed runs that ran less than their recipe were shortened."""
+    """A note naming how the row's completed runs that ran less than their recipe were shortened, and the lr
+    schedule they ran where it was set on the command line (a schedule compressed to the shorter run)."""
     short = [r for r in runs if r.status == "completed" and r.shortened()]
     if not short:
         return None
-    reasons = sorted({reason for r in short for reason in r.shortened()})
+    how = ", ".join(sorted({reason for r in short for reason in r.shortened()}))
+    schedules = sorted({override for r in short for override in r.schedule_overrides()})
+    if schedules:
+        how += f"; lr schedule as run: {', '.join(schedules)}"
     completed = sum(r.status == "completed" for r in runs)
-    how = ", ".join(reasons)
-    return f"{len(short)} of {completed} completed runs short of their recipe's schedule and data ({how}) {SHORT_MARK}"
+    less = "ran less than their recipe's schedule or data"
+    return f"{len(short)} of {completed} completed runs {less} ({how}) {SHORT_MARK}"
 
 
 def fill_table(table: PaperTable, groups: dict[GroupKey, list[Run]], used: set[GroupKey]) -> list[TableRow]:
@@ -209,7 +216,8 @@ def fill_table(table: PaperTable, groups: dict[GroupKey, list[Run]], used: set[G
             notes = [n for k in keys if (n := _mixed_recipe_note(groups[k]))]
             notes += [n for n in [_shortened_note(runs)] if n]
             notes += [f"{title}: {n}" for title, cell in cells.items() for n in cell.notes]
-            lines.append(TableRow(row.label, row.variant, init, cells, row.paper, count_statuses(runs), notes, gaps))
+            counts = count_statuses(runs)
+            lines.append(TableRow(row.label, row.variant, init, cells, row.paper, counts, notes, gaps, runs))
     return lines
 
 
@@ -231,5 +239,5 @@ def other_runs(groups: dict[GroupKey, list[Run]], used: set[GroupKey]) -> list[T
         cells = {title: measure(runs) for title, measure in OTHER_RUNS_MEASURES.items()}
         notes = [n for n in [_mixed_recipe_note(runs), _shortened_note(runs)] if n]
         notes += [f"{title}: {n}" for title, cell in cells.items() for n in cell.notes]
-        lines.append(TableRow(dataset, variant, init, cells, {}, count_statuses(runs), notes))
+        lines.append(TableRow(dataset, variant, init, cells, {}, count_statuses(runs), notes, runs=runs))
     return lines

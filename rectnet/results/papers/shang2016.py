@@ -4,7 +4,8 @@ Rectified Linear Units" (ICML, PMLR 48): Tables 1, 2 and 4 as printed.
 Each row: the paper's label, the network it names, then the printed values keyed by column (pm(v, e) is a
 value printed "v±e", the Average protocol's standard error, §3.1). A column the paper leaves blank is left out.
 Each table also names its baseline row and the paper's claims about its rows (rectnet/results/comparison.py
-checks each claim in the columns where the printed values make it, and gives the verdict of the runs).
+checks each claim in the columns where the printed values make it, and gives the verdict of the runs). Table 1
+gains one row the paper lacks, PReLU (He et al. 2015's claim carried to ConvPool-CNN-C: TABLE1_PRELU_NOTE).
 """
 
 from __future__ import annotations
@@ -52,8 +53,17 @@ def _convpool(activation: str, width: float = 1.0) -> Variant:
     return make_variant("convpool_cnn_c", activation, width=width)
 
 
+PRELU_ROW = "PReLU (He et al.)"
+TABLE1_PRELU_NOTE = (
+    f"{PRELU_ROW} is not a row of Shang et al.'s Table 1: it is He et al. 2015's PReLU (channel-wise, initial slope "
+    "0.25, §2.1) in ConvPool-CNN-C with the same recipe (experiment=convpool_prelu), so that He et al.'s claim "
+    "PReLU < ReLU (their Table 2: 32.64 vs 33.82 top-1 on a 14-layer ImageNet net) is tested on this net beside "
+    "Shang et al.'s rows. It has no printed values; its claim is checked in every compared column."
+)
+
+
 def crelu_table1() -> PaperTable:
-    """Table 1 (p.4): ConvPool-CNN-C family on CIFAR-10/100, test error (%), params (M)."""
+    """Table 1 (p.4): ConvPool-CNN-C family on CIFAR-10/100, test error (%), params (M); plus the PReLU row."""
     columns = (*_cifar_columns(with_train=True), Column("params", "params (M)", "cifar10", params_m, compare=False))
     # fmt: off
     rows = (
@@ -62,6 +72,8 @@ def crelu_table1() -> PaperTable:
         row("AVR",        _convpool("avr"),       c10_train=4.10, c10=8.32, c10_avg=pm(10.26, 0.10), c10_vote=7.76, c100_train=19.35, c100=35.00, c100_avg=pm(37.24, 0.20), c100_vote=29.77, params=1.4),
         row("CReLU",      _convpool("crelu"),     c10_train=4.23, c10=8.43, c10_avg=pm(9.39, 0.11),  c10_vote=7.09, c100_train=14.25, c100=31.48, c100_avg=pm(33.76, 0.12), c100_vote=27.60, params=2.8),
         row("+ (half)",   _convpool("crelu", 0.5), c10_train=4.73, c10=8.37, c10_avg=pm(9.44, 0.09),  c10_vote=7.09, c100_train=21.01, c100=33.68, c100_avg=pm(36.20, 0.18), c100_vote=29.93, params=0.7),
+        # not in Shang et al.'s table (no printed values): He et al. 2015's PReLU on this net (TABLE1_PRELU_NOTE)
+        row(PRELU_ROW,    _convpool("prelu")),
     )
     # fmt: on
     claims = (
@@ -71,11 +83,14 @@ def crelu_table1() -> PaperTable:
         Claim("+ (half)", "≈", "CReLU", "Table 1, §3.1"),
         # printed lower than the baseline on CIFAR-100 and C10 Single; slightly higher on C10 Average and Vote
         Claim("AVR", "<", "Baseline", "Table 1, §3.1"),
+        # He et al. 2015 §2.1 / Table 2: channel-wise PReLU 32.64 vs ReLU 33.82 top-1 (their 14-layer net, ImageNet,
+        # 10-view); a claim about the activation, not about one net, so carried here to every compared column
+        Claim(PRELU_ROW, "<", "Baseline", "He et al. 2015, §2.1 and Table 2 (14-layer net, ImageNet)", carried=True),
         # less overfitting: Single train 4.23 vs 1.09 with Single test 8.43 vs 9.17 (C10), 14.25/31.48 vs 13.68/36.30
         Claim("CReLU", "<", "Baseline", "Table 1, §3.1 (Single train vs Single)", quantity="gap"),
     )
     title = "Shang et al. 2016, Table 1: ConvPool-CNN-C on CIFAR, error (%)"
-    return paper_table("crelu_table1", title, columns, rows, "Baseline", claims, _cifar_gaps())
+    return paper_table("crelu_table1", title, columns, rows, "Baseline", claims, _cifar_gaps(), (TABLE1_PRELU_NOTE,))
 
 
 def _vgg(crelu_at: tuple[int, ...]) -> Variant:
