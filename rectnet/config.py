@@ -167,12 +167,26 @@ class ModelConfig:
 
 @dataclass
 class ActivationConfig:
-    name: str = "relu"  # relu | prelu | prelu_shared | crelu | avr | leaky_relu
-    slope: float | None = None  # prelu/prelu_shared: initial a (0.25, §2.1); leaky_relu: fixed slope
-    initial_bias: float | None = None  # avr: the initial bias of the layers it follows (rectnet/layers/activations.py)
+    # relu | prelu | prelu_shared | crelu | avr | leaky_relu | gelu | silu | mish | elu | selu | softplus | tanh |
+    # hardswish | custom (configs/activation/; rectnet/layers/activations.py)
+    name: str = "relu"
+    # The defaults are the classes' (PRELU_INITIAL_SLOPE, LEAKY_RELU_SLOPE, AVR_INITIAL_BIAS in
+    # rectnet/layers/activations.py), which the activation configs read: ${activation_default:prelu,slope}
+    slope: float | None = None  # prelu/prelu_shared: initial a; leaky_relu: fixed slope
+    initial_bias: float | None = None  # avr: the initial bias of the layers it follows
+    target: str | None = None  # custom: <module>.<name> of an nn.Module class or a function (docs/activations.md)
+    gain: float | None = None  # custom and the smooth activations: the Kaiming gain, instead of the derived one
+    # The dropout rate this activation trains with (AVR's: configs/activation/avr.yaml); null: the model's own.
+    # rectnet's nets take it as their model.dropout (configs/model/<net>.yaml); a timm model has its own rates.
+    dropout: float | None = None
 
     def params(self) -> dict[str, Any]:
-        return {k: v for k, v in (("slope", self.slope), ("initial_bias", self.initial_bias)) if v is not None}
+        """The activation class's constructor arguments (dropout is the model's business, not the class's)."""
+        given = {"slope": self.slope, "initial_bias": self.initial_bias, "target": self.target, "gain": self.gain}
+        return {k: v for k, v in given.items() if v is not None}
+
+    def validate(self) -> None:
+        _require(self.dropout is None or 0 <= self.dropout < 1, "activation.dropout", "must be in [0, 1)", self.dropout)
 
 
 @dataclass
@@ -432,10 +446,19 @@ def hydra_output_subdir() -> str | None:
     return ".hydra" if launch_rank() == 0 else None
 
 
+def activation_default(name: str, key: str) -> Any:
+    """`${activation_default:prelu,slope}` in an activation config: the default of that activation class's parameter,
+    stated once in rectnet/layers/activations.py; the config names it and the resolved config records its value."""
+    from rectnet.layers.activations import parameter_defaults  # the layers import nothing from the config
+
+    return parameter_defaults(key)[name]
+
+
 def register_configs() -> None:
     ConfigStore.instance().store(name="train_schema", node=TrainConfig)
     OmegaConf.register_new_resolver("rectnet_run_dir", default_run_dir, use_cache=True, replace=True)
     OmegaConf.register_new_resolver("rectnet_output_subdir", hydra_output_subdir, replace=True)
+    OmegaConf.register_new_resolver("activation_default", activation_default, replace=True)
 
 
 def _reject_unknown_keys(cfg: DictConfig, schema: type, prefix: str = "") -> None:

@@ -1,9 +1,12 @@
 """ImageNet input-pipeline throughput on real JPEGs: rectnet's training decode against the plain torchvision one.
 
-    python scripts/bench_data.py dataset.root=DIR [dataset.split=NAME] [--workers N] [--rounds 5] [--images 400]
+    python scripts/bench_data.py dataset.root=DIR [--split train|test] [--workers N] [--rounds 5] [--images 400]
 
-DIR is an ImageFolder (DIR/<class>/*.JPEG, or DIR/NAME/<class>/... with dataset.split=NAME), e.g. the 100-image
-sample: tar -xf ../shared/data/imagenet-sample-100.tar -C /tmp, then dataset.root=/tmp/imagenet-sample.
+dataset.root means what it means to train.py: the folder that holds the splits, DIR/train/<class>/*.JPEG and
+DIR/val/<class>/*.JPEG. The benchmark reads the training split (dataset.train_split, default train), or with
+--split test the test split (dataset.test_split, default val: ImageNet's validation images). A split of "" is
+DIR itself, as for train.py: the 100-image sample is one folder of classes, so after
+tar -xf ../shared/data/imagenet-sample-100.tar -C /tmp it is dataset.root=/tmp/imagenet-sample dataset.train_split=
 Overrides are Hydra-style key=value words, as train.py takes them; options start with --.
 
 Both pipelines do the He et al. 2015 training transform (§3): shorter side s uniform in [256, 512],
@@ -39,6 +42,7 @@ import torch
 from PIL import Image
 from torchvision import datasets, transforms
 
+from rectnet.config import DatasetConfig
 from rectnet.data.batches import generator
 from rectnet.data.imagenet import (
     Preprocess,
@@ -52,7 +56,7 @@ from rectnet.data.imagenet import (
 from rectnet.data.views import resized_size
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # per-channel ImageNet statistics, [0, 1] units
-KEYS = {"dataset.root", "dataset.split"}
+KEYS = {"dataset.root", "dataset.train_split", "dataset.test_split"}
 
 
 class RandomShorterSide:
@@ -80,6 +84,9 @@ def plain_transform(crop: int = 224) -> transforms.Compose:
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("overrides", nargs="+", metavar="key=value", help=f"one of {sorted(KEYS)}")
+    parser.add_argument(
+        "--split", choices=("train", "test"), default="train", help="the split of dataset.root to read (train)"
+    )
     parser.add_argument("--workers", type=int, default=0, help="also measure with this many worker processes")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--images", type=int, default=400, help="images per pipeline per round")
@@ -89,8 +96,16 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     pairs = dict(word.split("=", 1) for word in args.overrides if "=" in word)
     if len(pairs) != len(args.overrides) or not set(pairs) <= KEYS or "dataset.root" not in pairs:
         parser.error(f"overrides must be key=value with keys in {sorted(KEYS)}, dataset.root required")
-    args.root, args.split = pairs["dataset.root"], pairs.get("dataset.split")
+    args.folder = split_folder(pairs, args.split)
     return args
+
+
+def split_folder(pairs: dict[str, str], split: str) -> Path:
+    """The folder of `split` (train or test) under dataset.root, as train.py finds it: <root>/<train_split> or
+    <root>/<test_split>, with the config's defaults for the split names; an empty split name is the root."""
+    key = f"dataset.{split}_split"
+    name = pairs.get(key, getattr(DatasetConfig, f"{split}_split"))
+    return Path(pairs["dataset.root"]) / name
 
 
 def timed(run: Callable[[], int]) -> float:
@@ -251,9 +266,9 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def main() -> None:
-    args = parse()
-    root = Path(args.root) / args.split if args.split else Path(args.root)
+def main(argv: list[str] | None = None) -> None:
+    args = parse(argv)
+    root = args.folder
     torch.set_num_threads(1)  # as in a DataLoader worker
     rounds = throughput(root, args, workers=0)
     single = {name: statistics.median(r) for name, r in rounds.items()}
@@ -306,6 +321,8 @@ def main() -> None:
         "distribution_same": all(r["ks"] < r["ks_critical_1pct"] for r in distribution.values()),
         "pixel_mean_abs_diff": pixels["mean"],
         "images": len(index),
+        "split": args.split,
+        "folder": str(root),
         "rounds": args.rounds,
         "images_per_round": args.images,
         "torch": torch.__version__,

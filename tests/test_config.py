@@ -28,6 +28,12 @@ def test_each_option_composes_and_validates(group, option):
             to_settings(compose_train(["model=timm"]))
         assert to_settings(compose_train(["model=timm", "model.name=resnet18"])).model.source == "timm"
         return
+    if (group, option) == ("activation", "custom"):  # the user names the activation: a run needs its target
+        with pytest.raises(ConfigError, match="activation=custom needs activation.target"):
+            to_settings(compose_train(["activation=custom"]))
+        settings = to_settings(compose_train(["activation=custom", "activation.target=torch.nn.SiLU"]))
+        assert settings.activation.target == "torch.nn.SiLU"
+        return
     settings = to_settings(compose_train([f"{group}={option}"]))
     if group not in ("trainer", "logger", "recipe", "experiment"):
         assert getattr(settings, group).name == option  # each option file names itself

@@ -392,7 +392,14 @@ SWEEPS = {
     "prelu_fig3.sh": ({"fig3_plain30_kaiming", "fig3_plain30_xavier"}, set()),
     "prelu_tables4to6.sh": ({"prelu_a_relu", "prelu_a_prelu", "prelu_b_prelu", "prelu_c_prelu"}, {"ten_view", "dense"}),
     "crelu_table1.sh": (
-        {"convpool_baseline", "convpool_double", "convpool_avr", "convpool_crelu", "convpool_crelu_half", "convpool_prelu"},
+        {
+            "convpool_baseline",
+            "convpool_double",
+            "convpool_avr",
+            "convpool_crelu",
+            "convpool_crelu_half",
+            "convpool_prelu",
+        },
         set(),
     ),
     "crelu_table2.sh": ({"vgg_cifar_baseline", "vgg_cifar_crelu1", "vgg_cifar_crelu13", "vgg_cifar_crelu135"}, set()),

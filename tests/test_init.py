@@ -187,3 +187,41 @@ def test_xavier_halves_forward_variance_per_relu_layer():
     model = _plain_stack("relu")
     init_model(model, "xavier", "fan_in")
     assert 0.42 < _forward_ratio(model) < 0.58  # §2.2: n Var[w] = 1 leaves 1/2 per ReLU layer
+
+
+# ------------------------------------------------------------ activations beyond rectifiers (rectnet/layers/gain.py)
+
+
+@pytest.mark.parametrize("act", ["gelu", "tanh", "hardswish"])
+def test_a_non_homogeneous_activation_gets_its_derived_gains_and_the_first_layer_gain_one(act):
+    # fan_in: layers after f get 1/sqrt(E[f(z)²]); the first layer reads the unit-variance input and gets gain 1,
+    # which starts the net at the fixed point q* = 1 (a rectifier's first layer keeps He et al.'s rule, above).
+    # fan_out: 1/sqrt(E[f'(z)²]) on the layer's own filters; the classifier, followed by no activation, gets 1.
+    gains = make_activation(act)(1).gains()
+    plain = {"init_head_scale": 1.0, "init_count_dropout": False}
+    torch.manual_seed(0)
+    fan_in = create("convpool_cnn_c", act=act, init="kaiming", init_mode="fan_in", **plain)
+    expected = [(1.0 if i == 0 else gains.forward) / math.sqrt(k * k * c) for i, (c, d, k) in enumerate(CONVPOOL)]
+    for measured, theory in zip(_conv_stds(fan_in), expected, strict=True):
+        assert measured == pytest.approx(theory, rel=0.05)
+    fan_out = create("convpool_cnn_c", act=act, init="kaiming", init_mode="fan_out", **plain)
+    expected = [gains.backward / math.sqrt(k * k * d) for c, d, k in CONVPOOL[:-1]] + [math.sqrt(1 / 10)]
+    for measured, theory in zip(_conv_stds(fan_out), expected, strict=True):
+        assert measured == pytest.approx(theory, rel=0.05)
+
+
+def test_a_stated_gain_sets_every_layer_after_the_activation():
+    torch.manual_seed(0)
+    model = create("convpool_cnn_c", act="silu", gain=math.sqrt(2), init_head_scale=1.0, init_count_dropout=False)
+    stds = _conv_stds(model)
+    assert stds[0] == pytest.approx(1 / math.sqrt(27), rel=0.05)  # the first layer reads the input: gain 1
+    for measured, (c, _, k) in zip(stds[1:], CONVPOOL[1:], strict=True):
+        assert measured == pytest.approx(math.sqrt(2 / (k * k * c)), rel=0.05)  # ReLU's gain, as stated
+
+
+@pytest.mark.parametrize("act", ["gelu", "selu", "tanh"])
+def test_kaiming_fan_in_keeps_forward_variance_for_smooth_activations(act):
+    torch.manual_seed(0)
+    model = _plain_stack(act)
+    init_model(model, "kaiming", "fan_in")
+    assert 0.85 < _forward_ratio(model) < 1.15  # the fixed point q* = 1: a per-layer factor of 1

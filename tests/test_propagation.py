@@ -14,6 +14,7 @@ import pytest
 
 from rectnet.analysis.plotting import pyplot
 from rectnet.analysis.propagation import LayerRecord, analyse, factors, main
+from rectnet.layers.activations import make_activation
 
 # A quarter-width net at 128 pixels: the last stage's maps are 10x10, so borders matter little (~0.96).
 SMALL = ["model=prelu_plain30", "model.width=0.25", "dataset.image_size=128", "trainer.batch_size=8", "init=kaiming"]
@@ -65,3 +66,44 @@ def test_cli_prints_a_table_and_json(capsys, tmp_path):
     assert record["pairs"] == 3 + 21
     assert {"forward_factor", "backward_factor", "model", "activation", "init", "mode"} <= record.keys()
     assert (tmp_path / "propagation.png").is_file() == (pyplot() is not None)  # the dev install has matplotlib
+
+
+# ------------------------------------------------------------------ every activation (issue 24)
+
+
+@pytest.mark.parametrize("act", ["gelu", "mish", "elu", "selu", "softplus", "tanh"])
+def test_kaiming_fan_in_keeps_the_forward_variance_with_derived_gains(act):
+    # rectnet/layers/gain.py: the fixed point q* = 1 (GELU's and Mish's repels: their factor leans up, below 1.25)
+    forward, _ = _factors(f"activation={act}", "init.mode=fan_in")
+    assert 0.8 <= forward <= 1.25
+
+
+@pytest.mark.parametrize("act", ["silu", "hardswish"])
+def test_where_the_fixed_point_repels_the_factor_goes_to_the_large_scale_limit(act):
+    # SiLU's and hard-swish's q* = 1 repels (h'(1) = 1.17, 1.22) and each stage starts above it (a max-pool raises
+    # E[x²]): the scale grows until f is relu-like, where the length map's factor is gain²/2 (1.41, 1.51), outside
+    # [0.8, 1.25]. No constant gain can do better for every scale: the factor spans [gain²/4, gain²/2], a ratio of 2.
+    forward, _ = _factors(f"activation={act}", "init.mode=fan_in")
+    limit = make_activation(act)(1).forward_gain() ** 2 / 2
+    assert forward == pytest.approx(limit, rel=0.08) and forward > 1.25
+
+
+def test_relus_gain_for_gelu_loses_the_signal_that_the_derived_gain_keeps():
+    derived, _ = _factors("activation=gelu", "init.mode=fan_in")
+    naive, _ = _factors("activation=gelu", "activation.gain=1.41421356", "init.mode=fan_in")
+    assert naive < 0.95 * derived  # the length map: h(1) = 2 E[gelu(z)²] = 0.85 at unit variance, less below
+
+
+def test_the_gain_table_writes_derived_and_naive_rows_with_its_command(tmp_path, capsys):
+    path = tmp_path / "gains.md"
+    tiny = ["model=prelu_plain30", "model.width=0.125", "dataset.image_size=64", "trainer.batch_size=4"]
+    main(["--table", str(path), "--activations", "relu,gelu", *tiny])
+    page = path.read_text()
+    command = f"python -m rectnet.analysis.propagation --table {path} --activations relu,gelu {' '.join(tiny)}"
+    assert command in page and page in capsys.readouterr().out  # written and printed
+    table = [[c.strip() for c in line.strip("|").split("|")] for line in page.splitlines() if line.startswith("| ")]
+    rows = {tuple(cells[:2]): cells for cells in table[1:]}  # after the header
+    assert set(rows) == {("relu", "derived"), ("gelu", "derived"), ("gelu", "ReLU's gain")}
+    assert float(rows["gelu", "derived"][4]) == pytest.approx(1.0)  # h(1): the derived gain's fixed point
+    assert float(rows["gelu", "ReLU's gain"][4]) == pytest.approx(0.850, abs=1e-3)  # 2·(1/3 + 1/(2 sqrt(3) pi))
+    assert float(rows["gelu", "ReLU's gain"][7]) < float(rows["gelu", "derived"][7])  # measured forward factor

@@ -202,8 +202,8 @@ def test_the_default_recipe_descends_at_its_learning_rate(tmp_path, act):
 
 
 def test_avr_brings_its_own_dropout_rate_and_an_override_wins():
-    # Springenberg's 0.2 / 0.5 keeps AVR at chance (configs/activation/avr.yaml); the activation group comes after
-    # the model group, so AVR's rate replaces the model's, and the command line replaces AVR's.
+    # Springenberg's 0.2 / 0.5 keeps AVR at chance (configs/activation/avr.yaml): AVR states activation.dropout, the
+    # rectnet model files read it as their model.dropout, and a model.dropout on the command line replaces it.
     def rates(*overrides: str) -> list[float]:
         settings = to_settings(compose_train(list(overrides)))
         model = build_model(settings, 10, 3)

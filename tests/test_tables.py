@@ -20,7 +20,7 @@ from rectnet.results.papers import crelu_table1, crelu_table4, prelu_table2, pre
 from rectnet.results.runs import find_run_dirs, read_runs
 from rectnet.results.statistics import vote_error
 from rectnet.results.table import fill_table, group_runs, other_runs, paper_table, row
-from rectnet.results.variants import make_variant
+from rectnet.results.variants import make_variant, variant_from_config
 
 TEST_SIZE, CLASSES = 60, 10
 
@@ -487,3 +487,12 @@ def test_the_cli_refuses_a_width_scale_that_is_not_positive(tmp_path, capsys):
         with pytest.raises(SystemExit):
             main([str(tmp_path), "--width-scale", bad, "--out", str(tmp_path / "t")])
     assert "--width-scale" in capsys.readouterr().err
+
+
+def test_runs_of_different_custom_activations_are_different_variants():
+    def config(target: str) -> dict:
+        return {"model": {"name": "convpool_cnn_c"}, "activation": {"name": "custom", "target": target}}
+
+    silu, mine = variant_from_config(config("torch.nn.SiLU")), variant_from_config(config("mypkg.acts.MyAct"))
+    assert silu != mine
+    assert silu.label() == "convpool_cnn_c custom:torch.nn.SiLU"

@@ -43,6 +43,21 @@ doubles the filters (n̂/n = 2), and Eq. 12 gives 2^(2/24) over its 24 pairs (He
 The last line printed is one JSON object: model, activation, init, mode, input_size, layers, forward_var,
 backward_var, forward_factor, backward_factor, pairs (the number of conv pairs averaged). With --plot, and
 only if matplotlib is importable (it is not a dependency), both variances are also plotted per layer.
+
+Every activation (issue 24): `--table PATH` measures each registered activation with its derived gains
+(`rectnet.layers.gain`) under mode fan_in (the forward factor) and fan_out (the backward factor), and ReLU's gain
+used for the smooth ones (`activation.gain=1.41421356`, the naive choice), next to what the length map predicts,
+and writes a Markdown table with the command that made it:
+
+    python -m rectnet.analysis.propagation --table docs/results/propagation_gains.md \
+        model=prelu_plain30 model.width=0.25 dataset.image_size=224 trainer.batch_size=8
+
+Where f is not positively homogeneous (every activation but the rectifiers) the factor per layer depends on the
+scale, and the net's own layers move the scale: a max-pool raises E[x²] several fold at each stage's entry, and
+for GELU, SiLU, Mish and hard-swish the fixed point q* = 1 repels (h'(1) > 1), so their forward factor leans
+towards the large-q limit of their map (GELU: gain²/2 = 1.18). Under fan_out, the backward gain holds the
+gradient at q = 1, but nothing holds the forward scale at 1 (`rectnet.layers.gain.settle`), so the measured
+backward factor is the one at the scale the forward pass reaches.
 """
 
 from __future__ import annotations
@@ -54,6 +69,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import pairwise
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -61,7 +77,9 @@ from torch import nn
 
 from rectnet.analysis.plotting import pyplot, save_figure
 from rectnet.engine.build import build_model
+from rectnet.layers.activations import ACTIVATIONS, make_activation
 from rectnet.layers.facts import weight_layers
+from rectnet.layers.gain import map_slope, moments, settle
 from rectnet.layers.spp import SpatialPyramidPool
 from rectnet.summary import compose_settings
 
@@ -155,6 +173,19 @@ def _plot(records: Sequence[LayerRecord], title: str, path: str) -> None:
 
 def analyse(overrides: Sequence[str], plot: str | None = None) -> dict:
     """Build the configured model, measure it, print the table; returns the JSON record."""
+    result, records = _measure_config(overrides)
+    print(format_table(records))
+    print(
+        f"forward factor {result['forward_factor']}, backward factor {result['backward_factor']} over "
+        f"{result['pairs']} conv pairs"
+    )
+    if plot:
+        _plot(records, f"{result['model']}, {result['activation']}, {result['init']} ({result['mode']})", plot)
+    return result
+
+
+def _measure_config(overrides: Sequence[str]) -> tuple[dict, list[LayerRecord]]:
+    """The JSON record and the per-layer records of the configured model (built and measured as `analyse` says)."""
     settings = compose_settings([*PAPER_INIT, *overrides])
     num_classes, size, batch = settings.dataset.num_classes, settings.dataset.image_size, settings.trainer.batch_size
     torch.manual_seed(settings.seed)
@@ -177,11 +208,146 @@ def analyse(overrides: Sequence[str], plot: str | None = None) -> dict:
         "backward_factor": backward,
         "pairs": len(conv_pairs(records)),
     }
-    print(format_table(records))
-    print(f"forward factor {forward}, backward factor {backward} over {result['pairs']} conv pairs")
-    if plot:
-        _plot(records, f"{result['model']}, {result['activation']}, {result['init']} ({result['mode']})", plot)
-    return result
+    return result, records
+
+
+# ------------------------------------------------------------------ every activation: derived against naive gains
+
+BOUNDS = (0.8, 1.25)  # a factor per layer that keeps the signal (issue 24)
+NAIVE = ("gelu", "silu")  # the smooth activations measured with ReLU's gain too
+RELU_GAIN = "1.41421356"  # sqrt(2), He et al.'s Eq. 10 gain, as activation.gain states it
+SKIP = ("identity", "custom")  # not a choice to measure: no non-linearity; the user's own
+
+
+@dataclass
+class GainRow:
+    """One activation and gain choice: the gains, what the length map predicts, what the net measures."""
+
+    activation: str
+    choice: str  # "derived" or "ReLU's gain"
+    forward_gain: float
+    backward_gain: float
+    predicted_factor: float  # h(1) = gain² E_1[f²] (1 for the derived forward gain)
+    map_slope: float  # h'(1): below 1 the fixed point attracts, above 1 it repels
+    predicted_signal: float  # q after the net's convs by the length map alone, from q = 1 (no pooling)
+    large_scale_factor: float  # h(q)/q at q = 1e4: where a repelling fixed point sends a growing scale
+    fan_out_scale: float  # the scale the fan_out weights' forward pass reaches after the net's convs, from q = 1
+    fan_out_factor: float  # the backward factor per layer there: backward gain² E_q[f'²]
+    forward_factor: float | None = None  # measured, mode fan_in
+    forward_signal: float | None = None  # measured Var[y] at the last conv / at the first, mode fan_in
+    backward_factor: float | None = None  # measured, mode fan_out
+    backward_signal: float | None = None  # measured Var[dL/dx] at the first conv / at the last, mode fan_out
+
+    def within(self) -> bool:
+        low, high = BOUNDS
+        factors = [f for f in (self.forward_factor, self.backward_factor) if f is not None]
+        return bool(factors) and all(low <= f <= high for f in factors)
+
+
+def _signal(records: Sequence[LayerRecord], backward: bool) -> float:
+    """How much the signal grows across the conv layers: forward last/first Var[y], backward first/last Var[dL/dx]."""
+    convs = [r for r in records if r.kind == "conv"]
+    first, last = convs[0], convs[-1]
+    return first.backward_var / last.backward_var if backward else last.forward_var / first.forward_var
+
+
+LARGE_SCALE = 1e4  # a pre-activation variance where every activation here is in its large-scale (linear) regime
+
+
+def _theory(name: str, gain: float | None, layers: int) -> tuple[float, ...]:
+    """GainRow's theory fields, in order, for activation `name` with `gain` (None: the derived gains), for a net
+    of `layers` + 1 convs (the length map of rectnet/layers/gain.py)."""
+    act = make_activation(name, **({} if gain is None else {"gain": gain}))(1)
+    gains, cuts = act.gains(), act.breakpoints
+    forward, backward = gains.forward, gains.backward
+    at_one = moments(act, 1.0, cuts).second
+    large = forward**2 * moments(act, LARGE_SCALE, cuts).second / LARGE_SCALE
+    reached = settle(act, forward, layers, 1.0, cuts)[-1]
+    fan_out_scale = settle(act, backward, layers, 1.0, cuts)[-1]
+    fan_out_factor = backward**2 * moments(act, fan_out_scale, cuts).slope
+    slope = map_slope(act, forward, 1.0, cuts)
+    return forward, backward, forward**2 * at_one, slope, reached, large, fan_out_scale, fan_out_factor
+
+
+def gain_rows(overrides: Sequence[str], activations: Sequence[str] | None = None) -> list[GainRow]:
+    """Measure every activation (default: every registered one but identity and custom) with its derived gains, and
+    the NAIVE ones with ReLU's gain, under fan_in (forward) and fan_out (backward)."""
+    names = [n for n in (activations or ACTIVATIONS.names()) if n not in SKIP]
+    choices = [(n, None) for n in names] + [(n, float(RELU_GAIN)) for n in NAIVE if n in names]
+    rows = []
+    for name, gain in choices:
+        extra = [f"activation={name}"] + ([] if gain is None else [f"activation.gain={RELU_GAIN}"])
+        fan_in, in_records = _measure_config([*overrides, *extra, "init=kaiming", "init.mode=fan_in"])
+        fan_out, out_records = _measure_config([*overrides, *extra, "init=kaiming", "init.mode=fan_out"])
+        convs = sum(1 for r in in_records if r.kind == "conv")
+        theory = _theory(name, gain, convs - 1)
+        row = GainRow(name, "derived" if gain is None else "ReLU's gain", *theory)
+        row.forward_factor, row.forward_signal = fan_in["forward_factor"], _signal(in_records, backward=False)
+        row.backward_factor, row.backward_signal = fan_out["backward_factor"], _signal(out_records, backward=True)
+        rows.append(row)
+        print(
+            f"{name} ({row.choice}): forward {row.forward_factor:.3f}, backward {row.backward_factor:.3f}", flush=True
+        )
+    return rows
+
+
+def format_gain_rows(rows: Sequence[GainRow], command: str) -> str:
+    """The Markdown page: the command, how to read the columns, one table row per activation and gain choice."""
+    low, high = BOUNDS
+    lines = [
+        "# Kaiming gains for every activation, measured (issue 24)",
+        "",
+        "Made by (do not edit by hand):",
+        "",
+        f"    {command}",
+        "",
+        "Gains: `rectnet/layers/gain.py` (closed forms for the rectifiers, quadrature for the others; the derivation "
+        "and the role of f's mean are in its docstring and in docs/activations.md). Theory columns, by the length map "
+        "h(q) = gain² E_{z~N(0,q)}[f(z)²] of an infinitely wide net without pooling: h(1) is the forward factor per "
+        "layer at unit pre-activation variance, h'(1) its slope (above 1 the fixed point repels), q_L the variance "
+        "after the net's conv layers from q = 1. Measured columns (`python -m rectnet.analysis.propagation`, one "
+        "random batch, eval mode): the geometric-mean factor per layer over conv pairs within a stage, mode fan_in "
+        "for the forward signal and fan_out for the backward one, and the whole net's ratio from the first conv to "
+        f"the last (pools included). 'in bounds': both measured factors within [{low}, {high}].",
+        "",
+        "| activation | gains | fwd gain | bwd gain | h(1) | h'(1) | q_L (theory) | fan_in: fwd factor | "
+        "fan_in: Var[y] last/first | fan_out: bwd factor | fan_out: Var[dx] first/last | in bounds |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r.activation} | {r.choice} | {r.forward_gain:.4f} | {r.backward_gain:.4f} | {r.predicted_factor:.3f} "
+            f"| {r.map_slope:.3f} | {r.predicted_signal:.3g} | {r.forward_factor:.3f} | {r.forward_signal:.3g} "
+            f"| {r.backward_factor:.3f} | {r.backward_signal:.3g} | {'yes' if r.within() else 'no'} |"
+        )
+    reasons = [reason for r in rows for reason in _reasons(r)]
+    if reasons:
+        lines += ["", "Rows out of bounds, and what the length map says of them:", "", *reasons]
+    return "\n".join(lines) + "\n"
+
+
+def _reasons(row: GainRow) -> list[str]:
+    """Why a measured factor leaves BOUNDS, by the theory columns (none for a row within them)."""
+    low, high = BOUNDS
+    name, out = f"{row.activation} ({row.choice})", []
+    if row.forward_factor is not None and not low <= row.forward_factor <= high:
+        if row.predicted_factor < low:
+            why = f"the gain loses variance already at unit scale (h(1) = {row.predicted_factor:.3f})"
+        elif row.map_slope > 1:
+            why = (
+                f"the fixed point repels (h'(1) = {row.map_slope:.2f}) and each stage starts above it (a max-pool "
+                f"raises E[x²]): the scale grows to f's large-scale regime, where the factor is "
+                f"{row.large_scale_factor:.3f}"
+            )
+        else:
+            why = "the length map does not explain it"
+        out.append(f"* {name}, forward {row.forward_factor:.3f}: {why}.")
+    if row.backward_factor is not None and not low <= row.backward_factor <= high:
+        out.append(
+            f"* {name}, backward {row.backward_factor:.3f}: under fan_out nothing holds the forward scale at 1; it "
+            f"reaches q = {row.fan_out_scale:.3g} (no pooling), where the backward factor is {row.fan_out_factor:.3f}."
+        )
+    return out
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -190,9 +356,27 @@ def main(argv: Sequence[str] | None = None) -> None:
         description="Per-layer forward/backward variances at init and their per-layer factors (He et al. 2015 §2.2).",
     )
     parser.add_argument("--plot", metavar="PATH", help="also write a PNG plot (needs matplotlib)")
+    parser.add_argument(
+        "--table",
+        metavar="PATH",
+        help="measure every activation (derived gains; ReLU's gain for gelu and silu) and write a Markdown table",
+    )
+    parser.add_argument("--activations", metavar="A,B,...", help="with --table: only these activations")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. model=prelu_plain30 init.mode=fan_out")
     args = parser.parse_args(argv)
+    if args.table:
+        _write_table(args.table, args.overrides, args.activations.split(",") if args.activations else None)
+        return
     print(json.dumps(analyse(args.overrides, args.plot)))
+
+
+def _write_table(path: str, overrides: Sequence[str], activations: Sequence[str] | None) -> None:
+    words = ["python -m rectnet.analysis.propagation", f"--table {path}"]
+    words += [f"--activations {','.join(activations)}"] if activations else []
+    page = format_gain_rows(gain_rows(overrides, activations), " ".join([*words, *overrides]))
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(page)
+    print(page)
 
 
 if __name__ == "__main__":

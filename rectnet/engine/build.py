@@ -38,6 +38,7 @@ def build_model(settings: TrainConfig, num_classes: int, in_chans: int = 3, chec
 def _build_timm(settings: TrainConfig, num_classes: int, in_chans: int, check_input: bool) -> nn.Module:
     """A timm architecture, converted (rectnet/convert); its example forward at image_size checks the input."""
     m, init = settings.model, settings.init
+    _note_unused_dropout(settings)
     model, report = create_timm(
         m.name,
         num_classes,
@@ -57,6 +58,21 @@ def _build_timm(settings: TrainConfig, num_classes: int, in_chans: int, check_in
     )
     log.info("converted %s:\n%s", m.name, report.format())
     return model
+
+
+def _note_unused_dropout(settings: TrainConfig) -> None:
+    """An activation's dropout rate (AVR's) replaces the rates of rectnet's layer lists (their model.dropout reads
+    it: configs/model/<net>.yaml); a timm model has no such list, so the rate does not apply. Say so, so that
+    nobody reads it into the run."""
+    act = settings.activation
+    if act.dropout is not None:
+        log.info(
+            "activation.dropout=%g (activation %s) is a rate for rectnet's nets; timm model %s keeps its own "
+            "dropout (set it with model.kwargs, e.g. drop_rate)",
+            act.dropout,
+            act.name,
+            settings.model.name,
+        )
 
 
 def _build_spec(settings: TrainConfig, num_classes: int, in_chans: int, check_input: bool) -> SpecNet:

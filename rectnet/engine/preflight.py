@@ -26,14 +26,15 @@ from rectnet.convert.timm_models import check_name
 from rectnet.data.sources import SOURCES
 from rectnet.data.split import check_batch, check_folds, held_out
 from rectnet.engine.distributed import env_ranks
-from rectnet.layers.activations import ACTIVATIONS, activation_parameters, make_activation
+from rectnet.layers.activations import ACTIVATIONS, ActivationError, activation_parameters, make_activation
+from rectnet.layers.gain import GainError
 from rectnet.layers.init import INITS, MODES
 from rectnet.models import MODELS
 from rectnet.models.spec import Footprint, check_layer_indices, footprint, plan
 from rectnet.registry import Registry
 
 # ActivationConfig's parameters: the keys of `activation.params()`
-ACTIVATION_KEYS = ("slope", "initial_bias")
+ACTIVATION_KEYS = ("slope", "initial_bias", "target", "gain")
 HOST = "this machine's memory"
 
 
@@ -78,8 +79,21 @@ def _check_activation_parameters(settings: TrainConfig) -> None:
         others = ", ".join(n for n in ACTIVATIONS if key in activation_parameters(n))
         raise ConfigError(
             f"activation.{key}={value} is not a parameter of activation {name} ({name} takes "
-            f"{own or 'neither activation.slope nor activation.initial_bias'}; {key} is for {others})"
+            f"{own or 'no activation.* parameter'}; {key} is for {others})"
         )
+    _check_activation(settings)
+
+
+def _check_activation(settings: TrainConfig) -> None:
+    """Make the activation once, for every model source: a custom target that does not import or is not pointwise,
+    or a gain the quadrature cannot derive (with init=kaiming), ends here as one line."""
+    act = settings.activation
+    try:
+        module = make_activation(act.name, **act.params())(1)
+        if settings.init.name == "kaiming":
+            module.gains()
+    except (ActivationError, GainError) as err:
+        raise ConfigError(str(err)) from None
 
 
 def _check_init_mode(settings: TrainConfig) -> None:

@@ -1,7 +1,9 @@
-"""Rectifiers that know their channel arithmetic and their Kaiming gains.
+"""Activations that know their channel arithmetic and their Kaiming gains.
 
-Every activation is a `Rectifier`: an `nn.Module` that says how many channels it emits for `c` input
-channels (CReLU: 2c) and which gain the initialization needs around it (`rectnet.layers.init`).
+Every activation is a `Rectifier` (the name of the papers' case; GELU, tanh and an activation a user brings are
+ones too): an `nn.Module` that says how many channels it emits for `c` input channels (CReLU: 2c) and which gain
+the initialization needs around it (`rectnet.layers.init`, which reads every gain through
+`rectnet.layers.gain.gains`).
 
 Gains, from the variance argument of He et al. 2015 §2.2. Let y be a zero-mean, symmetric response of
 a conv layer, x = f(y) what the next layer reads, and Δ the gradients flowing back.
@@ -23,38 +25,81 @@ Per activation (derivations in each class docstring):
     avr |y|      1            1            1                   1
     crelu        1/2          1            sqrt(2)             1
     identity     1            1            1                   1
+
+Any other pointwise f (gelu, silu, mish, elu, selu, softplus, tanh, hardswish, custom): q = E[f(z)²] and
+r = E[f'(z)²] under z ~ N(0, 1), by quadrature, choosing the fixed point of unit pre-activation variance
+(`rectnet.layers.gain`, where the derivation and the role of f's mean are written out; docs/activations.md has
+the values). `activation.gain` states a gain instead, for both modes.
+
+Defaults stated once, here: PReLU's initial slope (`PRELU_INITIAL_SLOPE`), leaky ReLU's slope (`LEAKY_RELU_SLOPE`)
+and AVR's initial bias (`AVR_INITIAL_BIAS`) are the constructors' defaults, which Python callers (rectnet.convert,
+`create`, timm.create_model) get without any config. The activation configs leave them out (a null key is not
+passed on: the default rules) and name the constant; rectnet.results reads them from the constructors.
 """
 
 from __future__ import annotations
 
+import copy
+import importlib
 import inspect
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from rectnet.layers import fused
+from rectnet.layers.gain import Gains, gains
 from rectnet.registry import Registry
+
+PRELU_INITIAL_SLOPE = 0.25  # He et al. 2015 §2.1: "We use a_i = 0.25 as the initialization"
+LEAKY_RELU_SLOPE = 0.01  # Maas et al. 2013
+AVR_INITIAL_BIAS = 0.5  # rectnet's choice (AbsReLU's docstring); 0 restores He et al.'s b = 0
+
+
+class ActivationError(ValueError):
+    """An activation cannot be made as asked (a custom target that does not import or is not pointwise, a bad
+    gain); the message is one line naming the key. The config path turns it into a ConfigError."""
 
 
 class Rectifier(nn.Module):
-    """Base class: an activation with channel arithmetic and init gains."""
+    """Base class: an activation with channel arithmetic and init gains.
+
+    Gains come from `rectnet.layers.gain.gains`: a stated gain (`stated_gain`), else the class's `closed_form`,
+    else the quadrature of the module's own function (cut at its `breakpoints`).
+    """
 
     channel_multiplier: int = 1
     initial_bias: float = 0.0  # the init sets the biases of the layer before it to this (He et al. §2.2: 0)
+    # f(c·y) = c·f(y) for c > 0: the gains hold at any scale, and the first layer may use the following
+    # activation's gain (He et al. §2.2); otherwise it gets gain 1, which starts the net at q* = 1 (init.py)
+    homogeneous: ClassVar[bool] = False
+    breakpoints: ClassVar[tuple[float, ...]] = ()  # where f or f' has a kink or a jump: the quadrature cuts there
+    stated_gain: float | None = None  # activation.gain: the gain for both modes, instead of the derived one
+
+    def closed_form(self) -> Gains | None:
+        """The gains in closed form, where the class derives them; None: derived by quadrature."""
+        return None
+
+    def gains(self) -> Gains:
+        return gains(self)
 
     def forward_gain(self) -> float:
-        raise NotImplementedError
+        return self.gains().forward
 
     def backward_gain(self) -> float:
-        raise NotImplementedError
+        return self.gains().backward
 
     def gain(self, mode: str) -> float:
         """Gain for `std = gain / sqrt(fan)`: fan_in uses the forward gain, fan_out the backward one."""
-        return self.forward_gain() if mode == "fan_in" else self.backward_gain()
+        return self.gains().for_mode(mode)
+
+
+def _closed_form(forward: float, backward: float) -> Gains:
+    return Gains(forward, backward, "closed form")
 
 
 ACTIVATIONS: Registry[type[Rectifier]] = Registry("activation")
@@ -67,19 +112,21 @@ class Identity(Rectifier):
     def __init__(self, channels: int) -> None:
         super().__init__()
 
+    homogeneous = True
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x
 
-    def forward_gain(self) -> float:
-        return 1.0
-
-    def backward_gain(self) -> float:
-        return 1.0
+    def closed_form(self) -> Gains:
+        return _closed_form(1.0, 1.0)
 
 
 @ACTIVATIONS.register("relu")
 class ReLU(Rectifier):
     """max(0, y). For symmetric y: E[x²] = Var[y]/2 (Eq. 8) and f' is 0 or 1 with equal odds (Eq. 12)."""
+
+    homogeneous = True
+    breakpoints = (0.0,)
 
     def __init__(self, channels: int, inplace: bool = True) -> None:
         super().__init__()
@@ -88,11 +135,8 @@ class ReLU(Rectifier):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.relu(x, inplace=self.inplace)
 
-    def forward_gain(self) -> float:
-        return math.sqrt(2.0)
-
-    def backward_gain(self) -> float:
-        return math.sqrt(2.0)
+    def closed_form(self) -> Gains:
+        return _closed_form(math.sqrt(2.0), math.sqrt(2.0))  # Eq. 10, Eq. 14
 
 
 def _slope_gain(a: float) -> float:
@@ -102,9 +146,12 @@ def _slope_gain(a: float) -> float:
 
 @ACTIVATIONS.register("leaky_relu")
 class LeakyReLU(Rectifier):
-    """max(0, y) + a·min(0, y) with a fixed slope a (Maas et al. 2013 use 0.01)."""
+    """max(0, y) + a·min(0, y) with a fixed slope a (`LEAKY_RELU_SLOPE`: Maas et al. 2013's 0.01)."""
 
-    def __init__(self, channels: int, slope: float = 0.01, inplace: bool = True) -> None:
+    homogeneous = True
+    breakpoints = (0.0,)
+
+    def __init__(self, channels: int, slope: float = LEAKY_RELU_SLOPE, inplace: bool = True) -> None:
         super().__init__()
         self.slope = slope
         self.inplace = inplace
@@ -112,11 +159,8 @@ class LeakyReLU(Rectifier):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.leaky_relu(x, self.slope, inplace=self.inplace)
 
-    def forward_gain(self) -> float:
-        return _slope_gain(self.slope)
-
-    def backward_gain(self) -> float:
-        return _slope_gain(self.slope)
+    def closed_form(self) -> Gains:
+        return _closed_form(_slope_gain(self.slope), _slope_gain(self.slope))
 
     def extra_repr(self) -> str:
         return f"slope={self.slope}"
@@ -124,7 +168,8 @@ class LeakyReLU(Rectifier):
 
 @ACTIVATIONS.register("prelu")
 class PReLU(Rectifier):
-    """He et al. 2015 Eq. 1: f(y_i) = max(0, y_i) + a_i·min(0, y_i), a_i learned, initialised to 0.25.
+    """He et al. 2015 Eq. 1: f(y_i) = max(0, y_i) + a_i·min(0, y_i), a_i learned, initialised to 0.25
+    (`PRELU_INITIAL_SLOPE`, §2.1).
 
     Channel-wise (one a per channel) by default; `shared=True` gives the channel-shared variant (one a per
     layer, Table 1). The slope parameter is `weight`, as in `torch.nn.PReLU`, and the optimizer puts it in
@@ -132,7 +177,10 @@ class PReLU(Rectifier):
     The gain uses the *initial* slope (Eq. 15): init runs right after construction.
     """
 
-    def __init__(self, channels: int, slope: float = 0.25, shared: bool = False) -> None:
+    homogeneous = True
+    breakpoints = (0.0,)
+
+    def __init__(self, channels: int, slope: float = PRELU_INITIAL_SLOPE, shared: bool = False) -> None:
         super().__init__()
         self.shared = shared
         self.weight = nn.Parameter(torch.full((1 if shared else channels,), float(slope)))
@@ -143,11 +191,8 @@ class PReLU(Rectifier):
     def _initial_slope(self) -> float:
         return float(self.weight.detach().mean())
 
-    def forward_gain(self) -> float:
-        return _slope_gain(self._initial_slope())
-
-    def backward_gain(self) -> float:
-        return _slope_gain(self._initial_slope())
+    def closed_form(self) -> Gains:
+        return _closed_form(_slope_gain(self._initial_slope()), _slope_gain(self._initial_slope()))
 
     def extra_repr(self) -> str:
         return f"num_parameters={self.weight.numel()}"
@@ -157,7 +202,7 @@ class PReLU(Rectifier):
 class SharedPReLU(PReLU):
     """Channel-shared PReLU: one learned slope for the whole layer (He et al. 2015, Table 1, left column)."""
 
-    def __init__(self, channels: int, slope: float = 0.25) -> None:
+    def __init__(self, channels: int, slope: float = PRELU_INITIAL_SLOPE) -> None:
         super().__init__(channels, slope=slope, shared=True)
 
 
@@ -168,27 +213,27 @@ class AbsReLU(Rectifier):
     Forward: E[|y|²] = Var[y], so q = 1. Backward: f'(y) = sign(y), f'² = 1, so r = 1. Both gains are 1:
     AVR needs Xavier's linear-case variance, not ReLU's doubled one.
 
-    `initial_bias` (rectnet's choice, 0.5): the layers that feed AVR start with that bias instead of 0. |y| is
-    even, so with zero biases a random AVR net keeps only the magnitude of each response: two unrelated inputs
-    leave one AVR layer with correlation 2/π (ReLU: 1/π), eight layers make every image's features alike
-    (cosine 0.95) and their variance lies along the image's contrast, which says little about the class; the
-    loss then sits at chance for hundreds of steps (docs/recipes.md). A bias of about half a response's std
+    `initial_bias` (rectnet's choice, `AVR_INITIAL_BIAS` = 0.5): the layers that feed AVR start with that bias
+    instead of 0. |y| is even, so with zero biases a random AVR net keeps only the magnitude of each response:
+    two unrelated inputs leave one AVR layer with correlation 2/π (ReLU: 1/π), eight layers make every image's
+    features alike (cosine 0.95) and their variance lies along the image's contrast, which says little about the
+    class; the loss then sits at chance for hundreds of steps (docs/recipes.md). A bias of about half a response's std
     (Kaiming keeps the responses near unit variance) moves most units off the kink, where |b + s| = b + s passes
     the sign of the input, and the net learns where to put its kinks from the first steps.
     """
 
-    def __init__(self, channels: int, initial_bias: float = 0.5) -> None:
+    homogeneous = True
+    breakpoints = (0.0,)
+
+    def __init__(self, channels: int, initial_bias: float = AVR_INITIAL_BIAS) -> None:
         super().__init__()
         self.initial_bias = float(initial_bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.abs(x)
 
-    def forward_gain(self) -> float:
-        return 1.0
-
-    def backward_gain(self) -> float:
-        return 1.0
+    def closed_form(self) -> Gains:
+        return _closed_form(1.0, 1.0)
 
 
 @ACTIVATIONS.register("crelu")
@@ -203,6 +248,8 @@ class CReLU(Rectifier):
     """
 
     channel_multiplier = 2
+    homogeneous = True
+    breakpoints = (0.0,)
 
     def __init__(self, channels: int) -> None:
         super().__init__()
@@ -211,11 +258,193 @@ class CReLU(Rectifier):
         # One concatenation then an in-place ReLU: a single output buffer, no intermediate relu(x), relu(-x).
         return torch.cat((x, x.neg()), dim=1).relu_()
 
-    def forward_gain(self) -> float:
-        return math.sqrt(2.0)
+    def closed_form(self) -> Gains:
+        return _closed_form(math.sqrt(2.0), 1.0)
 
-    def backward_gain(self) -> float:
-        return 1.0
+
+def _stated(gain: float | None, label: str) -> float | None:
+    """activation.gain: a positive, finite gain, or None (derive it)."""
+    if gain is not None and not (math.isfinite(gain) and gain > 0):
+        raise ActivationError(f"activation.gain={gain} for {label}: a gain must be a positive finite number")
+    return None if gain is None else float(gain)
+
+
+class TorchActivation(Rectifier):
+    """A pointwise function from torch, its gains derived by quadrature (`rectnet.layers.gain`) or stated.
+
+    Subclasses name the function (`function`) and where f or f' is not smooth (`breakpoints`).
+    """
+
+    function: ClassVar[Callable[[torch.Tensor], torch.Tensor]]
+
+    def __init__(self, channels: int, gain: float | None = None) -> None:
+        super().__init__()
+        self.stated_gain = _stated(gain, type(self).__name__)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.function(x)
+
+    def extra_repr(self) -> str:
+        return "" if self.stated_gain is None else f"gain={self.stated_gain:g}"
+
+
+@ACTIVATIONS.register("gelu")
+class GELU(TorchActivation):
+    """y·Φ(y) (Hendrycks & Gimpel 2016), torch's exact form (erf); smooth."""
+
+    function = staticmethod(F.gelu)
+
+
+@ACTIVATIONS.register("silu")
+class SiLU(TorchActivation):
+    """y·σ(y): SiLU (Elfwing et al. 2018), Swish with β = 1 (Ramachandran et al. 2017); smooth."""
+
+    function = staticmethod(F.silu)
+
+
+@ACTIVATIONS.register("mish")
+class Mish(TorchActivation):
+    """y·tanh(softplus(y)) (Misra 2019); smooth."""
+
+    function = staticmethod(F.mish)
+
+
+@ACTIVATIONS.register("elu")
+class ELU(TorchActivation):
+    """y for y > 0, e^y - 1 otherwise (Clevert et al. 2016, α = 1): f'' jumps at 0."""
+
+    function = staticmethod(F.elu)
+    breakpoints = (0.0,)
+
+
+@ACTIVATIONS.register("selu")
+class SELU(TorchActivation):
+    """λ·ELU_α(y) with Klambauer et al. 2017's λ, α, chosen so that E[f(z)] = 0 and E[f(z)²] = 1 for z ~ N(0, 1):
+    its forward gain is 1, their LeCun-normal init (std 1/sqrt(fan_in)). f' jumps at 0 (λ vs λα)."""
+
+    function = staticmethod(F.selu)
+    breakpoints = (0.0,)
+
+
+@ACTIVATIONS.register("softplus")
+class Softplus(TorchActivation):
+    """log(1 + e^y) (Dugas et al. 2001; Glorot et al. 2011's smooth rectifier); smooth."""
+
+    function = staticmethod(F.softplus)
+
+
+@ACTIVATIONS.register("tanh")
+class Tanh(TorchActivation):
+    """tanh(y); smooth, odd, saturating."""
+
+    function = staticmethod(torch.tanh)
+
+
+@ACTIVATIONS.register("hardswish")
+class Hardswish(TorchActivation):
+    """y·relu6(y + 3)/6 (Howard et al. 2019, MobileNetV3): piecewise, kinks at ±3 (f' jumps there)."""
+
+    function = staticmethod(F.hardswish)
+    breakpoints = (-3.0, 3.0)
+
+
+# ------------------------------------------------------------------ an activation the user brings
+
+PROBE_SHAPE = (2, 3, 5, 4)  # the tensor a custom activation is probed with: batch, channels, height, width
+
+
+@ACTIVATIONS.register("custom")
+class Custom(Rectifier):
+    """An activation the user brings: `activation=custom activation.target=mypkg.mymod.MyAct`.
+
+    `target` names an `nn.Module` class (made without arguments), an `nn.Module` (copied for every layer) or a
+    function of a tensor. It must be pointwise, the same function of each element alone; a probe checks that
+    it keeps the shape and commutes with a permutation of the elements. Its gains are derived by quadrature
+    from its own function (`rectnet.layers.gain`, which always cuts at 0, and at the `breakpoints` the target
+    declares, if any: where f or f' has a kink or a jump), unless `gain` states one.
+    """
+
+    def __init__(self, channels: int, target: str | None = None, gain: float | None = None) -> None:
+        super().__init__()
+        if not target:
+            raise ActivationError(
+                "activation=custom needs activation.target=<module>.<name>: an nn.Module class or a function of a "
+                "tensor, importable here (e.g. activation.target=mypkg.acts.MyAct)"
+            )
+        self.target = target
+        self.label = f"activation.target={target}"
+        self.stated_gain = _stated(gain, self.label)
+        self.fn = load_target(target)
+        self.breakpoints = tuple(float(b) for b in getattr(self.fn, "breakpoints", ()))
+        check_pointwise(self.fn, self.label)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fn(x)
+
+    def extra_repr(self) -> str:
+        return f"target={self.target}" + ("" if self.stated_gain is None else f", gain={self.stated_gain:g}")
+
+
+def load_target(target: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Import `module.name`: an nn.Module class is instantiated, an nn.Module copied, a function returned."""
+    module_name, _, attribute = target.rpartition(".")
+    label = f"activation.target={target}"
+    if not module_name:
+        raise ActivationError(f"{label}: name it as <module>.<name> (e.g. mypkg.acts.MyAct)")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise ActivationError(f"{label} is not importable: {err} (is its package on PYTHONPATH?)") from None
+    if not hasattr(module, attribute):
+        raise ActivationError(f"{label} is not importable: module {module_name} has no attribute {attribute!r}")
+    obj = getattr(module, attribute)
+    if isinstance(obj, type) and issubclass(obj, nn.Module):
+        try:
+            return obj()
+        except Exception as err:  # the user's constructor: whatever it raises, one line
+            raise ActivationError(
+                f"{label}: {attribute}() failed ({type(err).__name__}: {err}); an activation class must be "
+                "constructible without arguments (or name a function)"
+            ) from None
+    if isinstance(obj, nn.Module):
+        return copy.deepcopy(obj)
+    if callable(obj) and not isinstance(obj, type):
+        return obj
+    raise ActivationError(f"{label} is a {type(obj).__name__}, not an nn.Module class or a function of a tensor")
+
+
+def check_pointwise(fn: Callable[[torch.Tensor], torch.Tensor], label: str) -> None:
+    """Refuse `fn` unless it maps each element alone, the same way everywhere: on a probe tensor it must keep the
+    shape, and permuting the input's elements must permute the output's the same way (a softmax over channels,
+    a per-channel parameter or a pooling fails). Checked in eval mode: a random activation (RReLU) is judged by
+    the function it computes at test time."""
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(PROBE_SHAPE, generator=generator)
+    order = torch.randperm(x.numel(), generator=generator)
+    training = fn.training if isinstance(fn, nn.Module) else None
+    if training is not None:
+        fn.eval()
+    try:
+        with torch.no_grad():
+            out, out_of_permuted = fn(x.clone()), fn(x.flatten()[order].reshape(x.shape))
+    except Exception as err:  # the user's code: whatever it raises, one line
+        raise ActivationError(
+            f"{label} fails on a {tuple(x.shape)} probe tensor ({type(err).__name__}: {str(err).splitlines()[0]})"
+        ) from None
+    finally:
+        if training is not None:
+            fn.train(training)
+    if not isinstance(out, torch.Tensor) or out.shape != x.shape:
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ActivationError(
+            f"{label} is not pointwise: a {tuple(x.shape)} tensor comes out as {got}; an activation must keep the shape"
+        )
+    permuted = out.flatten()[order].reshape(x.shape)
+    if not torch.allclose(out_of_permuted, permuted, rtol=1e-5, atol=1e-6, equal_nan=True):
+        raise ActivationError(
+            f"{label} is not pointwise: an output depends on other elements or on its position (permuting the "
+            "input's elements does not permute the output's the same way)"
+        )
 
 
 @dataclass(frozen=True)
@@ -234,6 +463,17 @@ class ActivationFactory:
 
     def out_channels(self, channels: int) -> int:
         return channels * self.cls.channel_multiplier
+
+
+def parameter_defaults(key: str) -> dict[str, Any]:
+    """{activation name: its constructor's default for `key`} over the activations that take `key` (the one
+    statement of PReLU's and leaky ReLU's slopes, AVR's initial bias)."""
+    defaults = {}
+    for name in ACTIVATIONS:
+        parameter = inspect.signature(ACTIVATIONS.get(name)).parameters.get(key)
+        if parameter is not None and parameter.default is not inspect.Parameter.empty:
+            defaults[name] = parameter.default
+    return defaults
 
 
 def activation_parameters(name: str) -> tuple[str, ...]:

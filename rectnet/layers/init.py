@@ -2,14 +2,18 @@
 
 `init_model` goes through the model's weight layers in order (its layer facts, `rectnet.layers.facts`).
 Each layer gets std = gain / sqrt(fan), biases 0 (§2.2: "b = 0"; a layer that feeds AVR: AVR's `initial_bias`,
-see `rectnet.layers.activations.AbsReLU`). The gain comes from the rectifiers around
-the layer (see `rectnet.layers.activations` for the derivation of each gain):
+see `rectnet.layers.activations.AbsReLU`). The gain comes from the activations around the layer, read through
+`rectnet.layers.gain.gains` (closed forms for the rectifiers, `rectnet.layers.activations`; quadrature for any
+other pointwise f, `rectnet.layers.gain`; or the gain a config states):
 
 * mode `fan_in` (Eq. 10, the forward condition): fan = k²·c_in and the gain is the forward gain of the
-  rectifier that produced this layer's input. The first layer reads raw pixels; like the paper ("the
-  factor 1/2 does not matter if it just exists on one layer") it uses the rectifier that follows it.
+  activation that produced this layer's input. The first layer reads the input. For a rectifier (positively
+  homogeneous: its factor per layer does not depend on the scale) it uses, like the paper ("the factor 1/2
+  does not matter if it just exists on one layer"), the rectifier that follows it. For any other f the scale
+  does matter: the gains keep the fixed point q* = 1 of unit pre-activation variance, and the first layer
+  gets gain 1 (the linear case, Eq. 7 with E[x²] = 1 for normalised inputs), which puts it there.
 * mode `fan_out` (Eq. 14, the backward condition): fan = k²·d (the layer's own filters) and the gain is
-  the backward gain of the rectifier that follows the layer; a layer followed by none (the classifier)
+  the backward gain of the activation that follows the layer; a layer followed by none (the classifier)
   gets gain 1 (f' = 1).
 
 A layer whose module carries `init_std` (set by a model config, e.g. the PReLU paper's fc std
@@ -51,6 +55,7 @@ import torch
 from torch import nn
 
 from rectnet.layers.facts import WeightLayer, weight_layers
+from rectnet.layers.gain import gains
 from rectnet.registry import Registry
 
 FAN_MODES = ("fan_in", "fan_out")
@@ -83,15 +88,29 @@ INITS: Registry[InitFn] = Registry("init")
 MODES = {"kaiming": FAN_MODES, "xavier": (*FAN_MODES, "avg")}  # the init.mode values each init takes
 
 
+def input_gain(layer: WeightLayer) -> float:
+    """Eq. 10's gain for the signal `layer` reads: the forward gain of the activation that made it; for the first
+    layer, the following activation's if that is homogeneous (He et al. §2.2), else 1 (module docstring)."""
+    if layer.before is not None:
+        return gains(layer.before).forward
+    if layer.after is not None and getattr(layer.after, "homogeneous", False):
+        return gains(layer.after).forward
+    return 1.0
+
+
+def output_gain(layer: WeightLayer) -> float:
+    """Eq. 14's gain: the backward gain of the activation that follows `layer`; 1 where none does (f' = 1)."""
+    return gains(layer.after).backward if layer.after is not None else 1.0
+
+
 @INITS.register("kaiming")
 def kaiming_std(layer: WeightLayer, mode: str) -> float:
-    """He et al. 2015: Eq. 10 (fan_in) / Eq. 14 (fan_out), gains per rectifier (Eq. 15 for PReLU)."""
+    """He et al. 2015: Eq. 10 (fan_in) / Eq. 14 (fan_out), gains per activation (Eq. 15 for PReLU)."""
     _check_mode(mode, MODES["kaiming"])
     fan_in, fan_out = fans(layer.module.weight)
     if mode == "fan_in":
-        act = layer.before or layer.after
-        return (act.forward_gain() if act else 1.0) * math.sqrt(layer.facts.keep_in / fan_in)
-    return (layer.after.backward_gain() if layer.after else 1.0) * math.sqrt(layer.facts.keep_out / fan_out)
+        return input_gain(layer) * math.sqrt(layer.facts.keep_in / fan_in)
+    return output_gain(layer) * math.sqrt(layer.facts.keep_out / fan_out)
 
 
 @INITS.register("xavier")

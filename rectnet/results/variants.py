@@ -12,9 +12,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
 
+from rectnet.layers.activations import parameter_defaults
 from rectnet.models import MODELS, spec_layer_facts
 
-SLOPE_DEFAULTS = {"prelu": 0.25, "prelu_shared": 0.25, "leaky_relu": 0.01}  # activations whose slope matters
+SLOPE_DEFAULTS = parameter_defaults("slope")  # activations whose slope matters, with their classes' defaults
 
 
 @dataclass(frozen=True)
@@ -89,11 +90,17 @@ def _model_label(model: dict) -> str:
     return f"timm:{model['name']}" + (f"[{', '.join(extras)}]" if extras else "")
 
 
+def _activation_label(act: dict) -> str:
+    """An activation by its name; a user's own (activation=custom) by what it imports, so that runs of different
+    custom activations are different rows."""
+    return f"custom:{act['target']}" if act["name"] == "custom" and act.get("target") else act["name"]
+
+
 def variant_from_config(config: dict) -> Variant:
     model, act = config["model"], config["activation"]
     return make_variant(
         _model_label(model),
-        act["name"],
+        _activation_label(act),
         act.get("slope"),
         model.get("width", 1.0),
         model.get("act_at"),
