@@ -13,7 +13,7 @@
 #   EPOCHS            epochs per run (default 10); lr x0.1 at round(EPOCHS x 200/350), round(EPOCHS x 250/350) and
 #                     round(EPOCHS x 300/350), the recipe's milestones at the same fractions of the schedule
 #   SEEDS             seeds of the baseline and CReLU (default 0,1,2,3,4: the claim CReLU < baseline needs them)
-#   OTHER_SEEDS       seeds of + (half), AVR and PReLU (default 0,1,2)
+#   OTHER_SEEDS       seeds of + (half), AVR and PReLU (default 0,1,2; OTHER_SEEDS= runs none)
 #   DOUBLE_SEEDS      seeds of + (double) (default none: a run costs about 4x a baseline run)
 #   THREADS           trainer.threads (default 1)
 #   CHECKPOINT_EVERY  trainer.checkpoint_every_steps (default 300: ~4 minutes of a quarter-width baseline on one
@@ -38,7 +38,7 @@ reproduce_setup crelu_table1_mini "$@"
 WIDTH_SCALE=${WIDTH_SCALE:-0.25}
 EPOCHS=${EPOCHS:-10}
 SEEDS=${SEEDS:-0,1,2,3,4}
-OTHER_SEEDS=${OTHER_SEEDS:-0,1,2}
+OTHER_SEEDS=${OTHER_SEEDS-0,1,2}
 DOUBLE_SEEDS=${DOUBLE_SEEDS:-}
 THREADS=${THREADS:-1}
 CHECKPOINT_EVERY=${CHECKPOINT_EVERY:-300}
