@@ -271,7 +271,7 @@ class TrainerConfig:
     precision: str = "auto"
     channels_last: bool = True
     compile: bool = False  # torch.compile the model
-    fused_prelu: bool = True  # PReLU's one-pass CPU backward (rectnet/layers/fused.py); false: F.prelu's own
+    fused_prelu: bool = True  # PReLU's one-pass CPU kernel, forward and backward (rectnet/layers/fused.py); false: F.prelu
     keep_freed_memory: bool = True  # CPU: malloc keeps freed activation buffers for the next step (runtime.py)
     resume: str | None = "auto"  # "auto": <run_dir>/checkpoints/last.pt if it exists; a path; null: never
     threads: int | None = None  # CPU intra-op threads; null: $OMP_NUM_THREADS, else usable cores / local ranks

@@ -146,8 +146,7 @@ CPU_STANDIN = Scale(
     imagenet=("experiment=small14_prelu", "dataset.num_classes=2", "dataset.image_size=48", "dataset.scale_min=56",
               "dataset.scale_max=56", "dataset.stats_images=8", "dataset.num_test=null", "dataset.workers=1",
               "eval.size=56", "eval.scales=[56]", "model.width=0.125", "trainer.epochs=1", "logger=none",
-              "trainer.progress=none", "trainer.precision=fp32",
-              "trainer.fused_prelu=false"),  # its CPU kernel compiles in every process: tens of seconds on 2 cores
+              "trainer.progress=none", "trainer.precision=fp32"),
     imagenet_batch_per_process=4,
     imagenet_sample=(2, 16, 4, (64, 56)),
     timeout_s=150,

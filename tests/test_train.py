@@ -253,9 +253,9 @@ def test_cli_multirun_grid_makes_one_directory_per_job(tmp_path):
 
 def test_compile_without_a_compiler_fails_clearly(tmp_path, monkeypatch):
     from rectnet.config import ConfigError
-    from rectnet.layers import fused
+    from rectnet.layers import native
 
-    monkeypatch.setattr(fused.shutil, "which", lambda name: None)
+    monkeypatch.setattr(native.shutil, "which", lambda name: None)
     with pytest.raises(ConfigError, match="needs a C\\+\\+ compiler"):
         run(compose_train([*TINY, "trainer.compile=true", "trainer.device=cpu"], tmp_path))
 

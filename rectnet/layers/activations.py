@@ -186,7 +186,7 @@ class PReLU(Rectifier):
         self.weight = nn.Parameter(torch.full((1 if shared else channels,), float(slope)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return fused.prelu(x, self.weight)  # F.prelu, with a one-pass backward on CPUs (see fused.py)
+        return fused.prelu(x, self.weight)  # F.prelu, through a one-pass kernel on CPUs (see fused.py)
 
     def _initial_slope(self) -> float:
         return float(self.weight.detach().mean())
