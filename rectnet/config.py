@@ -19,6 +19,8 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from rectnet.layers.init import InitSpec  # the layers import nothing from the config
+
 
 class ConfigError(ValueError):
     """A config value is out of range or inconsistent; the message names the key."""
@@ -191,13 +193,18 @@ class ActivationConfig:
 
 @dataclass
 class InitConfig:
-    name: str = "kaiming"  # kaiming | xavier
-    mode: str = "fan_in"  # kaiming: fan_in (Eq. 10) | fan_out (Eq. 14); xavier also: avg
-    distribution: str = "normal"  # normal | uniform
+    # The fields and defaults are InitSpec's (rectnet/layers/init.py): `spec()` hands them over whole.
+    name: str = InitSpec.name  # kaiming | xavier
+    mode: str = InitSpec.mode  # kaiming: fan_in (Eq. 10) | fan_out (Eq. 14); xavier also: avg
+    distribution: str = InitSpec.distribution  # normal | uniform
     # The class-score layer's std is the init's rule times head_scale: 0 (default) starts it at zero, 1 is the
     # rule, as every other layer. Why zero: rectnet/layers/init.py and docs/recipes.md.
-    head_scale: float = 0.0
-    count_dropout: bool = True  # kaiming: count inverted dropout's 1/(1-p) in Eq. 7 (rectnet/layers/init.py)
+    head_scale: float = InitSpec.head_scale
+    count_dropout: bool = InitSpec.count_dropout  # kaiming: count inverted dropout's 1/(1-p) in Eq. 7
+
+    def spec(self) -> InitSpec:
+        """The init policy this section configures, for `rectnet.models.create` and `rectnet.convert`."""
+        return InitSpec(**dataclasses.asdict(self))
 
     def validate(self) -> None:
         _require(self.head_scale >= 0, "init.head_scale", "must be >= 0", self.head_scale)
@@ -271,7 +278,7 @@ class TrainerConfig:
     precision: str = "auto"
     channels_last: bool = True
     compile: bool = False  # torch.compile the model
-    fused_prelu: bool = True  # PReLU's one-pass CPU kernel, forward and backward (rectnet/layers/fused.py); false: F.prelu
+    fused_prelu: bool = True  # PReLU's one-pass CPU kernel, both passes (rectnet/layers/fused.py); false: F.prelu
     keep_freed_memory: bool = True  # CPU: malloc keeps freed activation buffers for the next step (runtime.py)
     resume: str | None = "auto"  # "auto": <run_dir>/checkpoints/last.pt if it exists; a path; null: never
     threads: int | None = None  # CPU intra-op threads; null: $OMP_NUM_THREADS, else usable cores / local ranks
@@ -279,7 +286,7 @@ class TrainerConfig:
     # kernel (adaptive_max_pool2d's CUDA backward, SPP nets) warn instead of failing (runtime.set_determinism)
     deterministic: bool = False
     # progress every N steps; also how often the host reads losses from the device (the bar then redraws) and
-    # the ranks agree on stop signals and NaN (engine/train.py, _sync)
+    # the ranks agree on stop signals and NaN (engine/agreement.py, read_window)
     log_every_steps: int = 50
     progress: str = "auto"  # auto (bar on a terminal, lines otherwise) | bar | lines | none
     max_steps_per_epoch: int | None = None  # cap for quick checks; null = the whole epoch

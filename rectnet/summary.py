@@ -4,7 +4,7 @@
     python -m rectnet.summary model=prelu_c dataset.image_size=224 dataset.num_classes=1000
 
 The config is composed exactly as train.py composes it (configs/train.yaml, the typed schema of
-rectnet/config.py) and the model is built by `rectnet.engine.build.build_model`. The input is one image of
+rectnet/config.py) and the model is built by `rectnet.models.build.build_model`. The input is one image of
 `dataset.image_size` x `dataset.image_size` pixels with 3 channels; use `dataset.image_size=224` for the
 ImageNet models' figures (the CIFAR configs say 32; the summary never reads the data).
 
@@ -34,8 +34,8 @@ from hydra import compose, initialize_config_dir
 from torch import nn
 
 from rectnet.config import ConfigError, TrainConfig, to_settings
-from rectnet.engine.build import build_model
 from rectnet.layers.facts import layer_facts
+from rectnet.models.build import build_model
 
 # The repository's configs/ next to the package (an editable install or a checkout on sys.path).
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"

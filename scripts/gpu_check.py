@@ -669,7 +669,7 @@ def train_flops_per_image(settings) -> float:
     about twice the forward's cost."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from rectnet.engine.build import build_model
+    from rectnet.models.build import build_model
 
     model = build_model(settings, settings.dataset.num_classes, 3).eval()
     size = settings.dataset.image_size

@@ -7,12 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
 import rectnet.config  # noqa: F401  (registers the schema)
-from rectnet.engine import checkpoint as ckpt
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
@@ -74,30 +72,3 @@ def make_image_folder(
                 pixels = np.clip(base + rng.normal(0, 20, base.shape), 0, 255).astype(np.uint8)
                 Image.fromarray(pixels).save(folder / f"{split}_{c}_{i}.JPEG", "JPEG", quality=90)
     return root
-
-
-# Format 1's top-level keys, in the order that version's Job.save wrote them.
-FORMAT_1_KEYS = (
-    "model", "optimizer", "schedule", "scaler", "epoch", "step", "partial", "best_top1_err", "best_epoch",
-    "train_loss_at_best", "stopped_at", "rng", "world_size", "config", "data",
-)  # fmt: skip
-
-
-# Format 1's model keys of ConvPool-CNN-C with ReLU (the tests' model): each conv by its position in `features`
-# (dropout, conv1, relu, conv2, relu, conv3, relu, pool, dropout, conv4, ...).
-OLD_POSITIONS = [1, 3, 5, 9, 11, 13, 17, 19, 21]
-OLD_CONVPOOL_RELU = {f"conv{i}": f"features.{position}" for i, position in enumerate(OLD_POSITIONS, 1)}
-
-
-def as_format_1(path, train_loss_at_best=None, stopped_at=0) -> None:
-    """Rewrite the checkpoint at `path` as format 1 wrote it: the Single protocol's two values at the top level,
-    the model's tensors under their positions."""
-    new = torch.load(path, weights_only=True)
-    old = {key: new[key] for key in FORMAT_1_KEYS if key in new}
-    old["model"] = {
-        f"{OLD_CONVPOOL_RELU[key.split('.')[1]]}.{key.split('.')[2]}": value for key, value in new["model"].items()
-    }
-    assert len(old["model"]) == len(new["model"]) == 18
-    old |= {"train_loss_at_best": train_loss_at_best, "stopped_at": stopped_at, "format": 1}
-    assert set(old) == {*FORMAT_1_KEYS, "format"}
-    ckpt.atomic_save(old, path)

@@ -111,7 +111,7 @@ def test_a_converted_model_trains(activation):
     settings = to_settings(compose_train(overrides(activation)))
     act = make_activation(settings.activation.name, **settings.activation.params())
     torch.manual_seed(0)
-    model, report = rectnet.convert(SmallNet(), act, settings.init.name, input_size=(3, 16, 16))
+    model, report = rectnet.convert(SmallNet(), act, settings.init.spec(), input_size=(3, 16, 16))
     assert {site.now for site in report.sites} == {act.name}, report.format()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     for images, labels in synthetic_batches(steps=2):

@@ -19,7 +19,6 @@ from rectnet.config import ConfigError, TrainerConfig
 from rectnet.data.batches import BatchAugment, TrainBatches
 from rectnet.data.imagenet import GlobalBatchSampler
 from rectnet.data.split import Split
-from rectnet.engine import checkpoint as ckpt
 from rectnet.engine.fingerprint import ResumeMismatchError, check_resume, fingerprint
 from rectnet.engine.train import run
 
@@ -157,19 +156,6 @@ def test_a_resume_allowed_to_change_the_seed_says_so(tmp_path, one_thread):
     run(compose_train(TINY, tmp_path))
     results = run(compose_train([*TINY, "trainer.epochs=3", "seed=5", "trainer.resume_allow=[seed]"], tmp_path))
     assert results["resumed_from"][0]["changed"] == {"seed": [0, 5]}
-
-
-def test_a_checkpoint_of_format_2_gains_its_fingerprint_from_its_config(tmp_path, one_thread):
-    run(compose_train([*TINY, "trainer.epochs=1"], tmp_path))
-    last = tmp_path / "checkpoints" / "last.pt"
-    saved = torch.load(last, weights_only=True)
-    old = {k: v for k, v in saved.items() if k not in ("fingerprint", "position", "resumes")} | {"format": 2}
-    ckpt.atomic_save(old, last)
-    upgraded = ckpt.load(last)
-    assert upgraded["fingerprint"] == saved["fingerprint"] and upgraded["position"] == 0
-    with pytest.raises(ResumeMismatchError, match="seed: 0 -> 1"):
-        run(compose_train([*TINY, "trainer.epochs=2", "seed=1"], tmp_path))
-    assert run(compose_train([*TINY, "trainer.epochs=2"], tmp_path))["epochs"] == 2
 
 
 # ------------------------------------------------------------------------------- the position in an epoch

@@ -23,6 +23,7 @@ from rectnet.convert import ConversionError, create_timm
 from rectnet.engine.train import run
 from rectnet.layers.activations import CReLU, PReLU, Rectifier, ReLU
 from rectnet.layers.facts import weight_layers
+from rectnet.layers.init import InitSpec
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -110,9 +111,8 @@ PRELU_GAIN = math.sqrt(2 / (1 + 0.25**2))  # Eq. 15 with the initial slope 0.25
 @pytest.mark.parametrize("mode", ["fan_in", "fan_out"])
 def test_init_pairs_each_layer_with_the_rectifier_of_its_data_flow(activation, act_at, early, late, mode):
     torch.manual_seed(0)
-    model, report = rectnet.convert(
-        Scrambled(), activation, act_at=act_at, init_mode=mode, head_scale=1.0, input_size=(3, 8, 8)
-    )
+    init = InitSpec("kaiming", mode, head_scale=1.0)
+    model, report = rectnet.convert(Scrambled(), activation, init, act_at=act_at, input_size=(3, 8, 8))
     assert [s.where for s in report.sites] == ["act_early", "act_late"]  # data-flow order, not registration
     # By hand from forward(): conv_a reads pixels (first-layer rule: the rectifier after it, through the norm),
     # conv_b reads act_early and is followed by act_late, head reads act_late and is followed by nothing.
@@ -131,7 +131,7 @@ def test_init_pairs_each_layer_with_the_rectifier_of_its_data_flow(activation, a
 def test_init_after_a_norm_takes_the_gain_of_the_rectifier_after_the_norm():
     """conv -> BN -> ReLU: Eq. 14's sqrt(2) (docs/convert.md: pre-norm variance 1, the BN's initial running var)."""
     torch.manual_seed(0)
-    model, _ = rectnet.convert(Scrambled(), "relu", init_mode="fan_in", input_size=(3, 8, 8))
+    model, _ = rectnet.convert(Scrambled(), "relu", InitSpec("kaiming", "fan_in"), input_size=(3, 8, 8))
     model.eval()  # BN with its initial running statistics (mean 0, var 1)
     x = torch.randn(64, 3, 8, 8)
     y = model.conv_b(model.act_early(model.norm_a(model.conv_a(x))))

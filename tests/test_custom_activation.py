@@ -15,10 +15,10 @@ from helpers import TINY, compose_train, run_cli
 
 import rectnet
 from rectnet.config import ConfigError, to_settings
-from rectnet.engine.build import build_model
 from rectnet.layers.activations import Custom, make_activation
 from rectnet.layers.facts import weight_layers
 from rectnet.layers.init import fans
+from rectnet.models.build import build_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

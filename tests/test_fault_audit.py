@@ -200,8 +200,8 @@ def test_too_little_room_for_the_checkpoints_is_refused_before_training(tmp_path
 
 def test_the_checkpoint_size_estimate_is_close_to_the_real_size(two_epochs):
     from rectnet.config import to_settings
-    from rectnet.engine.build import build_model
     from rectnet.engine.optim import make_optimizer
+    from rectnet.models.build import build_model
 
     settings = to_settings(compose_train(TINY))
     model = build_model(settings, settings.dataset.num_classes)

@@ -10,7 +10,7 @@ from torch import nn
 
 from rectnet.layers.activations import make_activation
 from rectnet.layers.facts import weight_layers
-from rectnet.layers.init import init_model
+from rectnet.layers.init import InitSpec, init_model
 from rectnet.models import create
 
 
@@ -56,9 +56,7 @@ CONVPOOL = [
 def test_kaiming_std_per_layer(act, mode, expected):
     # the paper's rule on every layer: the classifier by the rule too, dropout not counted
     torch.manual_seed(0)
-    model = create(
-        "convpool_cnn_c", act=act, init="kaiming", init_mode=mode, init_head_scale=1.0, init_count_dropout=False
-    )
+    model = create("convpool_cnn_c", act=act, init=InitSpec("kaiming", mode, head_scale=1.0, count_dropout=False))
     for measured, theory in zip(_conv_stds(model), expected, strict=True):
         assert measured == pytest.approx(theory, rel=0.05)
 
@@ -66,8 +64,8 @@ def test_kaiming_std_per_layer(act, mode, expected):
 def test_xavier_is_blind_to_the_rectifier_and_uniform():
     torch.manual_seed(0)
     for act in ("relu", "crelu"):
-        uniform = {"init_distribution": "uniform", "init_head_scale": 1.0}
-        model = create("convpool_cnn_c", act=act, init="xavier", init_mode="fan_in", **uniform)
+        uniform = InitSpec("xavier", "fan_in", "uniform", head_scale=1.0)
+        model = create("convpool_cnn_c", act=act, init=uniform)
         for layer in weight_layers(model):
             w = layer.module.weight
             fan_in = w[0].numel()
@@ -77,7 +75,7 @@ def test_xavier_is_blind_to_the_rectifier_and_uniform():
 
 def test_xavier_avg_is_glorots_harmonic_fan():
     torch.manual_seed(0)
-    model = create("convpool_cnn_c", act="relu", init="xavier", init_mode="avg")
+    model = create("convpool_cnn_c", act="relu", init=InitSpec("xavier", "avg"))
     conv4 = weight_layers(model)[3].module.weight  # 96 -> 192, 3x3
     assert conv4.std().item() == pytest.approx(math.sqrt(2 / (9 * 96 + 9 * 192)), rel=0.05)
 
@@ -93,8 +91,8 @@ def test_dropout_scales_the_gain_by_the_keep_probability(act):
     # the dropout) and n̂ Var[w] = (1-p)/r (backward: the layer before it)
     torch.manual_seed(0)
     doubled = act == "crelu"
-    fan_in = create("convpool_cnn_c", act=act, init="kaiming", init_mode="fan_in", init_head_scale=1.0)
-    fan_out = create("convpool_cnn_c", act=act, init="kaiming", init_mode="fan_out", init_head_scale=1.0)
+    fan_in = create("convpool_cnn_c", act=act, init=InitSpec("kaiming", "fan_in", head_scale=1.0))
+    fan_out = create("convpool_cnn_c", act=act, init=InitSpec("kaiming", "fan_out", head_scale=1.0))
     r = 1.0 if doubled else 0.5
     for i, (c, d, k) in enumerate(CONVPOOL):
         c_read = c * (2 if doubled and i else 1)
@@ -112,9 +110,9 @@ def test_the_classifier_starts_at_zero_and_head_scale_scales_the_rule(init):
     loss = nn.functional.cross_entropy(zero(torch.randn(4, 3, 32, 32)), torch.tensor([0, 1, 2, 3]))
     assert loss.item() == pytest.approx(math.log(10), rel=1e-6)  # zero scores: the loss is chance exactly
     torch.manual_seed(0)
-    tenth = create("convpool_cnn_c", act="prelu", width=0.25, init=init, init_head_scale=0.1)
+    tenth = create("convpool_cnn_c", act="prelu", width=0.25, init=InitSpec(init, head_scale=0.1))
     torch.manual_seed(0)
-    rule = create("convpool_cnn_c", act="prelu", width=0.25, init=init, init_head_scale=1.0)
+    rule = create("convpool_cnn_c", act="prelu", width=0.25, init=InitSpec(init, head_scale=1.0))
     tenth_w, rule_w = (weight_layers(m)[-1].module.weight for m in (tenth, rule))
     assert torch.allclose(tenth_w, 0.1 * rule_w)  # the same draw, scaled
     for a, b, c in zip(weight_layers(zero)[:-1], weight_layers(tenth)[:-1], weight_layers(rule)[:-1], strict=True):
@@ -130,7 +128,7 @@ def test_a_classifier_followed_by_a_rectifier_keeps_the_rule():
 
 
 def test_a_fixed_std_of_zero_is_kept():
-    model = create("convpool_cnn_c", width=0.25, init_std={2: 0.0}, init_head_scale=1.0)
+    model = create("convpool_cnn_c", width=0.25, init_std={2: 0.0}, init=InitSpec(head_scale=1.0))
     assert torch.count_nonzero(weight_layers(model)[1].module.weight) == 0
     assert torch.count_nonzero(weight_layers(model)[-1].module.weight) > 0
 
@@ -178,14 +176,14 @@ def _forward_ratio(model: nn.Sequential) -> float:
 def test_kaiming_fan_in_keeps_forward_variance(act):
     torch.manual_seed(0)
     model = _plain_stack(act)
-    init_model(model, "kaiming", "fan_in")
+    init_model(model, InitSpec("kaiming", "fan_in"))
     assert 0.85 < _forward_ratio(model) < 1.15  # Eq. 10: a per-layer factor of 1
 
 
 def test_xavier_halves_forward_variance_per_relu_layer():
     torch.manual_seed(0)
     model = _plain_stack("relu")
-    init_model(model, "xavier", "fan_in")
+    init_model(model, InitSpec("xavier", "fan_in"))
     assert 0.42 < _forward_ratio(model) < 0.58  # §2.2: n Var[w] = 1 leaves 1/2 per ReLU layer
 
 
@@ -198,13 +196,13 @@ def test_a_non_homogeneous_activation_gets_its_derived_gains_and_the_first_layer
     # which starts the net at the fixed point q* = 1 (a rectifier's first layer keeps He et al.'s rule, above).
     # fan_out: 1/sqrt(E[f'(z)²]) on the layer's own filters; the classifier, followed by no activation, gets 1.
     gains = make_activation(act)(1).gains()
-    plain = {"init_head_scale": 1.0, "init_count_dropout": False}
+    plain = {"head_scale": 1.0, "count_dropout": False}
     torch.manual_seed(0)
-    fan_in = create("convpool_cnn_c", act=act, init="kaiming", init_mode="fan_in", **plain)
+    fan_in = create("convpool_cnn_c", act=act, init=InitSpec("kaiming", "fan_in", **plain))
     expected = [(1.0 if i == 0 else gains.forward) / math.sqrt(k * k * c) for i, (c, d, k) in enumerate(CONVPOOL)]
     for measured, theory in zip(_conv_stds(fan_in), expected, strict=True):
         assert measured == pytest.approx(theory, rel=0.05)
-    fan_out = create("convpool_cnn_c", act=act, init="kaiming", init_mode="fan_out", **plain)
+    fan_out = create("convpool_cnn_c", act=act, init=InitSpec("kaiming", "fan_out", **plain))
     expected = [gains.backward / math.sqrt(k * k * d) for c, d, k in CONVPOOL[:-1]] + [math.sqrt(1 / 10)]
     for measured, theory in zip(_conv_stds(fan_out), expected, strict=True):
         assert measured == pytest.approx(theory, rel=0.05)
@@ -212,7 +210,8 @@ def test_a_non_homogeneous_activation_gets_its_derived_gains_and_the_first_layer
 
 def test_a_stated_gain_sets_every_layer_after_the_activation():
     torch.manual_seed(0)
-    model = create("convpool_cnn_c", act="silu", gain=math.sqrt(2), init_head_scale=1.0, init_count_dropout=False)
+    plain = InitSpec(head_scale=1.0, count_dropout=False)
+    model = create("convpool_cnn_c", act="silu", gain=math.sqrt(2), init=plain)
     stds = _conv_stds(model)
     assert stds[0] == pytest.approx(1 / math.sqrt(27), rel=0.05)  # the first layer reads the input: gain 1
     for measured, (c, _, k) in zip(stds[1:], CONVPOOL[1:], strict=True):
@@ -223,5 +222,5 @@ def test_a_stated_gain_sets_every_layer_after_the_activation():
 def test_kaiming_fan_in_keeps_forward_variance_for_smooth_activations(act):
     torch.manual_seed(0)
     model = _plain_stack(act)
-    init_model(model, "kaiming", "fan_in")
+    init_model(model, InitSpec("kaiming", "fan_in"))
     assert 0.85 < _forward_ratio(model) < 1.15  # the fixed point q* = 1: a per-layer factor of 1

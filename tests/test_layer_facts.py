@@ -1,8 +1,8 @@
 """One list of layer facts per network, read by init, tables and analyses; modules named as the papers name
-layers; state dicts written before the modules had names (keys by position, `features.17.weight`) still load.
+layers.
 
 Expected values come from the papers' layer lists (He et al. 2015 Table 1; Zagoruyko's VGG for Shang et al.
-2016 Table 2) and from hand-written tables of the old positional keys."""
+2016 Table 2)."""
 
 from __future__ import annotations
 
@@ -12,62 +12,7 @@ import torch
 from rectnet.layers.activations import make_activation
 from rectnet.layers.facts import layer_facts, walk_layer_facts, weight_layers
 from rectnet.models import create
-from rectnet.models.spec import CLASSES, Conv, Dropout, GlobalAvgPool, Linear, Pool, build
-
-# ConvPool-CNN-C with PReLU as rectnet laid it out before modules had names: features = dropout, conv1, prelu,
-# conv2, prelu, conv3, prelu, pool, dropout, conv4, ..., conv9 (no activation); head = global average pooling.
-# Old key -> (layer, what): the conv's weight or bias, or the slopes of the PReLU after it.
-OLD_CONVPOOL_PRELU = {
-    "features.1": "conv1", "features.2": "conv1 slopes", "features.3": "conv2", "features.4": "conv2 slopes",
-    "features.5": "conv3", "features.6": "conv3 slopes", "features.9": "conv4", "features.10": "conv4 slopes",
-    "features.11": "conv5", "features.12": "conv5 slopes", "features.13": "conv6", "features.14": "conv6 slopes",
-    "features.17": "conv7", "features.18": "conv7 slopes", "features.19": "conv8", "features.20": "conv8 slopes",
-    "features.21": "conv9",
-}  # fmt: skip
-
-# A small net with BatchNorm and fc layers (below), as the old layout keyed it: features = conv1, bn, prelu, pool,
-# dropout, conv2, prelu; head = global average pooling, fc3, bn, prelu, fc4.
-SMALL = [Conv(4, 3, bn=True), Pool(2, 2), Dropout(0.5), Conv(8, 3), GlobalAvgPool(), Linear(6, bn=True)]
-SMALL += [Linear(CLASSES, act=None)]
-OLD_SMALL = {
-    "features.0": "conv1", "features.1": "conv1 bn", "features.2": "conv1 slopes", "features.5": "conv2",
-    "features.6": "conv2 slopes", "head.1": "fc3", "head.2": "fc3 bn", "head.3": "fc3 slopes", "head.4": "fc4",
-}  # fmt: skip
-
-
-def old_state_dict(model: torch.nn.Module, old: dict[str, str]) -> dict[str, torch.Tensor]:
-    """`model`'s tensors under the old positional keys, looked up layer by layer through `weight_layers`."""
-    parts = {}
-    for layer in weight_layers(model):
-        norm = model.get_submodule(layer.facts.norm) if layer.facts.norm else None
-        parts |= {layer.name: layer.module, f"{layer.name} slopes": layer.after, f"{layer.name} bn": norm}
-    state = {}
-    for prefix, part in old.items():
-        state |= {f"{prefix}.{key}": value.clone() for key, value in parts[part].state_dict().items()}
-    return state
-
-
-@pytest.mark.parametrize(
-    ("make", "old"),
-    [
-        (lambda: create("convpool_cnn_c", act="prelu", width=0.125, init_head_scale=1.0), OLD_CONVPOOL_PRELU),
-        (lambda: build(SMALL, make_activation("prelu"), 10), OLD_SMALL),
-    ],
-)
-def test_a_state_dict_in_the_old_positional_keys_loads_into_the_named_modules(make, old):
-    torch.manual_seed(0)
-    trained = make()
-    with torch.no_grad():  # every tensor distinct from a fresh model's, BN statistics and slopes included
-        for tensor in trained.state_dict().values():
-            tensor.add_(torch.rand_like(tensor.float()).to(tensor.dtype) + 1)
-    saved = old_state_dict(trained, old)
-    assert len(saved) == len(trained.state_dict())  # the hand-written table covers every tensor
-    assert all(key.split(".")[1].isdigit() for key in saved)
-
-    fresh = make()
-    fresh.load_state_dict(saved)  # strict: every key must find its module
-    expected = trained.state_dict()
-    assert all(torch.equal(value, expected[key]) for key, value in fresh.state_dict().items())
+from rectnet.models.spec import Conv, GlobalAvgPool, build
 
 
 def test_modules_are_named_as_table_1_names_the_layers():

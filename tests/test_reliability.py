@@ -31,9 +31,10 @@ from rectnet.config import ConfigError
 from rectnet.data.cifar import CIFAR10, DatasetError, load_cifar
 from rectnet.engine import checkpoint as ckpt
 from rectnet.engine import rundir
+from rectnet.engine.agreement import NonFiniteStateError
 from rectnet.engine.checkpoint import CheckpointError, CheckpointWriteError
 from rectnet.engine.distributed import Dist
-from rectnet.engine.train import NonFiniteStateError, run
+from rectnet.engine.train import run
 
 HOST = socket.gethostname()
 
@@ -333,8 +334,8 @@ def test_when_neither_checkpoint_loads_the_message_names_both_and_what_to_do(tmp
 def _first_optimized() -> str:
     """The name of the parameter the optimizer lists first (the one the injected overflow hits)."""
     from rectnet.config import to_settings
-    from rectnet.engine.build import build_model
     from rectnet.engine.optim import make_optimizer
+    from rectnet.models.build import build_model
 
     settings = to_settings(compose_train(TINY))
     model = build_model(settings, settings.dataset.num_classes)

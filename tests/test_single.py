@@ -16,7 +16,7 @@ from helpers import ROOT, TINY
 
 from rectnet.config import DatasetConfig, settings_from_dict
 from rectnet.data import load_dataset
-from rectnet.engine.build import build_model
+from rectnet.models.build import build_model
 
 # The classifier at the init's own scale: the protocol's mechanics, not the init, are under test, and the
 # held-out loss of stage 1 must be reached within a few epochs of stage 2.

@@ -1,7 +1,5 @@
-"""The loop's state round-trips through checkpoints; checkpoints of the previous layout (format 1, written before
-the stopping rules kept their records apart and before modules had names) still resume exactly; the "Single"
-protocol's rules record and stop as the protocol says. Old payloads are written here by hand, key by key, as
-format 1 laid them out."""
+"""The loop's state round-trips through checkpoints; a checkpoint of another format is refused; the "Single"
+protocol's rules record and stop as the protocol says."""
 
 from __future__ import annotations
 
@@ -9,7 +7,7 @@ import json
 import math
 
 import pytest
-from helpers import TINY, as_format_1, compose_train
+from helpers import TINY, compose_train
 
 from rectnet.config import ConfigError, TrainerConfig
 from rectnet.engine import checkpoint as ckpt
@@ -50,23 +48,28 @@ def test_on_another_number_of_ranks_rank_0_carries_the_epochs_counts_so_far():
     assert all((s.epoch, s.step, s.position) == (1, 4, 256) for s in on_three)
 
 
-def test_a_format_1_single_protocol_checkpoint_keeps_its_records_and_its_stop(tmp_path):
+def test_a_run_a_stopping_rule_ended_keeps_its_records_and_its_stop_when_resumed(tmp_path):
+    """A "Single" stage 2 whose target is above chance stops after epoch 1; resumed with more epochs, it trains
+    nothing more and its results keep what the rules recorded."""
     stage = [*TINY, "dataset.num_folds=5", "trainer.record_train_loss_at_best=true", "logger.tensorboard=false"]
-    run(compose_train([*stage, "trainer.epochs=2"], tmp_path))
-    as_format_1(tmp_path / "checkpoints" / "last.pt", train_loss_at_best=0.5, stopped_at=2)
-    upgraded = ckpt.load(tmp_path / "checkpoints" / "last.pt")
-    assert (upgraded["format"], upgraded["records"], upgraded["stopped_at"]) == (3, {"train_loss_at_best": 0.5}, 2)
+    stage += ["trainer.stop_at_val_loss=100"]
+    first = run(compose_train([*stage, "trainer.epochs=3"], tmp_path))
+    assert first["stopped_at_epoch"] == 1
     results = run(compose_train([*stage, "trainer.epochs=4", "trainer.resume=auto"], tmp_path))
-    assert [m["epoch"] for m in metrics(tmp_path)] == [1, 2]  # a stopped run trains nothing more
-    assert (results["epochs"], results["stopped_at_epoch"], results["train_loss_at_best"]) == (2, 2, 0.5)
+    assert [m["epoch"] for m in metrics(tmp_path)] == [1]  # a stopped run trains nothing more
+    assert (results["epochs"], results["stopped_at_epoch"]) == (1, 1)
+    assert results["train_loss_at_best"] == first["train_loss_at_best"]
 
 
-def test_a_checkpoint_of_a_later_format_is_refused(tmp_path):
-    path = tmp_path / "later.pt"
+@pytest.mark.parametrize("written", [2, ckpt.CHECKPOINT_FORMAT + 1], ids=["earlier", "later"])
+def test_a_checkpoint_of_another_format_is_refused_in_one_line(tmp_path, written):
+    """Formats before 3 existed only on development machines (rectnet/engine/checkpoint.py): no upgrade."""
+    path = tmp_path / "other.pt"
     keys = dict.fromkeys(ckpt.REQUIRED_KEYS, 0) | {"model": {}, "optimizer": {}}
-    ckpt.atomic_save(keys | {"format": ckpt.CHECKPOINT_FORMAT + 1}, path)
-    with pytest.raises(ckpt.CheckpointError, match=f"format {ckpt.CHECKPOINT_FORMAT + 1}; this rectnet reads"):
+    ckpt.atomic_save(keys | {"format": written}, path)
+    with pytest.raises(ckpt.CheckpointError) as refused:
         ckpt.load(path)
+    assert str(refused.value) == f"{path} has checkpoint format {written}; this rectnet reads format 3 only"
 
 
 def test_record_train_loss_at_best_records_only_at_a_new_best():

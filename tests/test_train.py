@@ -10,11 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import TINY, as_format_1, compose_train, run_cli
+from helpers import TINY, compose_train, run_cli
 
+from rectnet.engine.agreement import NonFiniteLossError
 from rectnet.engine.checkpoint import CheckpointError
 from rectnet.engine.fingerprint import ResumeMismatchError
-from rectnet.engine.train import NonFiniteLossError, run
+from rectnet.engine.train import run
 
 LEARNABLE = [*TINY, "trainer.epochs=8", "dataset.num_train=1024", "model.width=0.25", "dataset.synthetic_noise=0.75"]
 
@@ -98,16 +99,12 @@ def test_prelu_slopes_have_no_weight_decay(learned):
     assert len(groups[1]["params"]) == n_slopes  # biases keep decay by default: only slopes are exempt
 
 
-@pytest.mark.parametrize("written_as", [None, as_format_1], ids=["current", "format_1"])
-def test_resume_continues_bit_for_bit(tmp_path, written_as):
-    """Also from a checkpoint in the previous layout (format 1, modules keyed by position), rewritten by hand."""
+def test_resume_continues_bit_for_bit(tmp_path):
     with_dropout = [*TINY, "model.dropout=0.3", "trainer.epochs=3"]
     straight = tmp_path / "straight"
     run(compose_train(with_dropout, straight))
     interrupted = tmp_path / "interrupted"
     run(compose_train([*with_dropout, "trainer.epochs=2"], interrupted))
-    if written_as:
-        written_as(interrupted / "checkpoints" / "last.pt")
     run(compose_train([*with_dropout, "trainer.resume=auto"], interrupted))
     a = torch.load(straight / "checkpoints" / "last.pt", weights_only=True)["model"]
     b = torch.load(interrupted / "checkpoints" / "last.pt", weights_only=True)["model"]

@@ -20,10 +20,10 @@ from torch import nn
 
 import rectnet  # noqa: F401  (registers the models with timm)
 from rectnet.config import TrainConfig
-from rectnet.engine.build import build_model
 from rectnet.layers.activations import Rectifier
 from rectnet.layers.spp import SPP, SpatialPyramidPool
 from rectnet.models import MODELS, SpecNet, create
+from rectnet.models.build import build_model, build_spec_net
 from rectnet.summary import CONFIG_DIR, compose_settings, layer_macs, layer_stats, main
 
 PAPER_MODELS = ["prelu_small14", "prelu_plain30", "prelu_a", "prelu_b", "prelu_c", "allcnn_b", "vgg_cifar"]
@@ -66,19 +66,8 @@ def _num_classes(variant: str) -> int:
 
 def _meta_model(settings: TrainConfig, num_classes: int) -> SpecNet:
     """The configured model with shapes only (no init: the meta device holds no values)."""
-    m, a = settings.model, settings.activation
     with torch.device("meta"):
-        return create(
-            m.name,
-            num_classes=num_classes,
-            act=a.name,
-            width=m.width,
-            act_at=m.act_at,
-            halve_at=m.halve_at,
-            base_act=m.base_act,
-            init=None,
-            **a.params(),
-        )
+        return build_spec_net(settings, num_classes, initialise=False)
 
 
 def _check_channels(model: nn.Module, in_chans: int = 3) -> None:

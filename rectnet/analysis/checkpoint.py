@@ -1,9 +1,9 @@
 """What every checkpoint analysis shares: rebuild a run's network from its checkpoint.
 
 `load_model` rebuilds the network from the checkpoint's own config (through the same builder as train.py)
-and loads its weights (checkpoints written before modules had names included). Its layers, under the names
-of its paper (conv21 for He et al. 2015 Table 1, conv1..conv9 for Shang et al. 2016), with the activation
-module that follows each, are `rectnet.layers.facts.weight_layers(model)`.
+and loads its weights. Its layers, under the names of its paper (conv21 for He et al. 2015 Table 1,
+conv1..conv9 for Shang et al. 2016), with the activation module that follows each, are
+`rectnet.layers.facts.weight_layers(model)`.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from pathlib import Path
 import torch
 
 from rectnet.config import settings_from_dict
-from rectnet.engine.build import build_model
 from rectnet.models import SpecNet
+from rectnet.models.build import build_model
 
 
 @dataclass

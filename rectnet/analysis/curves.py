@@ -24,14 +24,14 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import os
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
-from rectnet.analysis.plotting import pyplot, save_figure
+from rectnet.analysis import command
+from rectnet.analysis.plotting import write_figure
 from rectnet.results.runs import Run, read_metrics, read_runs
 
 
@@ -136,46 +136,37 @@ def write_outputs(curves: Sequence[Curve], summaries: Sequence[dict], metric: st
     paths[1].write_text(
         f"# {metric} per epoch\n\n{_markdown(header, rows)}\n\n## Summary\n\n{_markdown(*_summary_rows(summaries))}\n"
     )
-    if _plot(curves, metric, out / "curves.png"):
+    if write_figure(out / "curves.png", partial(_draw, curves, metric), figsize=(7, 4)):
         paths.append(out / "curves.png")
     return paths
 
 
-def _plot(curves: Sequence[Curve], metric: str, path: Path) -> bool:
-    plt = pyplot()
-    if plt is None:
-        return False
-    fig, ax = plt.subplots(figsize=(7, 4))
+def _draw(curves: Sequence[Curve], metric: str, fig, ax) -> None:
     for curve in curves:
         ax.plot(curve.epochs, curve.values, label=curve.label)
     ax.set_xlabel("epoch")
     ax.set_ylabel(metric)
     ax.legend(fontsize="small")
-    save_figure(plt, fig, path)
-    return True
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m rectnet.analysis.curves",
-        description="Error per epoch of several runs from metrics.jsonl (He et al. 2015 Figs. 2-3).",
-    )
+    parser = command.parser("curves", "Error per epoch of several runs from metrics.jsonl (He et al. 2015 Figs. 2-3).")
     parser.add_argument("dirs", nargs="+", help="run or sweep directories (searched recursively)")
     parser.add_argument("--metric", default="test/top1_err", help="a metrics.jsonl key (default test/top1_err)")
     parser.add_argument("--below", type=float, help="also report the first epoch at or below this value")
     parser.add_argument("--out", default="curves", help="output folder (default: ./curves)")
-    args = parser.parse_args(argv)
-    try:
-        curves = collect(read_runs(args.dirs), args.metric)
-    except FileNotFoundError as err:
-        sys.exit(f"error: {err}")
+    command.run(parser, argv, _report)
+
+
+def _report(args: argparse.Namespace) -> dict:
+    """Collect the curves, print the summary, write the files; the record of the final JSON line."""
+    curves = collect(read_runs(args.dirs), args.metric)
     if not curves:
-        sys.exit(f"error: no run under {', '.join(args.dirs)} logged {args.metric!r} in metrics.jsonl")
+        raise ValueError(f"no run under {', '.join(args.dirs)} logged {args.metric!r} in metrics.jsonl")
     summaries = [c.summary(args.below) for c in curves]
     print(_markdown(*_summary_rows(summaries)))
-    paths = write_outputs(curves, summaries, args.metric, Path(args.out))
-    print(f"written: {', '.join(map(str, paths))}" + ("" if len(paths) > 2 else " (no PNG: matplotlib not installed)"))
-    print(json.dumps({"metric": args.metric, "runs": summaries}))
+    command.print_written(write_outputs(curves, summaries, args.metric, Path(args.out)))
+    return {"metric": args.metric, "runs": summaries}
 
 
 if __name__ == "__main__":

@@ -26,14 +26,13 @@ whose values are printed beside an All-CNN-B checkpoint's layers. The last line 
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from rectnet.analysis import command
 from rectnet.analysis.checkpoint import load_model
 from rectnet.layers.facts import weight_layers
 
@@ -131,20 +130,18 @@ def format_table(stats: Sequence[PairStats], with_paper: bool) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m rectnet.analysis.pair_correlation",
-        description="Pair vs non-pair correlations of CReLU outgoing weights (Shang et al. 2016 Table 6).",
+    parser = command.checkpoint_parser(
+        "pair_correlation", "Pair vs non-pair correlations of CReLU outgoing weights (Shang et al. 2016 Table 6)."
     )
-    parser.add_argument("path", help="a checkpoint file or a run directory")
-    parser.add_argument("--which", default="last", choices=("last", "best"), help="checkpoint of a run directory")
-    args = parser.parse_args(argv)
-    try:
-        loaded = load_model(args.path, args.which)
-    except FileNotFoundError as err:
-        sys.exit(f"error: {err}")
+    command.run(parser, argv, _report)
+
+
+def _report(args: argparse.Namespace) -> dict:
+    """Analyse the checkpoint and print the table; the record of the final JSON line."""
+    loaded = load_model(args.path, args.which)
     stats, skipped = analyse_model(loaded.model)
     if not stats:
-        sys.exit(f"error: {loaded.checkpoint}: no CReLU layer followed by a layer reading both phases")
+        raise ValueError(f"{loaded.checkpoint}: no CReLU layer followed by a layer reading both phases")
     with_paper = loaded.name == "allcnn_b"
     print(f"{loaded.checkpoint}: {loaded.name}, {loaded.config['activation']['name']}")
     print(format_table(stats, with_paper))
@@ -152,7 +149,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"skipped (no next layer reading both phases): {', '.join(skipped)}")
     if with_paper:
         print("paper: Shang et al. 2016 Table 6 (All-CNN-B, CReLU conv1-7, ImageNet)")
-    print(json.dumps({"checkpoint": str(loaded.checkpoint), "model": loaded.name, "layers": [vars(s) for s in stats]}))
+    return {"checkpoint": str(loaded.checkpoint), "model": loaded.name, "layers": [vars(s) for s in stats]}
 
 
 if __name__ == "__main__":

@@ -25,15 +25,16 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
 
+from rectnet.analysis import command
 from rectnet.analysis.checkpoint import load_model
-from rectnet.analysis.plotting import pyplot, save_figure
+from rectnet.analysis.plotting import write_figure
 from rectnet.layers.facts import weight_layers
 
 
@@ -142,16 +143,14 @@ def write_outputs(results: Sequence[LayerPairing], out: Path, title: str) -> lis
             for kind, counts in (("learned", r.learned_counts), ("random", r.random_counts)):
                 bins = zip(r.edges[:-1].tolist(), r.edges[1:].tolist(), counts.int().tolist(), strict=True)
                 writer.writerows([r.layer, kind, f"{lo:.6g}", f"{hi:.6g}", count] for lo, hi, count in bins)
-    if _plot(results, out / "pairing.png", title):
+    draw = partial(_draw, results, title)
+    if write_figure(out / "pairing.png", draw, ncols=len(results), figsize=(3 * len(results), 2.8), squeeze=False):
         paths.append(out / "pairing.png")
     return paths
 
 
-def _plot(results: Sequence[LayerPairing], path: Path, title: str) -> bool:
-    plt = pyplot()
-    if plt is None:
-        return False
-    fig, axes = plt.subplots(1, len(results), figsize=(3 * len(results), 2.8), squeeze=False)
+def _draw(results: Sequence[LayerPairing], title: str, fig, axes) -> None:
+    """One panel per layer: the learned and the random μ histograms overlaid (Fig. 2)."""
     for ax, r in zip(axes[0], results, strict=True):
         width = (r.edges[1] - r.edges[0]).item()
         ax.bar(r.edges[:-1].tolist(), r.learned_counts.tolist(), width, align="edge", alpha=0.6, label="learned")
@@ -159,37 +158,28 @@ def _plot(results: Sequence[LayerPairing], path: Path, title: str) -> bool:
         ax.set_title(r.layer)
     axes[0][0].legend()
     fig.suptitle(title)
-    save_figure(plt, fig, path)
-    return True
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m rectnet.analysis.pairing",
-        description="Pairing cosine similarity of conv filters vs random filters (Shang et al. 2016 Figs. 2-3).",
+    parser = command.checkpoint_parser(
+        "pairing", "Pairing cosine similarity of conv filters vs random filters (Shang et al. 2016 Figs. 2-3)."
     )
-    parser.add_argument("path", help="a checkpoint file or a run directory")
-    parser.add_argument("--which", default="last", choices=("last", "best"), help="checkpoint of a run directory")
     parser.add_argument("--layers", nargs="*", default=[], help="conv layers to analyse (default: all)")
     parser.add_argument("--bins", type=int, default=40, help="histogram bins per layer")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random filters")
     parser.add_argument("--out", help="output folder (default: <run dir>/analysis)")
-    args = parser.parse_args(argv)
-    try:
-        loaded = load_model(args.path, args.which)
-        results = analyse_model(loaded.model, args.layers, args.bins, args.seed)
-    except (FileNotFoundError, ValueError) as err:
-        sys.exit(f"error: {err}")
+    command.run(parser, argv, _report)
+
+
+def _report(args: argparse.Namespace) -> dict:
+    """Analyse the checkpoint, print the table, write the files; the record of the final JSON line."""
+    loaded = load_model(args.path, args.which)
+    results = analyse_model(loaded.model, args.layers, args.bins, args.seed)
     title = f"{loaded.name}, {loaded.config['activation']['name']} ({loaded.checkpoint})"
     print(title)
     print(format_table(results))
-    paths = write_outputs(results, Path(args.out) if args.out else loaded.run_dir / "analysis", title)
-    print(f"written: {', '.join(map(str, paths))}" + ("" if len(paths) > 2 else " (no PNG: matplotlib not installed)"))
-    print(
-        json.dumps(
-            {"checkpoint": str(loaded.checkpoint), "model": loaded.name, "layers": [r.summary() for r in results]}
-        )
-    )
+    command.print_written(write_outputs(results, Path(args.out) if args.out else loaded.run_dir / "analysis", title))
+    return {"checkpoint": str(loaded.checkpoint), "model": loaded.name, "layers": [r.summary() for r in results]}
 
 
 if __name__ == "__main__":

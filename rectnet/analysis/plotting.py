@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -24,3 +25,15 @@ def save_figure(plt: ModuleType, fig: Any, path: Path | str) -> None:
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def write_figure(path: Path | str, draw: Callable[[Any, Any], None], **subplots: Any) -> bool:
+    """Make a figure with `plt.subplots(**subplots)`, let `draw(fig, axes)` fill it and write it to `path`.
+    False, and nothing written, where matplotlib is not installed."""
+    plt = pyplot()
+    if plt is None:
+        return False
+    fig, axes = plt.subplots(**subplots)
+    draw(fig, axes)
+    save_figure(plt, fig, path)
+    return True

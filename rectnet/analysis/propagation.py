@@ -63,11 +63,11 @@ backward factor is the one at the scale the forward pass reaches.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from itertools import pairwise
 from pathlib import Path
 
@@ -75,12 +75,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rectnet.analysis.plotting import pyplot, save_figure
-from rectnet.engine.build import build_model
+from rectnet.analysis import command
+from rectnet.analysis.plotting import write_figure
 from rectnet.layers.activations import ACTIVATIONS, make_activation
 from rectnet.layers.facts import weight_layers
 from rectnet.layers.gain import map_slope, moments, settle
 from rectnet.layers.spp import SpatialPyramidPool
+from rectnet.models.build import build_model
 from rectnet.summary import compose_settings
 
 # The paper's rule on every layer, the classifier too (its scale sets every backward variance measured), and
@@ -156,19 +157,13 @@ def format_table(records: Sequence[LayerRecord]) -> str:
     return "\n".join(rows)
 
 
-def _plot(records: Sequence[LayerRecord], title: str, path: str) -> None:
-    plt = pyplot()
-    if plt is None:
-        print("matplotlib is not installed: no plot written", file=sys.stderr)
-        return
+def _draw(records: Sequence[LayerRecord], title: str, fig, ax) -> None:
     index = range(1, len(records) + 1)
-    fig, ax = plt.subplots(figsize=(7, 4))
     ax.semilogy(index, [r.forward_var for r in records], "o-", label="forward: Var[y_l]")
     ax.semilogy(index, [r.backward_var for r in records], "s-", label="backward: Var[dL/dx_l]")
     ax.set_xlabel("weight layer")
     ax.set_title(title)
     ax.legend()
-    save_figure(plt, fig, path)
 
 
 def analyse(overrides: Sequence[str], plot: str | None = None) -> dict:
@@ -179,8 +174,9 @@ def analyse(overrides: Sequence[str], plot: str | None = None) -> dict:
         f"forward factor {result['forward_factor']}, backward factor {result['backward_factor']} over "
         f"{result['pairs']} conv pairs"
     )
-    if plot:
-        _plot(records, f"{result['model']}, {result['activation']}, {result['init']} ({result['mode']})", plot)
+    title = f"{result['model']}, {result['activation']}, {result['init']} ({result['mode']})"
+    if plot and not write_figure(plot, partial(_draw, records, title), figsize=(7, 4)):
+        print("matplotlib is not installed: no plot written", file=sys.stderr)
     return result
 
 
@@ -351,9 +347,8 @@ def _reasons(row: GainRow) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m rectnet.analysis.propagation",
-        description="Per-layer forward/backward variances at init and their per-layer factors (He et al. 2015 §2.2).",
+    parser = command.parser(
+        "propagation", "Per-layer forward/backward variances at init and their per-layer factors (He et al. 2015 §2.2)."
     )
     parser.add_argument("--plot", metavar="PATH", help="also write a PNG plot (needs matplotlib)")
     parser.add_argument(
@@ -363,11 +358,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("--activations", metavar="A,B,...", help="with --table: only these activations")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. model=prelu_plain30 init.mode=fan_out")
-    args = parser.parse_args(argv)
+    command.run(parser, argv, _report)
+
+
+def _report(args: argparse.Namespace) -> dict | None:
+    """The one configured model's record for the final JSON line; with --table, the page alone (no JSON line)."""
     if args.table:
         _write_table(args.table, args.overrides, args.activations.split(",") if args.activations else None)
-        return
-    print(json.dumps(analyse(args.overrides, args.plot)))
+        return None
+    return analyse(args.overrides, args.plot)
 
 
 def _write_table(path: str, overrides: Sequence[str], activations: Sequence[str] | None) -> None:

@@ -51,10 +51,10 @@ from torch import nn
 from rectnet.config import OptimConfig, TrainConfig
 from rectnet.data.sources import Source, SourceContext, make_source
 from rectnet.engine import checkpoint
-from rectnet.engine.build import build_model
 from rectnet.engine.runtime import seed_everything
 from rectnet.layers import fused
 from rectnet.layers.facts import layer_facts
+from rectnet.models.build import build_model
 from rectnet.summary import compose_settings
 
 Vector = list[torch.Tensor]  # one tensor per parameter, the layout of model.parameters()

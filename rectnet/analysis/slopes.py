@@ -15,13 +15,11 @@ Layer names: `rectnet.layers.facts`; checkpoint loading: `rectnet.analysis.check
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from rectnet.analysis import command
 from rectnet.analysis.checkpoint import LoadedModel, load_model
 from rectnet.layers.activations import PReLU
 from rectnet.layers.facts import WeightLayer, weight_layers
@@ -129,19 +127,11 @@ def analyse(path: Path | str, which: str = "last", out: Path | None = None) -> d
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m rectnet.analysis.slopes",
-        description="PReLU slopes per layer (He et al. 2015 Table 1) from a checkpoint or run directory.",
+    parser = command.checkpoint_parser(
+        "slopes", "PReLU slopes per layer (He et al. 2015 Table 1) from a checkpoint or run directory."
     )
-    parser.add_argument("path", help="a checkpoint file or a run directory")
-    parser.add_argument("--which", default="last", choices=("last", "best"), help="checkpoint of a run directory")
     parser.add_argument("--out", type=Path, help="also write the table to this file")
-    args = parser.parse_args(argv)
-    try:
-        result = analyse(args.path, args.which, args.out)
-    except (FileNotFoundError, ValueError) as err:
-        sys.exit(f"error: {err}")
-    print(json.dumps(result))
+    command.run(parser, argv, lambda args: analyse(args.path, args.which, args.out))
 
 
 if __name__ == "__main__":

@@ -49,7 +49,7 @@ from rectnet.convert.graph import NORMS, Graph, Site, TraceFailure, norm_act_rec
 from rectnet.convert.report import ConversionReport, LayerReport, SiteReport
 from rectnet.layers.activations import ActivationFactory, Identity, ReLU, make_activation
 from rectnet.layers.facts import WEIGHT_LAYERS, LayerFacts, WeightLayer, weight_layers
-from rectnet.layers.init import init_model
+from rectnet.layers.init import InitSpec, init_model
 
 
 class ConversionError(ConfigError):
@@ -59,14 +59,10 @@ class ConversionError(ConfigError):
 def convert(
     model: nn.Module,
     activation: str | ActivationFactory = "relu",
-    init: str | None = "kaiming",
+    init: InitSpec | str | None = InitSpec(),
     *,
     act_at: Sequence[int] | None = None,
     base_act: str = "relu",
-    init_mode: str = "fan_in",
-    init_distribution: str = "normal",
-    head_scale: float = 0.0,
-    count_dropout: bool = True,
     init_std: dict[int, float] | None = None,
     input_size: tuple[int, int, int] | None = None,
     **act_params: Any,
@@ -74,12 +70,12 @@ def convert(
     """Give `model`'s rectifiers `activation` and re-initialise it with `init`; returns (model, report).
 
     `act_at`: 1-based rectifier sites (data-flow order) that take `activation`; the rest take `base_act`.
-    `init=None` keeps the weights (a halved conv keeps its first half of filters). `head_scale`,
-    `count_dropout`: as for `init_model` (the classifier starts at zero by default). `init_std` maps 1-based
-    weight layers (data-flow order) to a fixed std. `input_size` (C, H, W): one example image, run before
-    and after to read each rectifier's channels and to check that the output shape is unchanged; default the
-    model's timm `pretrained_cfg` input size, else (3, 224, 224). Extra keywords go to the activation
-    (`slope=0.1`).
+    `init`: the init policy (`rectnet.layers.init.InitSpec`, or an init's name with the spec's other defaults:
+    the classifier starts at zero); `init=None` keeps the weights (a halved conv keeps its first half of
+    filters). `init_std` maps 1-based weight layers (data-flow order) to a fixed std. `input_size` (C, H, W):
+    one example image, run before and after to read each rectifier's channels and to check that the output
+    shape is unchanged; default the model's timm `pretrained_cfg` input size, else (3, 224, 224). Extra
+    keywords go to the activation (`slope=0.1`).
     """
     act = activation if isinstance(activation, ActivationFactory) else make_activation(activation, **act_params)
     base = make_activation(base_act)
@@ -106,7 +102,7 @@ def convert(
             "registration order (rectnet.layers.init.weight_layers)"
         )
     if init is not None:
-        used = _initialise(model, graph, init, init_mode, init_distribution, head_scale, count_dropout, init_std)
+        used = _initialise(model, graph, init, init_std)
     else:
         used = {}
     if graph is not None:
@@ -369,14 +365,7 @@ def _gain_module(model: nn.Module, site: Site | str | None) -> nn.Module | None:
 
 
 def _initialise(
-    model: nn.Module,
-    graph: Graph | None,
-    name: str,
-    mode: str,
-    distribution: str,
-    head_scale: float,
-    count_dropout: bool,
-    init_std: dict[int, float] | None,
+    model: nn.Module, graph: Graph | None, init: InitSpec | str, init_std: dict[int, float] | None
 ) -> dict[str, float]:
     layers = [entry.layer for entry in _data_flow_layers(model, graph)] if graph is not None else None
     ordered = (
@@ -386,9 +375,7 @@ def _initialise(
         if not 1 <= int(index) <= len(ordered):
             raise ConversionError(f"init_std names weight layer {index}; this network has 1..{len(ordered)}")
         ordered[int(index) - 1].init_std = float(std)
-    used = init_model(
-        model, name, mode, distribution, head_scale=head_scale, count_dropout=count_dropout, layers=layers
-    )
+    used = init_model(model, init, layers=layers)
     _reset_norms(model)
     return dict(used)
 

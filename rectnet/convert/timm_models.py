@@ -43,7 +43,7 @@ def create_timm(
     """Build timm model `name` (no pretrained weights), give it a CIFAR stem if asked, and convert it.
 
     `kwargs` go to `timm.create_model` (e.g. resnet's `channels`, `stem_width`, `act_layer`, `drop_rate`);
-    `convert_args` to `rectnet.convert.convert`.
+    `convert_args` to `rectnet.convert.convert` (activation, init: a `rectnet.layers.init.InitSpec`, act_at, ...).
     """
     check_name(name)
     try:

@@ -8,11 +8,9 @@ Layout of a checkpoint (all keys always present):
     states), world_size, config (the resolved config dict), fingerprint (what defines the run:
     `rectnet.engine.fingerprint`), data (the preprocessing constants), format (CHECKPOINT_FORMAT).
 
-Older formats load through `UPGRADES`, each bringing a checkpoint one format forward:
-    1 -> 2: the "Single" protocol's training loss at the best epoch, a top-level `train_loss_at_best` (None
-    when not recorded), moved into `records`, where every stopping rule keeps what it records.
-    2 -> 3: the fingerprint, computed from the saved config (its global batch: the per-process batch times
-    the ranks that wrote it), the position (step times that global batch) and an empty list of resumes.
+Only the current format is read: formats 1 and 2, with the positional module keys and the per-GPU lists of
+CUDA RNG states of their time, existed only on development machines before rectnet 0.1.0 (which writes format
+3), so nothing upgrades them; `load` refuses any other format in one line.
 
 `last.pt` is replaced atomically (temporary file, fsync, rename); the checkpoint it replaces is kept as
 `prev.pt`, so a `last.pt` damaged outside our control (disk full, a copy cut short) still leaves a good one.
@@ -45,12 +43,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from rectnet.engine.fingerprint import fingerprint
-
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = 3
-REQUIRED_KEYS = (
+REQUIRED_KEYS = (  # what makes a file a rectnet checkpoint at all; `STRUCTURE` lists every entry of the format
     "model",
     "optimizer",
     "schedule",
@@ -62,9 +58,6 @@ REQUIRED_KEYS = (
     "config",
     "format",
 )
-
-
-CURRENT_KEYS = ("fingerprint", "position", "resumes")  # written since format 3; older files gain them by `upgrade`
 
 
 class CheckpointError(RuntimeError):
@@ -207,53 +200,16 @@ def load(path: str | Path) -> dict:
     missing = [k for k in REQUIRED_KEYS if not isinstance(state, dict) or k not in state]
     if missing:
         raise CheckpointError(f"{path} is not a rectnet checkpoint (missing {', '.join(missing)})")
-    if state["format"] not in range(1, CHECKPOINT_FORMAT + 1):
+    if not _is_int(state["format"]) or state["format"] != CHECKPOINT_FORMAT:
         raise CheckpointError(
-            f"{path} has checkpoint format {state['format']}; this rectnet reads formats 1 to {CHECKPOINT_FORMAT}"
+            f"{path} has checkpoint format {state['format']}; this rectnet reads format {CHECKPOINT_FORMAT} only"
         )
-    try:
-        state = upgrade(state)
-    except (KeyError, TypeError, AttributeError, ValueError) as err:
-        raise CheckpointError(f"{path} is damaged: format {state['format']} cannot be read ({err!r})") from None
-    missing = [k for k in CURRENT_KEYS if k not in state]
-    if missing:
-        raise CheckpointError(f"{path} is damaged: format {CHECKPOINT_FORMAT} without {', '.join(missing)}")
     fault = structure_fault(state)
     if fault:
         raise CheckpointError(f"{path} is damaged: {fault}")
     bad = nonfinite_entries(state["model"], state["optimizer"])
     if bad:
         raise CheckpointError(f"{path} is damaged: NaN or inf in {_first_names(bad)}")
-    return state
-
-
-def _records_into_their_own_entry(state: dict) -> dict:
-    """Format 1 -> 2 (see the module docstring); checkpoints from before either key existed lack them."""
-    state = dict(state)
-    loss = state.pop("train_loss_at_best", None)
-    state["records"] = {} if loss is None else {"train_loss_at_best": loss}
-    state.setdefault("stopped_at", 0)  # written since the "Single" protocol's stage 2
-    return state | {"format": 2}
-
-
-def _fingerprint_and_position(state: dict) -> dict:
-    """Format 2 -> 3 (see the module docstring)."""
-    global_batch = state["config"]["trainer"]["batch_size"] * state.get("world_size", 1)
-    return state | {
-        "fingerprint": fingerprint(state["config"], global_batch),
-        "position": state["step"] * global_batch,
-        "resumes": [],
-        "format": 3,
-    }
-
-
-UPGRADES = {1: _records_into_their_own_entry, 2: _fingerprint_and_position}  # format -> its upgrade to format + 1
-
-
-def upgrade(state: dict) -> dict:
-    """`state` in the current format (CHECKPOINT_FORMAT), brought forward one format at a time."""
-    while state["format"] < CHECKPOINT_FORMAT:
-        state = UPGRADES[state["format"]](state)
     return state
 
 
@@ -294,7 +250,7 @@ def _python_rng(value: Any) -> bool:
 
 
 def _rng_fault(index: int, rng: Any) -> str | None:
-    """The entry of one rank's RNG states that `runtime.set_rng_state` could not restore, or None."""
+    """The entry of one rank's RNG states that `state.set_rng_state` could not restore, or None."""
     name = f"rng[{index}]"
     if not isinstance(rng, dict):
         return f"{name} is {_shown(rng)}, not a dict of RNG states"
@@ -310,8 +266,7 @@ def _rng_fault(index: int, rng: Any) -> str | None:
         and _is_int(numpy.get("has_gauss"))
         and _is_number(numpy.get("cached_gaussian")),
         "torch": isinstance(rng["torch"], torch.Tensor) and rng["torch"].dtype == torch.uint8,
-        "cuda": isinstance(rng["cuda"], torch.Tensor)
-        or (isinstance(rng["cuda"], list) and all(isinstance(t, torch.Tensor) for t in rng["cuda"])),
+        "cuda": isinstance(rng["cuda"], torch.Tensor) or rng["cuda"] == [],  # a CPU rank saves an empty list
     }
     wrong = next((key for key, ok in checks.items() if not ok), None)
     return None if wrong is None else f"{name}.{wrong} is {_shown(rng[wrong])}, not a {wrong} RNG state"
@@ -332,11 +287,11 @@ def _optimizer_state(value: Any) -> bool:
 
 
 def _counts(value: Any) -> bool:
-    """Per rank, `Counts.as_tensor()`: loss sum, top-1, top-5, n and (since it was added) skipped."""
+    """Per rank, `Counts.as_tensor()`: loss sum, top-1, top-5, n and skipped."""
     return (
         isinstance(value, list)
         and bool(value)
-        and all(isinstance(t, torch.Tensor) and t.dim() == 1 and t.numel() in (4, 5) for t in value)
+        and all(isinstance(t, torch.Tensor) and t.dim() == 1 and t.numel() == 5 for t in value)
     )
 
 
@@ -356,7 +311,7 @@ def _anything(value: Any) -> bool:
     return True
 
 
-# Every entry of a current-format checkpoint: (what it must be, the check). Entries nested deeper are the
+# Every entry of a checkpoint: (what it must be, the check). Entries nested deeper are the
 # business of whatever reads them (load_state_dict names what does not fit), except the RNG states: `_rng_fault`.
 STRUCTURE: dict[str, tuple[str, Any]] = {
     "model": ("a dict of tensors", _tensor_dict),
@@ -381,11 +336,10 @@ STRUCTURE: dict[str, tuple[str, Any]] = {
     "fingerprint": ("a dict", _dict_of(str, _anything)),
     "data": ("None or a dict", _optional(_dict_of(str, _anything))),
 }
-OPTIONAL = ("world_size", "data")  # absent from early checkpoints: `upgrade` and the resume have defaults
 
 
 def structure_fault(state: dict) -> str | None:
-    """What in a checkpoint (brought to the current format) has the wrong type or shape, or None.
+    """What in a checkpoint has the wrong type or shape, or None.
 
     Every top-level entry's type (`STRUCTURE`), the RNG states of every rank, and that the per-rank entries
     agree on the number of ranks: without this a damaged entry fails the resume with a TypeError or
@@ -393,8 +347,6 @@ def structure_fault(state: dict) -> str | None:
     """
     for key, (what, ok) in STRUCTURE.items():
         if key not in state:
-            if key in OPTIONAL:
-                continue
             return f"{key} is missing"
         if not ok(state[key]):
             return f"{key} is {_shown(state[key])}, not {what}"
@@ -402,9 +354,7 @@ def structure_fault(state: dict) -> str | None:
         fault = _rng_fault(index, rng)
         if fault:
             return fault
-    ranks = {"rng": len(state["rng"]), "partial": len(state["partial"])} | (
-        {"world_size": state["world_size"]} if "world_size" in state else {}
-    )
+    ranks = {"rng": len(state["rng"]), "partial": len(state["partial"]), "world_size": state["world_size"]}
     if len(set(ranks.values())) > 1:
         listed = ", ".join(f"{key}: {n}" for key, n in ranks.items())
         return f"its per-rank entries disagree on the number of ranks ({listed})"
@@ -418,9 +368,9 @@ def read_fingerprint(path: Path) -> dict | None:
         return None
     try:
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        if not isinstance(state, dict) or state.get("format") not in range(1, CHECKPOINT_FORMAT + 1):
+        if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
             return None
-        saved = upgrade(state)["fingerprint"]
+        saved = state["fingerprint"]
     except Exception:  # anything unreadable is damage, which `load` names
         return None
     return saved if isinstance(saved, dict) and all(isinstance(k, str) for k in saved) else None

@@ -34,12 +34,12 @@ from rectnet.data.cifar import DatasetError
 from rectnet.data.imagenet import CorruptImageError, ImageFolderError
 from rectnet.data.sources import SourceContext, make_evaluation
 from rectnet.engine import checkpoint as ckpt
-from rectnet.engine.build import build_model
 from rectnet.engine.distributed import env_ranks, init_distributed, label_log_records, shutdown
 from rectnet.engine.env import versions
 from rectnet.engine.evaluate import Evaluator
 from rectnet.engine.logging import write_json
 from rectnet.engine.runtime import make_runtime
+from rectnet.models.build import build_model
 
 log = logging.getLogger("rectnet")
 USAGE = __doc__.split("\n\n")[1]
@@ -88,7 +88,7 @@ def evaluate_checkpoint(run_dir: Path, checkpoint: Path, overrides: Sequence[str
         where = SourceContext(
             runtime.device, ranks.rank, ranks.world_size, ranks.sum, ranks.setup_broadcast, ranks.local_world_size
         )
-        source = make_evaluation(settings, where, payload.get("data"))
+        source = make_evaluation(settings, where, payload["data"])
         model = build_model(settings, settings.dataset.num_classes, source.in_chans)
         try:
             model.load_state_dict(payload["model"])

@@ -39,10 +39,10 @@ from rectnet.config import ConfigError
 from rectnet.data.cifar import DatasetError
 from rectnet.data.imagenet import CorruptImageError, ImageFolderError
 from rectnet.engine import rundir
+from rectnet.engine.agreement import NonFiniteLossError
 from rectnet.engine.checkpoint import CheckpointError, peek_fingerprint
 from rectnet.engine.distributed import env_ranks
 from rectnet.engine.fingerprint import check_resume, launch_fingerprint
-from rectnet.engine.train import NonFiniteLossError
 
 USER_ERRORS = (ConfigError, CheckpointError, DatasetError, ImageFolderError, CorruptImageError, NonFiniteLossError)
 

@@ -54,7 +54,7 @@ class Counts:
 
     @classmethod
     def from_tensor(cls, t: torch.Tensor) -> Counts:
-        loss_sum, top1, top5, n, skipped = [*t.tolist(), 0][:5]  # checkpoints before `skipped` hold four
+        loss_sum, top1, top5, n, skipped = t.tolist()
         return cls(loss_sum, round(top1), round(top5), round(n), round(skipped))
 
     def summary(self) -> dict[str, float]:

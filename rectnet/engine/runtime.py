@@ -239,8 +239,8 @@ def compile_model(model: torch.nn.Module, device: torch.device, distributed: boo
 
 def compile_mode(device: torch.device, distributed: bool) -> str | None:
     """One CUDA process: "reduce-overhead", CUDA graphs replaying a step's kernels with one launch (the step
-    reads nothing back to the host to break the capture, train.py `_sync`; tensor datasets keep every step's
-    shapes). Under DDP, whose backward hooks launch NCCL calls, and on CPUs: the default mode."""
+    reads nothing back to the host to break the capture: engine/agreement.py, `read_window`; tensor datasets
+    keep every step's shapes). Under DDP, whose backward hooks launch NCCL calls, and on CPUs: the default mode."""
     return "reduce-overhead" if device.type == "cuda" and not distributed else None
 
 
@@ -249,46 +249,3 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def rng_state(device: torch.device) -> dict:
-    """Every global RNG state, as tensors and plain containers (loadable with weights_only=True). CUDA: only
-    the state of `device`, the GPU this rank uses (a resume may see fewer GPUs, or others)."""
-    np_state = np.random.get_state()
-    return {
-        "python": random.getstate(),
-        "numpy": {
-            "key": torch.from_numpy(np_state[1].copy()),
-            "pos": int(np_state[2]),
-            "has_gauss": int(np_state[3]),
-            "cached_gaussian": float(np_state[4]),
-        },
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else [],
-    }
-
-
-def set_rng_state(state: dict, device: torch.device) -> None:
-    random.setstate(_as_tuple(state["python"]))
-    np_state = state["numpy"]
-    np.random.set_state(
-        ("MT19937", np_state["key"].numpy(), np_state["pos"], np_state["has_gauss"], np_state["cached_gaussian"])
-    )
-    torch.set_rng_state(state["torch"])
-    cuda = _cuda_state_for(state["cuda"], device)
-    if cuda is not None and device.type == "cuda":
-        torch.cuda.set_rng_state(cuda, device)
-
-
-def _cuda_state_for(saved: torch.Tensor | list, device: torch.device) -> torch.Tensor | None:
-    """The saved CUDA state for `device`: the tensor itself, or (checkpoints written before one device per
-    rank) the list's entry at the device index when the list has one."""
-    if isinstance(saved, torch.Tensor):
-        return saved
-    index = device.index or 0
-    return saved[index] if index < len(saved) else None
-
-
-def _as_tuple(value):
-    """random.setstate wants the nested tuples that getstate gave (a checkpoint round trip may give lists)."""
-    return tuple(_as_tuple(v) for v in value) if isinstance(value, (list, tuple)) else value

@@ -1,24 +1,28 @@
-"""Where a training run is, and its one serialization: the loop-state entries of a checkpoint.
+"""What a checkpoint restores besides model, optimizer and schedule: where the run is, and every rank's RNGs.
 
-`State` lists the fields once; `to_dict` writes them into a checkpoint and `from_dict` reads them back, both
-from that list, so a field added here is saved and restored without touching the loop or the checkpoint code.
-Checkpoints of an older layout are brought to the current one by `rectnet.engine.checkpoint.load` before
-`from_dict` sees them.
+`State` lists the loop's fields once; `to_dict` writes them into a checkpoint and `from_dict` reads them back,
+both from that list, so a field added here is saved and restored without touching the loop or the checkpoint
+code. The RNG states live here too (`rng_state`, `restore_rng`): they are saved per rank beside `partial`, and a
+resume on another number of ranks decides for both what carries over.
 """
 
 from __future__ import annotations
 
 import math
+import random
 from dataclasses import dataclass, field, fields
 
+import numpy as np
 import torch
 
+from rectnet.data.batches import derived_seed
 from rectnet.engine.metrics import Counts
+from rectnet.engine.runtime import seed_everything
 
 
 @dataclass
 class State:
-    """What a checkpoint restores besides model, optimizer, schedule and RNG."""
+    """Where a training run is: what a checkpoint restores besides model, optimizer, schedule and RNG."""
 
     epoch: int = 0  # epochs completed
     step: int = 0  # steps completed inside epoch + 1 (mid-epoch checkpoints)
@@ -51,3 +55,55 @@ class State:
         values["records"] = dict(saved["records"])
         values["resumes"] = list(saved["resumes"])
         return cls(**values)
+
+    def where(self) -> str:
+        """Where a checkpoint of this state stands, as the messages of a stopped run say it."""
+        return f"the end of epoch {self.epoch}" if self.step == 0 else f"epoch {self.epoch + 1}, step {self.step}"
+
+
+def rng_state(device: torch.device) -> dict:
+    """Every global RNG state, as tensors and plain containers (loadable with weights_only=True). CUDA: only
+    the state of `device`, the GPU this rank uses (a resume may see fewer GPUs, or others); on a CPU an empty
+    list."""
+    np_state = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": {
+            "key": torch.from_numpy(np_state[1].copy()),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached_gaussian": float(np_state[4]),
+        },
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else [],
+    }
+
+
+def set_rng_state(state: dict, device: torch.device) -> None:
+    """Restore what `rng_state` saved. The CUDA state goes to this rank's own GPU, whichever index it has now;
+    on a CPU, or from a checkpoint a CPU rank wrote, there is none to restore."""
+    random.setstate(_as_tuple(state["python"]))
+    np_state = state["numpy"]
+    np.random.set_state(
+        ("MT19937", np_state["key"].numpy(), np_state["pos"], np_state["has_gauss"], np_state["cached_gaussian"])
+    )
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and isinstance(state["cuda"], torch.Tensor):
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def restore_rng(saved: list[dict], rank: int, world_size: int, device: torch.device, seed: int, state: State) -> bool:
+    """Restore this rank's RNG states from `saved` (one entry per rank that wrote the checkpoint): True. Written
+    by another number of ranks: False, after seeding fresh streams instead, distinct per rank and per resumed
+    segment (from the run's seed, the rank and where the data continues). Batches and augmentation do not
+    depend on these states; dropout masks do."""
+    if len(saved) == world_size:
+        set_rng_state(saved[rank], device)
+        return True
+    seed_everything(derived_seed(seed, rank, state.epoch, state.position) % 2**32)
+    return False
+
+
+def _as_tuple(value):
+    """random.setstate wants the nested tuples that getstate gave (a checkpoint round trip may give lists)."""
+    return tuple(_as_tuple(v) for v in value) if isinstance(value, (list, tuple)) else value

@@ -49,7 +49,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
@@ -126,37 +126,50 @@ def xavier_std(layer: WeightLayer, mode: str) -> float:
     return 1.0 / math.sqrt(fan)
 
 
+@dataclass(frozen=True)
+class InitSpec:
+    """One init policy, whole: what `init_model` applies and what `create`, `convert` and `create_timm` pass on.
+
+    The defaults here are rectnet's (the config's `init` group reads them, rectnet/config.py `InitConfig`).
+    `head_scale` and `count_dropout`: see the module docstring. Per-layer fixed stds are not part of it: they
+    belong to a model (`init_std` of `rectnet.models.create` and `rectnet.convert`).
+    """
+
+    name: str = "kaiming"  # INITS: kaiming | xavier
+    mode: str = "fan_in"  # MODES[name]
+    distribution: str = "normal"  # normal | uniform
+    head_scale: float = 0.0
+    count_dropout: bool = True
+
+
 def init_model(
     model: nn.Module,
-    name: str = "kaiming",
-    mode: str = "fan_in",
-    distribution: str = "normal",
+    init: InitSpec | str = InitSpec(),
     generator: torch.Generator | None = None,
-    head_scale: float = 0.0,
-    count_dropout: bool = True,
     layers: list[WeightLayer] | None = None,
 ) -> list[tuple[str, float]]:
-    """Initialise every conv/linear layer of `model`; returns (layer name, std used) in order.
+    """Initialise every conv/linear layer of `model` by `init`; returns (layer name, std used) in order.
 
-    `head_scale` and `count_dropout`: see the module docstring. A layer's own `init_std` (0 included) wins.
-    `layers`: the layers with their rectifiers, in data-flow order (`rectnet.convert` reads them from the
-    traced graph); default `weight_layers(model)`, registration order.
+    `init`: a spec, or an init's name for that init with the spec's other defaults. A layer's own `init_std`
+    (0 included) wins. `layers`: the layers with their rectifiers, in data-flow order (`rectnet.convert` reads
+    them from the traced graph); default `weight_layers(model)`, registration order.
     """
-    std_of = INITS.get(name)
-    if not head_scale >= 0:
-        raise ValueError(f"init head_scale must be >= 0, got {head_scale}")
+    spec = InitSpec(init) if isinstance(init, str) else init
+    std_of = INITS.get(spec.name)
+    if not spec.head_scale >= 0:
+        raise ValueError(f"init head_scale must be >= 0, got {spec.head_scale}")
     layers = weight_layers(model) if layers is None else layers
-    if not count_dropout:
+    if not spec.count_dropout:
         layers = [replace(layer, facts=replace(layer.facts, keep_in=1.0, keep_out=1.0)) for layer in layers]
     used = []
     for layer in layers:
         if hasattr(layer.module, "init_std"):
             std = layer.module.init_std
         elif layer.facts.classifier and layer.after is None:
-            std = head_scale * std_of(layer, mode)
+            std = spec.head_scale * std_of(layer, spec.mode)
         else:
-            std = std_of(layer, mode)
-        _fill(layer.module.weight, std, distribution, generator)
+            std = std_of(layer, spec.mode)
+        _fill(layer.module.weight, std, spec.distribution, generator)
         if layer.module.bias is not None:
             nn.init.constant_(layer.module.bias, getattr(layer.after, "initial_bias", 0.0))
         used.append((layer.name, std))

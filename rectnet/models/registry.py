@@ -11,7 +11,7 @@ from timm.models import register_model
 
 from rectnet.layers.activations import ActivationFactory, make_activation
 from rectnet.layers.facts import LayerFacts
-from rectnet.layers.init import init_model
+from rectnet.layers.init import InitSpec, init_model
 from rectnet.models.spec import LayerSpec, SpecNet, build
 from rectnet.registry import Registry
 
@@ -32,27 +32,21 @@ def create(
     halve_at: Sequence[int] = (),
     base_act: str = "relu",
     dropout: float | None = None,
-    init: str | None = "kaiming",
-    init_mode: str = "fan_in",
-    init_distribution: str = "normal",
+    init: InitSpec | str | None = InitSpec(),
     init_std: dict[int, float] | None = None,
-    init_head_scale: float = 0.0,
-    init_count_dropout: bool = True,
     **act_params: Any,
 ) -> SpecNet:
     """Build registered model `name` with activation `act` (a registry name plus `act_params`, or a factory).
 
-    `init_std` maps 1-based weight-layer indices to a fixed std (a paper-specific override such as the
-    PReLU paper's fc std 0.01/0.01/0.001); `init=None` leaves PyTorch's default init. `init_head_scale`
-    and `init_count_dropout`: `rectnet.layers.init.init_model`'s `head_scale` and `count_dropout`.
+    `init`: the init policy (`rectnet.layers.init.InitSpec`, or an init's name with the spec's other defaults);
+    `init=None` leaves PyTorch's default init. `init_std` maps 1-based weight-layer indices to a fixed std (a
+    paper-specific override such as the PReLU paper's fc std 0.01/0.01/0.001).
     """
     factory = act if isinstance(act, ActivationFactory) else make_activation(act, **act_params)
     model = build(MODELS.get(name)(), factory, num_classes, in_chans, width, act_at, halve_at, base_act, dropout)
     _set_init_std(model, init_std or {})
     if init is not None:
-        init_model(
-            model, init, init_mode, init_distribution, head_scale=init_head_scale, count_dropout=init_count_dropout
-        )
+        init_model(model, init)
     return model
 
 

@@ -20,8 +20,6 @@ names, conv21 ... fc1) or else conv<index> / fc<index> (Shang et al. 2016's numb
 activation after it (conv3_bn, conv3_prelu), and layers without weights by kind, numbered where a kind
 recurs (pool1, pool2, dropout1, spp, avgpool). The built network publishes its weight layers' facts as
 `model.layer_facts` (`rectnet.layers.facts`), the one numbering every other part of rectnet reads.
-Checkpoints written before modules had names keyed them by position (`features.17.weight`); a SpecNet
-loads those too (`SpecNet.load_state_dict` maps them, `_positional_to_named`).
 """
 
 from __future__ import annotations
@@ -131,23 +129,9 @@ class SpecNet(nn.Module):
         self.features = features
         self.head = head
         self.layer_facts: tuple[LayerFacts, ...] = ()  # set by `build` once the modules exist
-        self.register_load_state_dict_pre_hook(_positional_to_named)
 
     def forward(self, x):
         return self.head(self.features(x))
-
-
-def _positional_to_named(module: SpecNet, state_dict: dict, prefix: str, *args) -> None:
-    """Rename the keys of a state dict written before modules had names: there a module's key was its position
-    in `features` or `head` (features.17.weight), here it is its name (features.conv7.weight); the modules and
-    their order are the same, so position i is the i-th named module."""
-    for part in ("features", "head"):
-        names = list(getattr(module, part)._modules)
-        start = f"{prefix}{part}."
-        for key in [k for k in state_dict if k.startswith(start)]:
-            position, _, rest = key[len(start) :].partition(".")
-            if position.isdigit() and int(position) < len(names):
-                state_dict[f"{start}{names[int(position)]}.{rest}"] = state_dict.pop(key)
 
 
 def _side_after(spec: LayerSpec, side: int) -> int:

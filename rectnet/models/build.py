@@ -1,9 +1,11 @@
-"""Config -> model: the one place where the activation, init and model config groups meet."""
+"""Config -> model: the one place where the activation, init and model config groups meet.
+
+The engine, eval, summary, analysis and scripts build their models here; `build_model` is the call.
+"""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 
 from torch import nn
 
@@ -12,7 +14,6 @@ from rectnet.convert import create_timm
 from rectnet.layers.activations import make_activation
 from rectnet.models import MODELS, SpecNet, create
 from rectnet.models.spec import min_input_size
-from rectnet.registry import Registry
 
 log = logging.getLogger("rectnet")
 
@@ -31,13 +32,40 @@ def build_model(settings: TrainConfig, num_classes: int, in_chans: int = 3, chec
     """Build and initialise `settings.model` with `settings.activation` and `settings.init`.
 
     `check_input`: refuse a `dataset.image_size` below the net's minimum (off where only weights are read).
+    `model.source` is rectnet or timm (`ModelConfig.validate` refuses any other).
     """
-    return SOURCES.get(settings.model.source)(settings, num_classes, in_chans, check_input)
+    if settings.model.source == "timm":
+        return _build_timm(settings, num_classes, in_chans)
+    if check_input:
+        check_input_size(settings.model.name, settings.dataset.image_size)
+    return build_spec_net(settings, num_classes, in_chans)
 
 
-def _build_timm(settings: TrainConfig, num_classes: int, in_chans: int, check_input: bool) -> nn.Module:
+def build_spec_net(settings: TrainConfig, num_classes: int, in_chans: int = 3, initialise: bool = True) -> SpecNet:
+    """One of rectnet's layer-spec nets (rectnet/models), as the config says, on the current device.
+
+    `initialise=False` keeps PyTorch's default init: for a net built on the meta device, for its shapes only
+    (the init reads values, PReLU's slopes, that a meta tensor does not hold).
+    """
+    m = settings.model
+    return create(
+        m.name,
+        num_classes=num_classes,
+        in_chans=in_chans,
+        act=make_activation(settings.activation.name, **settings.activation.params()),
+        width=m.width,
+        act_at=m.act_at,
+        halve_at=m.halve_at,
+        base_act=m.base_act,
+        dropout=m.dropout,
+        init=settings.init.spec() if initialise else None,
+        init_std=m.init_std,
+    )
+
+
+def _build_timm(settings: TrainConfig, num_classes: int, in_chans: int) -> nn.Module:
     """A timm architecture, converted (rectnet/convert); its example forward at image_size checks the input."""
-    m, init = settings.model, settings.init
+    m = settings.model
     _note_unused_dropout(settings)
     model, report = create_timm(
         m.name,
@@ -47,13 +75,9 @@ def _build_timm(settings: TrainConfig, num_classes: int, in_chans: int, check_in
         cifar_stem=m.cifar_stem,
         kwargs=m.kwargs,
         activation=make_activation(settings.activation.name, **settings.activation.params()),
-        init=init.name,
+        init=settings.init.spec(),
         act_at=m.act_at,
         base_act=m.base_act,
-        init_mode=init.mode,
-        init_distribution=init.distribution,
-        head_scale=init.head_scale,
-        count_dropout=init.count_dropout,
         init_std=m.init_std,
     )
     log.info("converted %s:\n%s", m.name, report.format())
@@ -73,33 +97,3 @@ def _note_unused_dropout(settings: TrainConfig) -> None:
             act.name,
             settings.model.name,
         )
-
-
-def _build_spec(settings: TrainConfig, num_classes: int, in_chans: int, check_input: bool) -> SpecNet:
-    if check_input:
-        check_input_size(settings.model.name, settings.dataset.image_size)
-    act = make_activation(settings.activation.name, **settings.activation.params())
-    m = settings.model
-    return create(
-        m.name,
-        num_classes=num_classes,
-        in_chans=in_chans,
-        act=act,
-        width=m.width,
-        act_at=m.act_at,
-        halve_at=m.halve_at,
-        base_act=m.base_act,
-        dropout=m.dropout,
-        init=settings.init.name,
-        init_mode=settings.init.mode,
-        init_distribution=settings.init.distribution,
-        init_std=m.init_std,
-        init_head_scale=settings.init.head_scale,
-        init_count_dropout=settings.init.count_dropout,
-    )
-
-
-# model.source -> builder: rectnet's layer-spec nets, or a timm architecture converted by rectnet.convert.
-SOURCES: Registry[Callable[[TrainConfig, int, int, bool], nn.Module]] = Registry("model source")
-SOURCES.register("rectnet")(_build_spec)
-SOURCES.register("timm")(_build_timm)
