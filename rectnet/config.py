@@ -19,7 +19,7 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from rectnet.layers.init import InitSpec  # the layers import nothing from the config
+from rectnet.layers.init import DISTRIBUTIONS, InitSpec  # the layers import nothing from the config
 
 
 class ConfigError(ValueError):
@@ -192,24 +192,42 @@ class ActivationConfig:
 
 
 @dataclass
+class LSUVConfig:
+    """init=lsuv's data-driven stage (Mishkin & Matas 2016, Algorithm 1; rectnet/layers/lsuv.py); read by no
+    other init."""
+
+    tolerance: float = 0.1  # Tol_var: a layer is done when |Var(its output) - 1| < tolerance
+    max_iters: int = 10  # T_max: rescalings per layer at most
+    batches: int = 1  # measured on the first N global batches of epoch 1's training stream (trainer.batch_size each)
+
+    def validate(self) -> None:
+        _require(self.tolerance > 0, "init.lsuv.tolerance", "must be > 0", self.tolerance)
+        _require(self.max_iters >= 1, "init.lsuv.max_iters", "must be >= 1", self.max_iters)
+        _require(self.batches >= 1, "init.lsuv.batches", "must be >= 1", self.batches)
+
+
+@dataclass
 class InitConfig:
-    # The fields and defaults are InitSpec's (rectnet/layers/init.py): `spec()` hands them over whole.
-    name: str = InitSpec.name  # kaiming | xavier
+    # The fields and defaults are InitSpec's (rectnet/layers/init.py): `spec()` hands them over whole; `lsuv` is
+    # the engine's, for init=lsuv's rescaling on data.
+    name: str = InitSpec.name  # kaiming | xavier | lsuv
     mode: str = InitSpec.mode  # kaiming: fan_in (Eq. 10) | fan_out (Eq. 14); xavier also: avg
-    distribution: str = InitSpec.distribution  # normal | uniform
+    distribution: str = InitSpec.distribution  # normal | uniform | orthogonal (Saxe et al. 2014)
     # The class-score layer's std is the init's rule times head_scale: 0 (default) starts it at zero, 1 is the
     # rule, as every other layer. Why zero: rectnet/layers/init.py and docs/recipes.md.
     head_scale: float = InitSpec.head_scale
     count_dropout: bool = InitSpec.count_dropout  # kaiming: count inverted dropout's 1/(1-p) in Eq. 7
+    lsuv: LSUVConfig = field(default_factory=LSUVConfig)
 
     def spec(self) -> InitSpec:
         """The init policy this section configures, for `rectnet.models.create` and `rectnet.convert`."""
-        return InitSpec(**dataclasses.asdict(self))
+        return InitSpec(**{f.name: getattr(self, f.name) for f in dataclasses.fields(InitSpec)})
 
     def validate(self) -> None:
         _require(self.head_scale >= 0, "init.head_scale", "must be >= 0", self.head_scale)
         _one_of("init.mode", self.mode, ("fan_in", "fan_out", "avg"))
-        _one_of("init.distribution", self.distribution, ("normal", "uniform"))
+        _one_of("init.distribution", self.distribution, DISTRIBUTIONS)
+        self.lsuv.validate()
 
 
 @dataclass

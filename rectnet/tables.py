@@ -1,4 +1,7 @@
-"""`python -m rectnet.tables`: the papers' result tables from run directories (rectnet/results/cli.py)."""
+"""`python -m rectnet.tables`: the one command line of rectnet.results (rectnet/results/cli.py).
+
+Not a module to import: it stays only because users, the README and scripts/reproduce/ type that command.
+"""
 
 from rectnet.results.cli import main
 

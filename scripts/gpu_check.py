@@ -418,7 +418,7 @@ def training_processes(run_dir: Path) -> dict[int, int]:
 
 
 def epochs(run_dir: Path) -> list[dict]:
-    from rectnet.engine.logging import read_jsonl
+    from rectnet.engine.run_log import read_jsonl
 
     return read_jsonl(run_dir / "metrics.jsonl")
 

@@ -12,9 +12,9 @@ import torch
 from torch import nn
 
 from rectnet.analysis import curves, invariance, pair_correlation, pairing, slopes
-from rectnet.analysis.checkpoint import build_from_config, load_model
 from rectnet.analysis.plotting import pyplot
 from rectnet.analysis.slopes import TABLE1
+from rectnet.analysis.trained import build_from_config, load_model
 from rectnet.layers.activations import PReLU, make_activation
 from rectnet.layers.facts import weight_layers
 from rectnet.models.spec import CLASSES, Conv, GlobalAvgPool, Linear, build

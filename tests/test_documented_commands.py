@@ -49,7 +49,7 @@ from helpers import CONFIGS, ROOT, compose_train, make_image_folder
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from rectnet.config import to_settings
-from rectnet.engine import eval_run, preflight
+from rectnet.engine import eval_command, preflight
 from rectnet.engine.train import run
 from rectnet.summary import compose_settings
 
@@ -357,7 +357,7 @@ def imagenet_run(tmp_path_factory) -> Path:
 def test_eval_command_evaluates_a_run(shown, imagenet_run):
     words = shown.words(imagenet_run)
     assert words[:2] == ["python", "eval.py"]
-    assert eval_run.main(words[2:]) == 0
+    assert eval_command.main(words[2:]) == 0
 
 
 # ----------------------------------------------------------------------------------------------- python -m

@@ -49,11 +49,11 @@ from rectnet.engine import job as job_module
 from rectnet.engine import runtime as rt
 from rectnet.engine.agreement import NonFiniteLossError, Window, agreed_resume, any_rank_empty, read_window
 from rectnet.engine.distributed import Dist, collective_device, init_distributed, slurm_tasks_on_this_node
-from rectnet.engine.evaluate import Evaluator
 from rectnet.engine.hydra_callbacks import OwnRunDir
 from rectnet.engine.metrics import Counts
 from rectnet.engine.optim import fused_sgd_applies, make_optimizer
 from rectnet.engine.preemption import StopSignals
+from rectnet.engine.scoring import Evaluator
 from rectnet.engine.state import rng_state, set_rng_state
 from rectnet.engine.train import run
 from rectnet.layers import make_activation

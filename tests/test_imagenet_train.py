@@ -18,8 +18,8 @@ from torch import nn
 from rectnet.config import EvalConfig
 from rectnet.data.imagenet import CorruptImageError, ImageFolderError, index_image_folder
 from rectnet.engine.distributed import Dist
-from rectnet.engine.evaluate import Evaluator
 from rectnet.engine.runtime import Runtime
+from rectnet.engine.scoring import Evaluator
 from rectnet.engine.train import run
 
 COLOURS = {"n01": (200, 40, 40), "n02": (40, 200, 40), "n03": (40, 40, 200), "n04": (200, 200, 40)}

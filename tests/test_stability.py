@@ -13,7 +13,7 @@ from torch import nn
 from rectnet.analysis.sharpness import loss_hvp, lr_limit, main, top_eigen
 from rectnet.config import ConfigError, OptimConfig, to_settings
 from rectnet.engine.agreement import NonFiniteLossError
-from rectnet.engine.logging import Progress
+from rectnet.engine.run_log import Progress
 from rectnet.engine.train import run
 from rectnet.layers.facts import weight_layers
 from rectnet.models.build import build_model

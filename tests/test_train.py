@@ -71,8 +71,8 @@ def test_prelu_slopes_have_one_naming_in_tensorboard_results_and_the_slopes_anal
     """ConvPool-CNN-C's PReLUs follow conv1 .. conv8 (conv9 scores the classes, with no activation after it)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from rectnet.analysis.checkpoint import load_model
     from rectnet.analysis.slopes import slope_records
+    from rectnet.analysis.trained import load_model
 
     run_dir, results = learned
     expected = {f"conv{i}" for i in range(1, 9)}

@@ -55,7 +55,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rectnet.analysis.checkpoint import load_model
+from rectnet.analysis.trained import load_model
 from rectnet.config import DatasetConfig
 from rectnet.data import BatchAugment, load_dataset
 from rectnet.layers.facts import WeightLayer, weight_layers

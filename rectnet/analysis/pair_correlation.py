@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from rectnet.analysis import command
-from rectnet.analysis.checkpoint import load_model
+from rectnet.analysis.trained import load_model
 from rectnet.layers.facts import weight_layers
 
 # Shang et al. 2016 Table 6 (p.7), All-CNN-B CReLU (conv1-7) on ImageNet: layer -> (pair, non-pair) (mean, std).

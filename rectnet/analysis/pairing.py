@@ -33,8 +33,8 @@ from pathlib import Path
 import torch
 
 from rectnet.analysis import command
-from rectnet.analysis.checkpoint import load_model
 from rectnet.analysis.plotting import write_figure
+from rectnet.analysis.trained import load_model
 from rectnet.layers.facts import weight_layers
 
 

@@ -9,7 +9,8 @@ on every layer: `init.head_scale=1` and `init.count_dropout=false` unless the ov
 `trainer.batch_size` images of `dataset.image_size`² N(0, 1) pixels (what per-channel normalised data looks
 like) with uniform random labels, goes forward and, through the cross-entropy loss, backward. The model is
 in eval mode: dropout is off and BatchNorm applies its initial running statistics (the identity, up to eps),
-so the variances are those of the weight layers and rectifiers alone. For each conv/fc layer l it records
+so the variances are those of the weight layers and rectifiers alone. init=lsuv rescales the model on that
+batch first (rectnet.layers.lsuv: in training mode, as train.py runs it). For each conv/fc layer l it records
 
 * forward_var: Var[y_l], the variance of the layer's responses (its output, before BN and activation);
 * backward_var: Var[Δx_l], the variance of the loss gradient with respect to the layer's input (Eq. 11).
@@ -80,6 +81,7 @@ from rectnet.analysis.plotting import write_figure
 from rectnet.layers.activations import ACTIVATIONS, make_activation
 from rectnet.layers.facts import weight_layers
 from rectnet.layers.gain import map_slope, moments, settle
+from rectnet.layers.lsuv import lsuv
 from rectnet.layers.spp import SpatialPyramidPool
 from rectnet.models.build import build_model
 from rectnet.summary import compose_settings
@@ -185,10 +187,14 @@ def _measure_config(overrides: Sequence[str]) -> tuple[dict, list[LayerRecord]]:
     settings = compose_settings([*PAPER_INIT, *overrides])
     num_classes, size, batch = settings.dataset.num_classes, settings.dataset.image_size, settings.trainer.batch_size
     torch.manual_seed(settings.seed)
-    model = build_model(settings, num_classes).eval()
+    model = build_model(settings, num_classes)
     generator = torch.Generator().manual_seed(settings.seed)
     images = torch.randn(batch, 3, size, size, generator=generator)
     labels = torch.randint(num_classes, (batch,), generator=generator)
+    if settings.init.name == "lsuv":  # its data-driven stage, as train.py runs it before step 0
+        config = settings.init.lsuv
+        lsuv(model, [images], config.tolerance, config.max_iters, settings.init.head_scale, seed=settings.seed)
+    model.eval()
     records = measure(model, images, labels)
     forward, backward = factors(records)
     result = {

@@ -40,8 +40,8 @@ import torch
 import torch.nn.functional as F
 
 from rectnet.analysis.sharpness import measure, prepare
-from rectnet.engine.env import versions
 from rectnet.engine.optim import make_optimizer, make_schedule
+from rectnet.engine.provenance import versions
 from rectnet.summary import CONFIG_DIR, compose_settings
 
 IMAGE_FOLDER = ("imagenet",)

@@ -6,8 +6,9 @@
     python -m rectnet.analysis.sharpness --checkpoint RUN/checkpoints/last.pt <the run's overrides>
 
 Run it before spending GPU time on a recipe. The config is composed as train.py composes it; the model is
-built and initialised as train.py builds it (same seed), and `--batches` real training batches of
-`trainer.batch_size` images come from the configured dataset, augmented as in epoch 1. The model is in train
+built and initialised as train.py builds it (same seed; init=lsuv rescaled on its batches, as there), and
+`--batches` real training batches of `trainer.batch_size` images come from the configured dataset, augmented as
+in epoch 1. The model is in train
 mode, as during training: dropout is on (one fixed mask per batch, drawn once) and BatchNorm normalises with
 batch statistics.
 
@@ -51,6 +52,8 @@ from torch import nn
 from rectnet.config import OptimConfig, TrainConfig
 from rectnet.data.sources import Source, SourceContext, make_source
 from rectnet.engine import checkpoint
+from rectnet.engine.data_init import run_lsuv
+from rectnet.engine.distributed import Dist
 from rectnet.engine.runtime import seed_everything
 from rectnet.layers import fused
 from rectnet.layers.facts import layer_facts
@@ -216,6 +219,8 @@ def prepare(overrides: Sequence[str]) -> tuple[TrainConfig, Source, nn.Module]:
     seed_everything(settings.seed)  # as train.py: the same data and initial weights
     source = make_source(settings, SourceContext(torch.device("cpu")))
     model = build_model(settings, settings.dataset.num_classes, source.in_chans).train()
+    if settings.init.name == "lsuv":  # its rescaling on the first training batches, as train.py runs it
+        run_lsuv(settings, model, source, Dist(), settings.trainer.batch_sizes(1)[1])
     seed_everything(settings.seed)  # dropout masks
     return settings, source, model
 

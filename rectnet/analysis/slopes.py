@@ -10,7 +10,7 @@ Table 1 network) the paper's value for the same variant stands beside it. The la
 object: checkpoint, model, activation, epoch, layers (name, module, mode, channels, mean, std, min, max,
 paper).
 
-Layer names: `rectnet.layers.facts`; checkpoint loading: `rectnet.analysis.checkpoint`.
+Layer names: `rectnet.layers.facts`; checkpoint loading: `rectnet.analysis.trained`.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rectnet.analysis import command
-from rectnet.analysis.checkpoint import LoadedModel, load_model
+from rectnet.analysis.trained import LoadedModel, load_model
 from rectnet.layers.activations import PReLU
 from rectnet.layers.facts import WeightLayer, weight_layers
 

@@ -11,9 +11,9 @@ to that name would hide the package from attribute access).
 import sys
 import types
 
-from rectnet.convert.convert import ConversionError, convert
 from rectnet.convert.graph import Graph, TraceFailure
 from rectnet.convert.report import ConversionReport, LayerReport, SiteReport
+from rectnet.convert.rewrite import ConversionError, convert
 from rectnet.convert.timm_models import check_name, create_timm
 
 __all__ = [

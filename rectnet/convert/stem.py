@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from rectnet.convert.convert import ConversionError
 from rectnet.convert.graph import Graph
+from rectnet.convert.rewrite import ConversionError
 
 STEM_POOLS = (nn.MaxPool2d, nn.AvgPool2d)
 

@@ -14,8 +14,8 @@ import timm
 from torch import nn
 
 from rectnet.convert import stem
-from rectnet.convert.convert import ConversionError, convert
 from rectnet.convert.report import ConversionReport
+from rectnet.convert.rewrite import ConversionError, convert
 
 
 def check_name(name: str) -> None:

@@ -18,11 +18,11 @@ from rectnet.config import TrainConfig, TrainerConfig
 from rectnet.data.sources import Source
 from rectnet.engine import stopping
 from rectnet.engine.distributed import Dist
-from rectnet.engine.evaluate import Evaluator
-from rectnet.engine.logging import RunLogger
 from rectnet.engine.optim import Schedule, make_optimizer, make_schedule
 from rectnet.engine.preemption import StopSignals
+from rectnet.engine.run_log import RunLogger
 from rectnet.engine.runtime import Runtime, compile_model
+from rectnet.engine.scoring import Evaluator
 from rectnet.engine.state import State
 from rectnet.engine.stopping import StoppingRule
 from rectnet.models.build import build_model
@@ -50,6 +50,7 @@ class Job:
     rules: list[StoppingRule] = field(default_factory=list)  # asked after every epoch (rectnet.engine.stopping)
     stop: StopSignals = field(default_factory=StopSignals)
     logger: RunLogger | None = None  # rank 0's metrics.jsonl and TensorBoard
+    lsuv: dict = field(default_factory=dict)  # init=lsuv's record on a fresh run (rectnet.engine.data_init)
 
     def global_step(self, epoch: int, step: int) -> int:
         """TensorBoard's x axis: training steps since the run began (step `step` of epoch `epoch`)."""

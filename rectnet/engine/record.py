@@ -13,9 +13,10 @@ from pathlib import Path
 
 from rectnet.config import TrainConfig
 from rectnet.engine import checkpoint as ckpt
-from rectnet.engine.env import git_state, hardware, versions
+from rectnet.engine.data_init import lsuv_batch
 from rectnet.engine.job import Job
-from rectnet.engine.logging import prelu_slopes, read_jsonl, write_json
+from rectnet.engine.provenance import git_state, hardware, versions
+from rectnet.engine.run_log import prelu_slopes, read_jsonl, write_json
 
 log = logging.getLogger("rectnet")
 
@@ -85,6 +86,7 @@ def run_results(job: Job, last: dict, n_params: int, seconds: float) -> dict:
         **job.state.records,
         **({"stopped_at_epoch": job.state.stopped_at} if job.state.stopped_at else {}),
         "resumed_from": job.state.resumes,
+        **_lsuv_record(job),
         "selected_on": "val" if job.settings.dataset.num_folds else "test",
         "train_images_per_s": last.get("train/images_per_s"),
         "wall_time_s": round(seconds, 3),
@@ -101,6 +103,14 @@ def run_results(job: Job, last: dict, n_params: int, seconds: float) -> dict:
     if slopes:
         results["prelu_slopes_mean"] = {name: sum(v) / len(v) for name, v in slopes.items()}
     return results
+
+
+def _lsuv_record(job: Job) -> dict:
+    """init=lsuv: the batch it measured on, and on a fresh run what it did per layer (a resumed run did not
+    redo it: those numbers are in the first attempt's train.log)."""
+    if job.settings.init.name != "lsuv":
+        return {}
+    return {"lsuv": job.lsuv or lsuv_batch(job.settings, job.global_batch) | {"layers": None}}
 
 
 def _last_logged(run_dir: Path, epoch: int) -> dict:

@@ -30,14 +30,15 @@ from rectnet.engine.agreement import (
     check_room,
     read_window,
 )
+from rectnet.engine.data_init import run_lsuv
 from rectnet.engine.distributed import Dist, env_ranks, init_distributed, label_log_records, shutdown
 from rectnet.engine.fingerprint import GLOBAL_BATCH, ResumeMismatchError, check_resume, launch_fingerprint
 from rectnet.engine.job import Job, build_job
-from rectnet.engine.logging import Progress, RunLogger, elapsed
 from rectnet.engine.metrics import Counts
 from rectnet.engine.optim import step_schedule
 from rectnet.engine.preemption import StopSignals
 from rectnet.engine.record import announce_batch, announce_epoch, run_results, write_results
+from rectnet.engine.run_log import Progress, RunLogger, elapsed
 from rectnet.engine.runtime import Runtime, make_runtime, seed_everything
 from rectnet.engine.state import State, restore_rng, rng_state
 
@@ -92,6 +93,8 @@ def _train(
     job = build_job(settings, config, run_dir, runtime, ranks, source, run_fingerprint, global_batch)
     job.stop = stop
     check_room(job)  # before training: a checkpoint that cannot fit would fail after a whole segment
+    if resume is None and settings.init.name == "lsuv":  # once, before step 0: a resume has the weights
+        job.lsuv = run_lsuv(settings, job.model, source, ranks, global_batch)
     seed_everything(settings.seed + ranks.rank)  # dropout masks differ between ranks
     if resume is not None:
         _restore(*resume, changed, job)

@@ -1,4 +1,6 @@
-"""Weight initialization policies: "Kaiming" (He et al. 2015 §2.2) and "Xavier" (Glorot & Bengio 2010).
+"""Weight initialization policies: "Kaiming" (He et al. 2015 §2.2), "Xavier" (Glorot & Bengio 2010) and the
+data-free start of LSUV (Mishkin & Matas 2016: orthonormal weights; the data-driven rescaling is
+`rectnet.layers.lsuv`, which the engine runs on a training batch before step 0).
 
 `init_model` goes through the model's weight layers in order (its layer facts, `rectnet.layers.facts`).
 Each layer gets std = gain / sqrt(fan), biases 0 (§2.2: "b = 0"; a layer that feeds AVR: AVR's `initial_bias`,
@@ -15,6 +17,11 @@ other pointwise f, `rectnet.layers.gain`; or the gain a config states):
 * mode `fan_out` (Eq. 14, the backward condition): fan = k²·d (the layer's own filters) and the gain is
   the backward gain of the activation that follows the layer; a layer followed by none (the classifier)
   gets gain 1 (f' = 1).
+
+Distribution `orthogonal` (Saxe et al. 2014) draws the weight, as a (d, k²·c_in) matrix, with orthonormal rows
+(or columns, when d > k²·c_in), scaled so that its entries' RMS is the std: the same variance as a Gaussian of
+that std, with no two filters alike. init=lsuv starts from it at std 1/sqrt(fan_in), orthonormal rows exactly
+(Mishkin & Matas 2016, Algorithm 1: "pre-initialize network with orthonormal matrices").
 
 A layer whose module carries `init_std` (set by a model config, e.g. the PReLU paper's fc std
 0.01/0.01/0.001, §3) gets that std instead.
@@ -59,6 +66,7 @@ from rectnet.layers.gain import gains
 from rectnet.registry import Registry
 
 FAN_MODES = ("fan_in", "fan_out")
+DISTRIBUTIONS = ("normal", "uniform", "orthogonal")
 
 
 def fans(weight: torch.Tensor) -> tuple[int, int]:
@@ -74,8 +82,12 @@ def _fill(weight: torch.Tensor, std: float, distribution: str, generator: torch.
         elif distribution == "uniform":
             bound = math.sqrt(3.0) * std  # U(-b, b) has variance b²/3
             weight.uniform_(-bound, bound, generator=generator)
+        elif distribution == "orthogonal":
+            # An orthonormal (rows, cols) matrix has min(rows, cols) unit rows or columns: RMS 1/sqrt(max(rows, cols))
+            rows, cols = weight.shape[0], weight[0].numel()
+            nn.init.orthogonal_(weight, std * math.sqrt(max(rows, cols)), generator=generator)
         else:
-            raise ValueError(f"unknown init distribution {distribution!r}; valid: normal, uniform")
+            raise ValueError(f"unknown init distribution {distribution!r}; valid: {', '.join(DISTRIBUTIONS)}")
 
 
 def _check_mode(mode: str, valid: tuple[str, ...]) -> None:
@@ -85,7 +97,8 @@ def _check_mode(mode: str, valid: tuple[str, ...]) -> None:
 
 InitFn = Callable[[WeightLayer, str], float]
 INITS: Registry[InitFn] = Registry("init")
-MODES = {"kaiming": FAN_MODES, "xavier": (*FAN_MODES, "avg")}  # the init.mode values each init takes
+# the init.mode values each init takes
+MODES = {"kaiming": FAN_MODES, "xavier": (*FAN_MODES, "avg"), "lsuv": ("fan_in",)}
 
 
 def input_gain(layer: WeightLayer) -> float:
@@ -126,6 +139,20 @@ def xavier_std(layer: WeightLayer, mode: str) -> float:
     return 1.0 / math.sqrt(fan)
 
 
+@INITS.register("lsuv")
+def lsuv_start_std(layer: WeightLayer, mode: str) -> float:
+    """Mishkin & Matas 2016's start: 1/sqrt(fan_in), which the `orthogonal` distribution makes orthonormal rows;
+    the scale is provisional, `rectnet.layers.lsuv` sets each layer's from the data."""
+    _check_mode(mode, MODES["lsuv"])
+    return 1.0 / math.sqrt(fans(layer.module.weight)[0])
+
+
+def is_head(layer: WeightLayer) -> bool:
+    """The class-score layer that `head_scale` scales: the classifier, unless a rectifier follows it (module
+    docstring: a rectifier's gradient at 0 is 0, so that one keeps the init's rule)."""
+    return layer.facts.classifier and layer.after is None
+
+
 @dataclass(frozen=True)
 class InitSpec:
     """One init policy, whole: what `init_model` applies and what `create`, `convert` and `create_timm` pass on.
@@ -135,9 +162,9 @@ class InitSpec:
     belong to a model (`init_std` of `rectnet.models.create` and `rectnet.convert`).
     """
 
-    name: str = "kaiming"  # INITS: kaiming | xavier
+    name: str = "kaiming"  # INITS: kaiming | xavier | lsuv
     mode: str = "fan_in"  # MODES[name]
-    distribution: str = "normal"  # normal | uniform
+    distribution: str = "normal"  # DISTRIBUTIONS: normal | uniform | orthogonal
     head_scale: float = 0.0
     count_dropout: bool = True
 
@@ -165,7 +192,7 @@ def init_model(
     for layer in layers:
         if hasattr(layer.module, "init_std"):
             std = layer.module.init_std
-        elif layer.facts.classifier and layer.after is None:
+        elif is_head(layer):
             std = spec.head_scale * std_of(layer, spec.mode)
         else:
             std = std_of(layer, spec.mode)

@@ -1,7 +1,7 @@
 """Architectures. Importing this package registers every model (rectnet config and timm.create_model)."""
 
 from rectnet.models import allcnn, convpool, prelu_nets, vgg_cifar  # noqa: F401  (registers their models)
-from rectnet.models.registry import MODELS, create, spec_layer_facts
 from rectnet.models.spec import SpecNet
+from rectnet.models.zoo import MODELS, create, spec_layer_facts
 
 __all__ = ["MODELS", "create", "spec_layer_facts", "SpecNet"]

@@ -24,8 +24,8 @@ Parameters (weights + biases), against Table 5: baseline 9.37M (9.4M), CReLU (co
 CReLU (conv1,4,7) 8.61M (8.6M), CReLU (all) 4.69M (4.7M).
 """
 
-from rectnet.models.registry import register
 from rectnet.models.spec import CLASSES, Conv, Dropout, GlobalAvgPool, LayerSpec
+from rectnet.models.zoo import register
 
 
 @register("allcnn_b")

@@ -18,8 +18,8 @@ Parameter counts (weights + biases), against Table 1: baseline 1.37M (1.4M), dou
 CReLU 2.74M (2.8M), CReLU half 0.69M (0.7M).
 """
 
-from rectnet.models.registry import register
 from rectnet.models.spec import CLASSES, Conv, Dropout, GlobalAvgPool, LayerSpec, Pool
+from rectnet.models.zoo import register
 
 
 @register("convpool_cnn_c")

@@ -36,8 +36,8 @@ docs/recipes.md has the measurements behind both.
 """
 
 from rectnet.layers.spp import SPP
-from rectnet.models.registry import register
 from rectnet.models.spec import CLASSES, Conv, Dropout, LayerSpec, Linear, Pool
+from rectnet.models.zoo import register
 
 
 def _stage_name(stage: int, j: int) -> str:

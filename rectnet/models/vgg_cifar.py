@@ -18,8 +18,8 @@ Differences from Zagoruyko's Torch model, none of which changes a layer's shape:
   parameters), and BN uses PyTorch's eps 1e-5 instead of 1e-3.
 """
 
-from rectnet.models.registry import register
 from rectnet.models.spec import CLASSES, Conv, Dropout, GlobalAvgPool, LayerSpec, Linear, Pool
+from rectnet.models.zoo import register
 
 
 def _stage(filters: int, convs: int, dropout: float) -> list[LayerSpec]:

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from rectnet.config import DatasetConfig
 from rectnet.data import load_dataset
-from rectnet.models.registry import create
+from rectnet.models.zoo import create
 
 
 def center_filters(model: torch.nn.Module) -> None:

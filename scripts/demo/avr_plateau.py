@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from rectnet.config import DatasetConfig
 from rectnet.data import load_dataset
-from rectnet.models.registry import create
+from rectnet.models.zoo import create
 
 # (label, activation, its parameters): AVR with He et al.'s zero biases and with its initial bias (the default)
 VARIANTS = (

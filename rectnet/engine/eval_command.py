@@ -35,10 +35,10 @@ from rectnet.data.imagenet import CorruptImageError, ImageFolderError
 from rectnet.data.sources import SourceContext, make_evaluation
 from rectnet.engine import checkpoint as ckpt
 from rectnet.engine.distributed import env_ranks, init_distributed, label_log_records, shutdown
-from rectnet.engine.env import versions
-from rectnet.engine.evaluate import Evaluator
-from rectnet.engine.logging import write_json
+from rectnet.engine.provenance import versions
+from rectnet.engine.run_log import write_json
 from rectnet.engine.runtime import make_runtime
+from rectnet.engine.scoring import Evaluator
 from rectnet.models.build import build_model
 
 log = logging.getLogger("rectnet")

@@ -1,4 +1,4 @@
-"""Put rectnet's activations and activation-aware init into any network: `rectnet.convert`.
+"""The rewrite behind `rectnet.convert`: rectnet's activations and activation-aware init in any network.
 
     model, report = rectnet.convert(timm.create_model("resnet18", num_classes=10), activation="crelu")
     print(report.format())
@@ -15,7 +15,7 @@ Steps, on the model itself (it is changed in place and returned, keeping its cla
    unchanged. Sites that do not fit (a rectifier after a residual sum, after a grouped or depthwise conv, a
    module called at several places) keep `base_act`, and the report says why.
 3. Init: each conv/linear layer is paired with the rectifier that feeds it and the one that acts on its
-   responses in the traced graph (`Graph.feeding`, `Graph.following`), not with its neighbours in
+   responses in the traced graph (`rectnet.convert.data_flow`), not with its neighbours in
    registration order, and `rectnet.layers.init.init_model` applies Eq. 10 (fan_in) or Eq. 14 (fan_out).
 
 A conv followed by a normalization layer and then a rectifier gets the gain of that rectifier, as if the
@@ -38,17 +38,17 @@ import copy
 import inspect
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 from torch import fx, nn
 
 from rectnet.config import ConfigError
+from rectnet.convert.data_flow import data_flow_layers, layer_reports
 from rectnet.convert.graph import NORMS, Graph, Site, TraceFailure, norm_act_rectifier
-from rectnet.convert.report import ConversionReport, LayerReport, SiteReport
-from rectnet.layers.activations import ActivationFactory, Identity, ReLU, make_activation
-from rectnet.layers.facts import WEIGHT_LAYERS, LayerFacts, WeightLayer, weight_layers
+from rectnet.convert.report import ConversionReport, SiteReport
+from rectnet.layers.activations import ActivationFactory, make_activation
+from rectnet.layers.facts import WEIGHT_LAYERS
 from rectnet.layers.init import InitSpec, init_model
 
 
@@ -106,7 +106,7 @@ def convert(
     else:
         used = {}
     if graph is not None:
-        report.layers = _layer_reports(model, graph, used)
+        report.layers = layer_reports(model, graph, used)
     report.params_after = _count(model)
     for note in dict.fromkeys(s.note for s in report.sites if s.note and not s.note.startswith("not CReLU")):
         warnings.warn(note, stacklevel=2)
@@ -354,20 +354,10 @@ def _halved_norm(norm: nn.Module, channels: int, path: str) -> nn.Module:
     return new
 
 
-def _gain_module(model: nn.Module, site: Site | str | None) -> nn.Module | None:
-    """The rectifier module that init reads the gains of: a site's module now, ReLU for a functional call,
-    Identity (q = 1) for "other", None for the input (init's first-layer rule)."""
-    if site is None or site == "input":
-        return None
-    if site == "other":
-        return Identity(0)
-    return model.get_submodule(site.path) if site.path else ReLU(0)
-
-
 def _initialise(
     model: nn.Module, graph: Graph | None, init: InitSpec | str, init_std: dict[int, float] | None
 ) -> dict[str, float]:
-    layers = [entry.layer for entry in _data_flow_layers(model, graph)] if graph is not None else None
+    layers = [entry.layer for entry in data_flow_layers(model, graph)] if graph is not None else None
     ordered = (
         [layer.module for layer in layers] if layers else [m for m in model.modules() if isinstance(m, WEIGHT_LAYERS)]
     )
@@ -391,90 +381,3 @@ def _reset_norms(model: nn.Module) -> None:
     for module in model.modules():
         if isinstance(module, NORMS) and hasattr(module, "reset_parameters"):
             module.reset_parameters()
-
-
-def _site_label(site: Site | str | None) -> str:
-    if site is None:
-        return "-"
-    if isinstance(site, str):
-        return site
-    return f"#{site.index}"
-
-
-@dataclass
-class _FlowLayer:
-    layer: WeightLayer
-    reads: str
-    followed_by: str
-
-
-def _data_flow_layers(model: nn.Module, graph: Graph) -> list[_FlowLayer]:
-    """Every conv/linear layer in data-flow order with the rectifiers that feed and follow it (`Graph.feeding`,
-    `Graph.following`). Inside a closed leaf the layers are paired in registration order, and its first and last
-    layer take the leaf's feeding and following rectifiers. The last layer in data-flow order is the classifier."""
-    out = []
-    for node in graph.weights:
-        before, keep_in = graph.feeding(node)
-        after, keep_out = graph.following(node)
-        module = model.get_submodule(node.target)
-        if isinstance(module, WEIGHT_LAYERS):
-            facts = _flow_facts(len(out) + 1, node.target, module, keep_in, keep_out)
-            layer = WeightLayer(facts, module, _gain_module(model, before), _gain_module(model, after))
-            out.append(_FlowLayer(layer, _site_label(before), _site_label(after)))
-            continue
-        inner = weight_layers(module)
-        for i, layer in enumerate(inner):
-            name = f"{node.target}.{layer.facts.module}"
-            facts = replace(layer.facts, index=len(out) + 1, name=name, classifier=False)
-            reads, follows = "(registration order)", "(registration order)"
-            first_before, last_after = layer.before, layer.after
-            if i == 0 and first_before is None:
-                first_before, reads = _gain_module(model, before), _site_label(before)
-                facts = replace(facts, keep_in=keep_in)
-            if i == len(inner) - 1 and last_after is None:
-                last_after, follows = _gain_module(model, after), _site_label(after)
-                facts = replace(facts, keep_out=keep_out)
-            out.append(_FlowLayer(WeightLayer(facts, layer.module, first_before, last_after), reads, follows))
-    if out:
-        last = out[-1].layer
-        out[-1].layer = replace(last, facts=replace(last.facts, classifier=True))
-    return out
-
-
-def _flow_facts(index: int, path: str, module: nn.Module, keep_in: float, keep_out: float) -> LayerFacts:
-    """A traced layer's facts, named by its module path (a timm or torchvision model has no paper names)."""
-    linear = isinstance(module, nn.Linear)
-    channels = (module.in_features, module.out_features) if linear else (module.in_channels, module.out_channels)
-    return LayerFacts(
-        index=index,  # in data-flow order
-        name=path,
-        module=path,
-        kind="fc" if linear else "conv",
-        in_channels=channels[0],
-        out_channels=channels[1],
-        norm=None,
-        act=None,
-        activation=None,
-        studied=False,
-        classifier=False,
-        keep_in=keep_in,
-        keep_out=keep_out,
-    )
-
-
-def _layer_reports(model: nn.Module, graph: Graph, used: dict[str, float]) -> list[LayerReport]:
-    return [
-        LayerReport(i, f.layer.name, _describe(f.layer.module), f.reads, f.followed_by, used.get(f.layer.name))
-        for i, f in enumerate(_data_flow_layers(model, graph), 1)
-    ]
-
-
-def _describe(module: nn.Module) -> str:
-    if isinstance(module, nn.Linear):
-        return f"linear {module.in_features} -> {module.out_features}"
-    kernel = "x".join(map(str, module.kernel_size))
-    text = f"conv {kernel}, {module.in_channels} -> {module.out_channels}"
-    if module.groups > 1:
-        text += f", groups {module.groups}"
-    stride = max(module.stride)
-    return text + (f", /{stride}" if stride > 1 else "")

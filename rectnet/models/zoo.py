@@ -1,4 +1,5 @@
-"""Model registry: a name -> layer-spec list, buildable from Hydra config or `timm.create_model`."""
+"""The model zoo: rectnet's nets by name (`MODELS`: name -> layer-spec list), built by `create` from Hydra
+config or by `timm.create_model(name)`; a model file adds its nets with `@register(name)`."""
 
 from __future__ import annotations
 
