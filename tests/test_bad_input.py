@@ -246,7 +246,7 @@ REFUSED = [
     (["model.base_act=swish"], "ConfigError", ["model.base_act", "valid: avr, crelu, custom, elu"]),
     (["model.name=resnet9000"], "ConfigError", ["model.name", "valid: allcnn_b, convpool_cnn_c"]),
     ([*TIMM, "model.name=resnet9000"], "ConversionError", ["model.name='resnet9000' is not a timm architecture"]),
-    (["init.name=orthogonal"], "ConfigError", ["init.name", "valid: kaiming, xavier"]),
+    (["init.name=orthogonal"], "ConfigError", ["init.name", "valid: kaiming, lsuv, xavier"]),
     (["init.mode=avg"], "ConfigError", ["init.mode=avg", "kaiming takes fan_in, fan_out"]),
     (["dataset.name=mnist"], "ConfigError", ["dataset.name", "valid: cifar10, cifar100, imagenet, synthetic"]),
     (["activation=relu", "activation.slope=0.5"], "ConfigError", ["activation.slope=0.5", "relu takes"]),
