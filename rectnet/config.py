@@ -10,10 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
-import uuid
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
@@ -410,67 +407,6 @@ class TrainConfig:
     run_dir: str = "${hydra:runtime.output_dir}"
 
 
-def default_run_dir() -> str:
-    """A folder named after the job where there is one, so that a relaunch of the job finds it again to resume
-    while another job does not: inside a SLURM job outputs/slurm/<job id> (a requeue keeps the id), for any
-    number of processes. Else outputs/<date>/<time> for one process; several processes each compose their own
-    config (their clocks may straddle a second), so they need torchrun's explicit --rdzv-id, outputs/torchrun/<id>.
-    torchrun's own run ids name no job ("none" for every launch without --rdzv-id, a fresh uuid for every
-    --standalone one): such a launch is refused unless the folder is pinned."""
-    env = os.environ
-    if "RECTNET_RUN_DIR" in env:  # it wins (train.yaml), but OmegaConf resolves this default anyway
-        return env["RECTNET_RUN_DIR"]
-    if "SLURM_JOB_ID" in env:  # also for one process: a requeued job must find its folder to resume
-        return f"outputs/slurm/{_slurm_job_id()}"
-    processes = int(env.get("WORLD_SIZE", env.get("SLURM_NTASKS", 1)))
-    if processes == 1:
-        return datetime.now().strftime("outputs/%Y-%m-%d/%H-%M-%S")
-    run_id = env.get("TORCHELASTIC_RUN_ID", "none")
-    if run_id == "none" or _is_uuid(run_id):
-        raise ConfigError(
-            f"a {processes}-process launch needs a run directory named after its job, and torchrun's run id "
-            f"{run_id!r} names none ('none' for every launch without --rdzv-id, a fresh uuid for every --standalone "
-            "one): set hydra.run.dir=<folder> (or RECTNET_RUN_DIR) the same on every rank, or give torchrun "
-            "--rdzv-id=<job name> without --standalone, so that a relaunch resumes the run and another job does not"
-        )
-    return f"outputs/torchrun/{run_id}"
-
-
-def _slurm_job_id() -> str:
-    """The SLURM job's id as squeue shows it: <array job id>_<task id> for an array task, else the job id."""
-    env = os.environ
-    if "SLURM_ARRAY_JOB_ID" in env and "SLURM_ARRAY_TASK_ID" in env:
-        return f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}"
-    return env["SLURM_JOB_ID"]
-
-
-def _is_uuid(text: str) -> bool:
-    """Whether `text` is a uuid in its canonical form (torchrun's generated run ids: str(uuid.uuid4()))."""
-    try:
-        return str(uuid.UUID(text)) == text
-    except ValueError:
-        return False
-
-
-def launch_rank() -> int:
-    """This process's rank as its launcher states it, read before any process group exists: torchrun's RANK,
-    a submitit task's global rank (Hydra's submitit launcher runs Hydra's job setup in every task), srun's
-    SLURM_PROCID; 0 for a single process."""
-    env = os.environ
-    if "RANK" in env:
-        return int(env["RANK"])
-    if env.get("SUBMITIT_EXECUTOR"):
-        import submitit
-
-        return submitit.JobEnvironment().global_rank
-    return int(env.get("SLURM_PROCID", 0)) if int(env.get("SLURM_NTASKS", 1)) > 1 else 0
-
-
-def hydra_output_subdir() -> str | None:
-    """hydra.output_subdir: `.hydra` on rank 0, none on the other ranks (only rank 0 writes the run folder)."""
-    return ".hydra" if launch_rank() == 0 else None
-
-
 def activation_default(name: str, key: str) -> Any:
     """`${activation_default:prelu,slope}` in an activation config: the default of that activation class's parameter,
     stated once in rectnet/layers/activations.py; the config names it and the resolved config records its value."""
@@ -480,6 +416,8 @@ def activation_default(name: str, key: str) -> Any:
 
 
 def register_configs() -> None:
+    from rectnet.launch import default_run_dir, hydra_output_subdir  # it raises this module's ConfigError
+
     ConfigStore.instance().store(name="train_schema", node=TrainConfig)
     OmegaConf.register_new_resolver("rectnet_run_dir", default_run_dir, use_cache=True, replace=True)
     OmegaConf.register_new_resolver("rectnet_output_subdir", hydra_output_subdir, replace=True)
@@ -498,20 +436,6 @@ def _reject_unknown_keys(cfg: DictConfig, schema: type, prefix: str = "") -> Non
         sub_schema = globals().get(field_type) if isinstance(field_type, str) else field_type
         if dataclasses.is_dataclass(sub_schema):
             _reject_unknown_keys(cfg[key], sub_schema, f"{prefix}{key}.")
-
-
-def _check_pairings(settings: TrainConfig) -> None:
-    """Refuse section combinations that no paper ran and that cannot train."""
-    # He et al. 2015 §2.2: the init keeps the input's variance up to the last layer, so unscaled pixels (about
-    # ±128 after the mean image is subtracted) need a small factor somewhere; the paper puts it in the fc
-    # stds (0.01/0.01/0.001, §3). Without them the logits start with RMS ~190 (an initial loss ~760).
-    if settings.dataset.per_pixel_mean and not settings.model.init_std:
-        raise ConfigError(
-            "dataset.per_pixel_mean=true feeds unscaled pixels (about +-128), which He et al. pair with small "
-            "fixed fc stds; model.init_std is empty for this model. Set model.init_std (e.g. the paper's "
-            "{fc1: 0.01, fc2: 0.01, fc3: 0.001} by weight-layer index), or use dataset.per_pixel_mean=false "
-            "(per-channel mean/std)"
-        )
 
 
 def _reject_non_finite(value: Any, key: str) -> None:
@@ -543,7 +467,6 @@ def to_settings(cfg: DictConfig, training: bool = True) -> TrainConfig:
     for section in vars(settings).values():
         if hasattr(section, "validate"):
             section.validate()
-    _check_pairings(settings)
     from rectnet.engine import preflight  # the registries it asks import this module
 
     preflight.check(settings, training)

@@ -390,7 +390,7 @@ def test_a_stated_gain_wins_over_the_derived_one(user_module):
     ],
 )
 def test_a_custom_target_that_cannot_serve_is_refused_in_one_line(user_module, target, message):
-    from rectnet.layers.activations import ActivationError
+    from rectnet.layers.rectifier import ActivationError
 
     params = {} if target is None else {"target": target.format(m=user_module)}
     with pytest.raises(ActivationError, match=message) as caught:

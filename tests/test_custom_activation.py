@@ -15,7 +15,8 @@ from helpers import TINY, compose_train, run_cli
 
 import rectnet
 from rectnet.config import ConfigError, to_settings
-from rectnet.layers.activations import Custom, make_activation
+from rectnet.layers.activations import make_activation
+from rectnet.layers.custom import Custom
 from rectnet.layers.facts import weight_layers
 from rectnet.layers.init import fans
 from rectnet.models.build import build_model

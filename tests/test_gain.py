@@ -288,7 +288,7 @@ def test_every_activation_has_finite_positive_gains_from_one_place():
 def test_a_stated_gain_wins_for_both_modes_and_a_bad_one_is_refused():
     act = make_activation("gelu", gain=1.3)(4)
     assert gains(act) == Gains(1.3, 1.3, "stated") and act.gain("fan_in") == act.gain("fan_out") == 1.3
-    from rectnet.layers.activations import ActivationError
+    from rectnet.layers.rectifier import ActivationError
 
     for bad in (0.0, -1.0, math.inf):
         with pytest.raises(ActivationError, match="activation.gain"):

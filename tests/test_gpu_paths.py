@@ -36,8 +36,6 @@ from rectnet.config import (
     EvalConfig,
     OptimConfig,
     TrainerConfig,
-    default_run_dir,
-    hydra_output_subdir,
     to_settings,
 )
 from rectnet.data import sources
@@ -56,6 +54,7 @@ from rectnet.engine.preemption import StopSignals
 from rectnet.engine.scoring import Evaluator
 from rectnet.engine.state import rng_state, set_rng_state
 from rectnet.engine.train import run
+from rectnet.launch import default_run_dir, hydra_output_subdir
 from rectnet.layers import make_activation
 
 pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not built in")

@@ -140,7 +140,7 @@ def _resolved_task(config: DictConfig) -> dict | None:
 
 
 def _folder(config: DictConfig, key: str) -> str:
-    """The folder `key` names. Its default may refuse to name one (rectnet.config.default_run_dir: a multi-process
+    """The folder `key` names. Its default may refuse to name one (rectnet.launch.default_run_dir: a multi-process
     launch outside SLURM without --rdzv-id): that ConfigError, raised inside OmegaConf's resolver, ends the
     run as one line on every rank (each resolves the same default from the same launch environment)."""
     try:

@@ -26,9 +26,10 @@ from rectnet.convert.timm_models import check_name
 from rectnet.data.sources import SOURCES
 from rectnet.data.split import check_batch, check_folds, held_out
 from rectnet.engine.distributed import env_ranks
-from rectnet.layers.activations import ACTIVATIONS, ActivationError, activation_parameters, make_activation
+from rectnet.layers.activations import ACTIVATIONS, activation_parameters, make_activation
 from rectnet.layers.gain import GainError
 from rectnet.layers.init import INITS, MODES
+from rectnet.layers.rectifier import ActivationError
 from rectnet.models import MODELS
 from rectnet.models.spec import Footprint, check_layer_indices, footprint, plan
 from rectnet.registry import Registry
@@ -40,6 +41,7 @@ HOST = "this machine's memory"
 
 def check(settings: TrainConfig, training: bool = True) -> None:
     """Refuse, as a ConfigError naming the key, what `settings` asks for and rectnet cannot give."""
+    _check_pixel_scaling(settings)
     _check_names(settings)
     _check_activation_parameters(settings)
     _check_init_mode(settings)
@@ -49,6 +51,20 @@ def check(settings: TrainConfig, training: bool = True) -> None:
         _check_training_split(settings, ranks.world_size)
         _check_warmup(settings)
         _check_memory(settings, planned, ranks.world_size, ranks.local_rank, ranks.local_world_size)
+
+
+def _check_pixel_scaling(settings: TrainConfig) -> None:
+    """Refuse unscaled pixels without the small fc stds that no paper ran them without and that cannot train."""
+    # He et al. 2015 §2.2: the init keeps the input's variance up to the last layer, so unscaled pixels (about
+    # ±128 after the mean image is subtracted) need a small factor somewhere; the paper puts it in the fc
+    # stds (0.01/0.01/0.001, §3). Without them the logits start with RMS ~190 (an initial loss ~760).
+    if settings.dataset.per_pixel_mean and not settings.model.init_std:
+        raise ConfigError(
+            "dataset.per_pixel_mean=true feeds unscaled pixels (about +-128), which He et al. pair with small "
+            "fixed fc stds; model.init_std is empty for this model. Set model.init_std (e.g. the paper's "
+            "{fc1: 0.01, fc2: 0.01, fc3: 0.001} by weight-layer index), or use dataset.per_pixel_mean=false "
+            "(per-channel mean/std)"
+        )
 
 
 def _known(registry: Registry, key: str, name: str) -> None:

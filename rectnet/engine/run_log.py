@@ -15,7 +15,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from rectnet.config import LoggerConfig, launch_rank
+from rectnet.config import LoggerConfig
+from rectnet.launch import launch_rank
 from rectnet.layers.activations import PReLU
 from rectnet.layers.facts import weight_layers
 

@@ -39,70 +39,22 @@ passed on: the default rules) and name the constant; rectnet.results reads them 
 
 from __future__ import annotations
 
-import copy
-import importlib
 import inspect
 import math
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from rectnet.layers import fused
-from rectnet.layers.gain import Gains, gains
-from rectnet.registry import Registry
+from rectnet.layers.gain import Gains
+from rectnet.layers.rectifier import ACTIVATIONS, Rectifier, closed_form_gains
 
 PRELU_INITIAL_SLOPE = 0.25  # He et al. 2015 §2.1: "We use a_i = 0.25 as the initialization"
 LEAKY_RELU_SLOPE = 0.01  # Maas et al. 2013
 AVR_INITIAL_BIAS = 0.5  # rectnet's choice (AbsReLU's docstring); 0 restores He et al.'s b = 0
-
-
-class ActivationError(ValueError):
-    """An activation cannot be made as asked (a custom target that does not import or is not pointwise, a bad
-    gain); the message is one line naming the key. The config path turns it into a ConfigError."""
-
-
-class Rectifier(nn.Module):
-    """Base class: an activation with channel arithmetic and init gains.
-
-    Gains come from `rectnet.layers.gain.gains`: a stated gain (`stated_gain`), else the class's `closed_form`,
-    else the quadrature of the module's own function (cut at its `breakpoints`).
-    """
-
-    channel_multiplier: int = 1
-    initial_bias: float = 0.0  # the init sets the biases of the layer before it to this (He et al. §2.2: 0)
-    # f(c·y) = c·f(y) for c > 0: the gains hold at any scale, and the first layer may use the following
-    # activation's gain (He et al. §2.2); otherwise it gets gain 1, which starts the net at q* = 1 (init.py)
-    homogeneous: ClassVar[bool] = False
-    breakpoints: ClassVar[tuple[float, ...]] = ()  # where f or f' has a kink or a jump: the quadrature cuts there
-    stated_gain: float | None = None  # activation.gain: the gain for both modes, instead of the derived one
-
-    def closed_form(self) -> Gains | None:
-        """The gains in closed form, where the class derives them; None: derived by quadrature."""
-        return None
-
-    def gains(self) -> Gains:
-        return gains(self)
-
-    def forward_gain(self) -> float:
-        return self.gains().forward
-
-    def backward_gain(self) -> float:
-        return self.gains().backward
-
-    def gain(self, mode: str) -> float:
-        """Gain for `std = gain / sqrt(fan)`: fan_in uses the forward gain, fan_out the backward one."""
-        return self.gains().for_mode(mode)
-
-
-def _closed_form(forward: float, backward: float) -> Gains:
-    return Gains(forward, backward, "closed form")
-
-
-ACTIVATIONS: Registry[type[Rectifier]] = Registry("activation")
 
 
 @ACTIVATIONS.register("identity")
@@ -118,7 +70,7 @@ class Identity(Rectifier):
         return x
 
     def closed_form(self) -> Gains:
-        return _closed_form(1.0, 1.0)
+        return closed_form_gains(1.0, 1.0)
 
 
 @ACTIVATIONS.register("relu")
@@ -136,7 +88,7 @@ class ReLU(Rectifier):
         return F.relu(x, inplace=self.inplace)
 
     def closed_form(self) -> Gains:
-        return _closed_form(math.sqrt(2.0), math.sqrt(2.0))  # Eq. 10, Eq. 14
+        return closed_form_gains(math.sqrt(2.0), math.sqrt(2.0))  # Eq. 10, Eq. 14
 
 
 def _slope_gain(a: float) -> float:
@@ -160,7 +112,7 @@ class LeakyReLU(Rectifier):
         return F.leaky_relu(x, self.slope, inplace=self.inplace)
 
     def closed_form(self) -> Gains:
-        return _closed_form(_slope_gain(self.slope), _slope_gain(self.slope))
+        return closed_form_gains(_slope_gain(self.slope), _slope_gain(self.slope))
 
     def extra_repr(self) -> str:
         return f"slope={self.slope}"
@@ -192,7 +144,7 @@ class PReLU(Rectifier):
         return float(self.weight.detach().mean())
 
     def closed_form(self) -> Gains:
-        return _closed_form(_slope_gain(self._initial_slope()), _slope_gain(self._initial_slope()))
+        return closed_form_gains(_slope_gain(self._initial_slope()), _slope_gain(self._initial_slope()))
 
     def extra_repr(self) -> str:
         return f"num_parameters={self.weight.numel()}"
@@ -233,7 +185,7 @@ class AbsReLU(Rectifier):
         return torch.abs(x)
 
     def closed_form(self) -> Gains:
-        return _closed_form(1.0, 1.0)
+        return closed_form_gains(1.0, 1.0)
 
 
 @ACTIVATIONS.register("crelu")
@@ -259,192 +211,7 @@ class CReLU(Rectifier):
         return torch.cat((x, x.neg()), dim=1).relu_()
 
     def closed_form(self) -> Gains:
-        return _closed_form(math.sqrt(2.0), 1.0)
-
-
-def _stated(gain: float | None, label: str) -> float | None:
-    """activation.gain: a positive, finite gain, or None (derive it)."""
-    if gain is not None and not (math.isfinite(gain) and gain > 0):
-        raise ActivationError(f"activation.gain={gain} for {label}: a gain must be a positive finite number")
-    return None if gain is None else float(gain)
-
-
-class TorchActivation(Rectifier):
-    """A pointwise function from torch, its gains derived by quadrature (`rectnet.layers.gain`) or stated.
-
-    Subclasses name the function (`function`) and where f or f' is not smooth (`breakpoints`).
-    """
-
-    function: ClassVar[Callable[[torch.Tensor], torch.Tensor]]
-
-    def __init__(self, channels: int, gain: float | None = None) -> None:
-        super().__init__()
-        self.stated_gain = _stated(gain, type(self).__name__)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.function(x)
-
-    def extra_repr(self) -> str:
-        return "" if self.stated_gain is None else f"gain={self.stated_gain:g}"
-
-
-@ACTIVATIONS.register("gelu")
-class GELU(TorchActivation):
-    """y·Φ(y) (Hendrycks & Gimpel 2016), torch's exact form (erf); smooth."""
-
-    function = staticmethod(F.gelu)
-
-
-@ACTIVATIONS.register("silu")
-class SiLU(TorchActivation):
-    """y·σ(y): SiLU (Elfwing et al. 2018), Swish with β = 1 (Ramachandran et al. 2017); smooth."""
-
-    function = staticmethod(F.silu)
-
-
-@ACTIVATIONS.register("mish")
-class Mish(TorchActivation):
-    """y·tanh(softplus(y)) (Misra 2019); smooth."""
-
-    function = staticmethod(F.mish)
-
-
-@ACTIVATIONS.register("elu")
-class ELU(TorchActivation):
-    """y for y > 0, e^y - 1 otherwise (Clevert et al. 2016, α = 1): f'' jumps at 0."""
-
-    function = staticmethod(F.elu)
-    breakpoints = (0.0,)
-
-
-@ACTIVATIONS.register("selu")
-class SELU(TorchActivation):
-    """λ·ELU_α(y) with Klambauer et al. 2017's λ, α, chosen so that E[f(z)] = 0 and E[f(z)²] = 1 for z ~ N(0, 1):
-    its forward gain is 1, their LeCun-normal init (std 1/sqrt(fan_in)). f' jumps at 0 (λ vs λα)."""
-
-    function = staticmethod(F.selu)
-    breakpoints = (0.0,)
-
-
-@ACTIVATIONS.register("softplus")
-class Softplus(TorchActivation):
-    """log(1 + e^y) (Dugas et al. 2001; Glorot et al. 2011's smooth rectifier); smooth."""
-
-    function = staticmethod(F.softplus)
-
-
-@ACTIVATIONS.register("tanh")
-class Tanh(TorchActivation):
-    """tanh(y); smooth, odd, saturating."""
-
-    function = staticmethod(torch.tanh)
-
-
-@ACTIVATIONS.register("hardswish")
-class Hardswish(TorchActivation):
-    """y·relu6(y + 3)/6 (Howard et al. 2019, MobileNetV3): piecewise, kinks at ±3 (f' jumps there)."""
-
-    function = staticmethod(F.hardswish)
-    breakpoints = (-3.0, 3.0)
-
-
-# ------------------------------------------------------------------ an activation the user brings
-
-PROBE_SHAPE = (2, 3, 5, 4)  # the tensor a custom activation is probed with: batch, channels, height, width
-
-
-@ACTIVATIONS.register("custom")
-class Custom(Rectifier):
-    """An activation the user brings: `activation=custom activation.target=mypkg.mymod.MyAct`.
-
-    `target` names an `nn.Module` class (made without arguments), an `nn.Module` (copied for every layer) or a
-    function of a tensor. It must be pointwise, the same function of each element alone; a probe checks that
-    it keeps the shape and commutes with a permutation of the elements. Its gains are derived by quadrature
-    from its own function (`rectnet.layers.gain`, which always cuts at 0, and at the `breakpoints` the target
-    declares, if any: where f or f' has a kink or a jump), unless `gain` states one.
-    """
-
-    def __init__(self, channels: int, target: str | None = None, gain: float | None = None) -> None:
-        super().__init__()
-        if not target:
-            raise ActivationError(
-                "activation=custom needs activation.target=<module>.<name>: an nn.Module class or a function of a "
-                "tensor, importable here (e.g. activation.target=mypkg.acts.MyAct)"
-            )
-        self.target = target
-        self.label = f"activation.target={target}"
-        self.stated_gain = _stated(gain, self.label)
-        self.fn = load_target(target)
-        self.breakpoints = tuple(float(b) for b in getattr(self.fn, "breakpoints", ()))
-        check_pointwise(self.fn, self.label)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fn(x)
-
-    def extra_repr(self) -> str:
-        return f"target={self.target}" + ("" if self.stated_gain is None else f", gain={self.stated_gain:g}")
-
-
-def load_target(target: str) -> Callable[[torch.Tensor], torch.Tensor]:
-    """Import `module.name`: an nn.Module class is instantiated, an nn.Module copied, a function returned."""
-    module_name, _, attribute = target.rpartition(".")
-    label = f"activation.target={target}"
-    if not module_name:
-        raise ActivationError(f"{label}: name it as <module>.<name> (e.g. mypkg.acts.MyAct)")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as err:
-        raise ActivationError(f"{label} is not importable: {err} (is its package on PYTHONPATH?)") from None
-    if not hasattr(module, attribute):
-        raise ActivationError(f"{label} is not importable: module {module_name} has no attribute {attribute!r}")
-    obj = getattr(module, attribute)
-    if isinstance(obj, type) and issubclass(obj, nn.Module):
-        try:
-            return obj()
-        except Exception as err:  # the user's constructor: whatever it raises, one line
-            raise ActivationError(
-                f"{label}: {attribute}() failed ({type(err).__name__}: {err}); an activation class must be "
-                "constructible without arguments (or name a function)"
-            ) from None
-    if isinstance(obj, nn.Module):
-        return copy.deepcopy(obj)
-    if callable(obj) and not isinstance(obj, type):
-        return obj
-    raise ActivationError(f"{label} is a {type(obj).__name__}, not an nn.Module class or a function of a tensor")
-
-
-def check_pointwise(fn: Callable[[torch.Tensor], torch.Tensor], label: str) -> None:
-    """Refuse `fn` unless it maps each element alone, the same way everywhere: on a probe tensor it must keep the
-    shape, and permuting the input's elements must permute the output's the same way (a softmax over channels,
-    a per-channel parameter or a pooling fails). Checked in eval mode: a random activation (RReLU) is judged by
-    the function it computes at test time."""
-    generator = torch.Generator().manual_seed(0)
-    x = torch.randn(PROBE_SHAPE, generator=generator)
-    order = torch.randperm(x.numel(), generator=generator)
-    training = fn.training if isinstance(fn, nn.Module) else None
-    if training is not None:
-        fn.eval()
-    try:
-        with torch.no_grad():
-            out, out_of_permuted = fn(x.clone()), fn(x.flatten()[order].reshape(x.shape))
-    except Exception as err:  # the user's code: whatever it raises, one line
-        raise ActivationError(
-            f"{label} fails on a {tuple(x.shape)} probe tensor ({type(err).__name__}: {str(err).splitlines()[0]})"
-        ) from None
-    finally:
-        if training is not None:
-            fn.train(training)
-    if not isinstance(out, torch.Tensor) or out.shape != x.shape:
-        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise ActivationError(
-            f"{label} is not pointwise: a {tuple(x.shape)} tensor comes out as {got}; an activation must keep the shape"
-        )
-    permuted = out.flatten()[order].reshape(x.shape)
-    if not torch.allclose(out_of_permuted, permuted, rtol=1e-5, atol=1e-6, equal_nan=True):
-        raise ActivationError(
-            f"{label} is not pointwise: an output depends on other elements or on its position (permuting the "
-            "input's elements does not permute the output's the same way)"
-        )
+        return closed_form_gains(math.sqrt(2.0), 1.0)
 
 
 @dataclass(frozen=True)
