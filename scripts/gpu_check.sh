@@ -4,7 +4,7 @@
 # against 1 process (the same weights), ImageNet through workers under NCCL and eval.py's protocols, a NaN on N
 # ranks, SIGUSR1 to the last rank and the resume on 1 process, DDP under torch.compile from a cold cache. One
 # JSON line per stage on stdout ("ok", the figures beside their thresholds, wall time); exit status 1 when a
-# stage failed. scripts/gpu_check.py has the stages, thresholds and options.
+# stage failed. scripts/checks/gpu_check.py has the stages, thresholds and options.
 #
 #   bash scripts/gpu_check.sh [--dry-run] [--cpu-standin] [--out DIR] [--cifar-root DIR] [--gpus N]
 #
@@ -19,4 +19,4 @@ fi
 python=${PYTHON:-python}
 budget=${GPU_CHECK_TIMEOUT_S:-540}
 cd "$here"
-exec timeout --kill-after=10 "$((budget + 30))" "$python" "$here/scripts/gpu_check.py" --budget-s "$budget" "$@"
+exec timeout --kill-after=10 "$((budget + 30))" "$python" "$here/scripts/checks/gpu_check.py" --budget-s "$budget" "$@"

@@ -1,4 +1,4 @@
-"""scripts/bench_train.py at its smallest sizes: every (width, precision) cell is in its JSON line, with every
+"""scripts/bench/train.py at its smallest sizes: every (width, precision) cell is in its JSON line, with every
 variant asked for, and each ratio is the quotient of two images/s figures printed in the same cell."""
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ TINY = ["--batch", "4", "--images", "16", "--steps", "1", "--rounds", "1", "--ge
 
 
 def bench_train(argv: list[str], capsys, monkeypatch) -> dict:
-    """The script's last printed line, as JSON (what a reader of its output gets). Imported as a module of
+    """The script's last printed line, as JSON (what a reader of its output gets). Imported as bench.train with
     scripts/ on sys.path: the plain loop's child process (spawned) imports its function from there."""
     monkeypatch.syspath_prepend(str(ROOT / "scripts"))
-    returned = importlib.import_module("bench_train").main(argv)
+    returned = importlib.import_module("bench.train").main(argv)
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert printed == json.loads(json.dumps(returned))
     return printed

@@ -1,4 +1,4 @@
-"""scripts/chaos.py --faults: its judge fails a case on a traceback, on a fault accepted with exit 0, on a
+"""scripts/checks/chaos.py --faults: its judge fails a case on a traceback, on a fault accepted with exit 0, on a
 hang, a signal, a refusal that names nothing or a refused valid run; its state checks catch a silent fresh
 start and a refusal that lost a file; and a few of its cases run on this tree all survive, while the same
 cases fail once train.py is sabotaged (so the whole path, not only the judge, can fail)."""
@@ -21,7 +21,7 @@ RUN_DIR = Path("/runs/probe")
 
 @pytest.fixture(scope="module")
 def chaos():
-    spec = importlib.util.spec_from_file_location("chaos", ROOT / "scripts" / "chaos.py")
+    spec = importlib.util.spec_from_file_location("chaos", ROOT / "scripts" / "checks" / "chaos.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules["chaos"] = module  # its dataclasses look their module up while they are made
     spec.loader.exec_module(module)

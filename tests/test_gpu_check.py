@@ -1,4 +1,4 @@
-"""scripts/gpu_check.py on a CPU machine: its CPU stand-in (the multi-process stages with gloo), its failure
+"""scripts/checks/gpu_check.py on a CPU machine: its CPU stand-in (the multi-process stages with gloo), its failure
 reports and the killing of a launch that outlives its timeout. Its --dry-run: tests/test_gpu_paths.py."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ STANDIN_STAGES = ["ddp_1rank", "ddp_nranks", "ddp_imagenet", "ddp_nan", "ddp_sto
 
 @pytest.fixture(scope="module")
 def gpu_check():
-    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "scripts" / "gpu_check.py")
+    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "scripts" / "checks" / "gpu_check.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules["gpu_check"] = module  # its dataclasses look their module up while they are made
     spec.loader.exec_module(module)

@@ -1,6 +1,6 @@
-"""The CReLU paper's "Single" protocol (scripts/single.sh, Shang et al. 2016 §3.1): stage 1 records the training
-loss at its best held-out error, stage 2 retrains on every image until the held-out loss reaches it. The recorded loss
-is checked against a hand-written evaluation of stage 1's best checkpoint."""
+"""The CReLU paper's "Single" protocol (scripts/reproduce/single.sh, Shang et al. 2016 §3.1): stage 1 records the
+training loss at its best held-out error, stage 2 retrains on every image until the held-out loss reaches it. The
+recorded loss is checked against a hand-written evaluation of stage 1's best checkpoint."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ ARGS += ["dataset.synthetic_noise=0.25", "optim.lr=0.05"]
 def single_sh(out, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHON": sys.executable, "HYDRA_FULL_ERROR": "0"}
     return subprocess.run(
-        ["bash", str(ROOT / "scripts" / "single.sh"), str(out), *args],
+        ["bash", str(ROOT / "scripts" / "reproduce" / "single.sh"), str(out), *args],
         cwd=ROOT,
         env=env,
         capture_output=True,

@@ -49,7 +49,7 @@ class Dist:
     @property
     def enabled(self) -> bool:
         """Collectives and DDP: with several ranks, or in a process group the caller set up before `run`
-        (scripts/gpu_check.py runs the NCCL paths with one rank that way)."""
+        (scripts/checks/gpu_check.py runs the NCCL paths with one rank that way)."""
         return self.world_size > 1 or (dist.is_available() and dist.is_initialized())
 
     @property

@@ -5,7 +5,7 @@ into `State.records` (saved in checkpoints, reported in results.json) and may en
 reason. A run a rule ended stays ended: resumed, it trains nothing more (`State.stopped_at`).
 
 The CReLU paper's "Single" protocol (Shang et al. 2016 §3.1: one model trained on all training images, its
-length chosen on a held-out fold; scripts/single.sh) is two runs of two rules:
+length chosen on a held-out fold; scripts/reproduce/single.sh) is two runs of two rules:
 
 * stage 1 (`trainer.record_train_loss_at_best`): train with a fold held out and record the loss on the
   training images at the epoch of the best held-out error (`RecordTrainLossAtBest`);

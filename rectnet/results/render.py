@@ -233,7 +233,7 @@ Measured cells: mean ± sample std over seeds (n = runs), except Average: mean �
 nets, as the CReLU paper reports it, and Vote: one value per complete 10-fold set (± std over sets when there
 are several). "—" = no completed run; "(k failed, m missing)" counts seeds (and folds) that no completed
 run fills; the "runs" column counts the row's run directories as they are.
-Single = final test error of the retraining runs of the paper's protocol (scripts/single.sh), or where a
+Single = final test error of the retraining runs of the paper's protocol (scripts/reproduce/single.sh), or where a
 row has none, of runs trained without folds for their configured schedule (see `python -m rectnet.tables --help`).
 Single train = last epoch's running training error (augmentation and dropout on). ImageNet columns come from
 eval_center.json / eval_ten_view.json / eval_dense.json. Paper values: as printed in the papers'

@@ -49,7 +49,7 @@ class Run:
 
     @property
     def single_stage(self) -> int:
-        """1 or 2 for the two runs of the "Single" protocol (scripts/single.sh), 0 for any other run."""
+        """1 or 2 for the two runs of the "Single" protocol (scripts/reproduce/single.sh), 0 for any other run."""
         if not self.config:
             return 0
         if self.config["dataset"].get("holdout_in_train"):

@@ -1,7 +1,7 @@
 """Cells: one measured number (mean ± spread over n) from the runs of one group, and how each is made.
 
 * Single (Shang et al. 2016, Tables 1-2): the final test top-1 error (results.json "final"), mean ± sample std
-  over seeds, of the retraining runs of the paper's protocol (Goodfellow et al. 2013, `scripts/single.sh`:
+  over seeds, of the retraining runs of the paper's protocol (Goodfellow et al. 2013, `scripts/reproduce/single.sh`:
   stage 1 trains on all folds but one and records the training loss at its best held-out error; stage 2
   retrains from scratch on the whole training split until the held-out fold's loss reaches that value). Where
   a group has no such run, the runs trained without folds for their configured schedule stand in (an

@@ -154,7 +154,7 @@ evaluate() {
     done
 }
 
-# single_protocol EXPERIMENTS DATASETS SEEDS (comma lists): the CReLU paper's "Single" protocol (scripts/single.sh)
+# single_protocol EXPERIMENTS DATASETS SEEDS (comma lists): the CReLU paper's "Single" protocol (scripts/reproduce/single.sh)
 # over a grid. Stage 1 (every experiment x dataset x seed): train on all folds but one (SINGLE_FOLDS, default 5)
 # and record the training loss at the best held-out error. Stage 2, per stage-1 run: retrain from scratch on
 # every image until the held-out loss reaches that value. rectnet.tables reads stage 2 as "Single".

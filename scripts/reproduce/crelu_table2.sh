@@ -6,7 +6,7 @@
 #
 # Runs, all into one sweep directory (default sweeps/crelu_table2):
 #   "Single": 4 models x {cifar10, cifar100} x SEEDS (default 0,1,2), on the whole training split;
-#   (SINGLE=1: the paper's two-stage protocol instead, scripts/single.sh per run: common.sh single_protocol);
+#   (SINGLE=1: the paper's two-stage protocol instead, scripts/reproduce/single.sh per run: common.sh single_protocol);
 #   "Average" / "Vote": 4 models x {cifar10, cifar100} x FOLD_SEEDS (default 0) x 10 folds (dataset.num_folds=10,
 #   dataset.fold=FOLDS, default 0..9; FOLDS= skips them);
 # then python -m rectnet.tables <sweep dir> --out <sweep dir>/tables.

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # He et al. 2015 (PReLU), Fig. 3: the 30-layer plain net with ReLU, init "ours" (converges) vs Xavier ("completely
 # stalls"): error on 3,000 validation images (centre crop) after every epoch, 9 epochs
-# (configs/experiment/fig3_plain30_*.yaml). A reduced CIFAR-10 version for a CPU: scripts/fig3_small.py.
+# (configs/experiment/fig3_plain30_*.yaml). A reduced CIFAR-10 version for a CPU: scripts/demo/fig3_small.py.
 #
 #   scripts/reproduce/prelu_fig3.sh [--dry-run] [--sweep-dir DIR] [OVERRIDE ...]
 #

@@ -17,7 +17,7 @@ frame), mapped back to source coordinates, and only that region is resampled:
   times faster on uint8 images) at the plain pipeline's scale, reading across the crop's edges as the whole
   resize would. Its grid starts on a whole decoded pixel, within half a pixel of the exact box (median 1/30
   on ImageNet-like sizes; `_plan`): the crops are the plain pipeline's to about one grey level on average,
-  and their scales and positions have its distribution (tests and scripts/bench_data.py check both);
+  and their scales and positions have its distribution (tests and scripts/bench/data.py check both);
 - the worker returns uint8 images in HWC memory, stacked without transposition into channels-last batches;
   lighting and normalization run batched on the training device (`Preprocess`).
 

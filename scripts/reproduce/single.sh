@@ -4,8 +4,8 @@
 #            epoch of the best held-out error;
 #   stage 2: retrain from scratch on the whole training split until the held-out fold's loss reaches it.
 #
-#   bash scripts/single.sh <out dir> [train.py overrides ...]
-#   bash scripts/single.sh sweeps/single/crelu_s0 experiment=convpool_crelu seed=0 dataset.root=data
+#   bash scripts/reproduce/single.sh <out dir> [train.py overrides ...]
+#   bash scripts/reproduce/single.sh sweeps/single/crelu_s0 experiment=convpool_crelu seed=0 dataset.root=data
 #
 # Writes <out dir>/stage1 and <out dir>/stage2 (python -m rectnet.tables reads stage 2 as "Single").
 # Safe to re-run: each stage resumes from its checkpoint, a finished stage is not retrained.
@@ -18,7 +18,7 @@ if [[ $# -lt 1 || "$1" == -* ]]; then
 fi
 out=$1
 shift
-here=$(cd "$(dirname "$0")/.." && pwd)
+here=$(cd "$(dirname "$0")/../.." && pwd)
 python=${PYTHON:-python}
 folds=${SINGLE_FOLDS:-5}
 holdout=(dataset.num_folds="$folds" dataset.fold=0)

@@ -1,10 +1,10 @@
 """Chaos checks (not tests): kill -9 training at random moments (default), or attack it with faults (--faults).
 
-    python scripts/chaos.py --trials 20            # kills: about 10 s per trial on 2 CPU cores
-    python scripts/chaos.py --trials 40 --out /tmp/chaos --keep
-    python scripts/chaos.py --faults               # every fault case: a few minutes on 2 CPU cores
-    python scripts/chaos.py --faults --only config checkpoint/last_truncated --fuzz 50 --seed 3
-    python scripts/chaos.py --faults --repo /tmp/before   # judge another checkout (a worktree of an old commit)
+    python scripts/checks/chaos.py --trials 20            # kills: about 10 s per trial on 2 CPU cores
+    python scripts/checks/chaos.py --trials 40 --out /tmp/chaos --keep
+    python scripts/checks/chaos.py --faults               # every fault case: a few minutes on 2 CPU cores
+    python scripts/checks/chaos.py --faults --only config checkpoint/last_truncated --fuzz 50 --seed 3
+    python scripts/checks/chaos.py --faults --repo /tmp/before   # judge another checkout (a worktree of an old commit)
 
 Kills. One reference run trains a tiny synthetic configuration (dropout on, a checkpoint every 2 steps, so the
 RNG streams and mid-epoch positions matter) without interruption. Each trial starts the same run in a fresh
@@ -81,7 +81,7 @@ from typing import Any
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 IMAGES, BATCH, EPOCHS, EVERY = 512, 64, 3, 2
 LAST_WRITES = EPOCHS * (IMAGES // BATCH // EVERY)  # last.pt at steps 2, 4, 6 and at the epoch's end
 CONFIG = [

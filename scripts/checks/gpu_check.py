@@ -1,7 +1,7 @@
 """The CUDA and cluster paths on one GPU node in under 9 minutes: what scripts/gpu_check.sh runs.
 
-    python scripts/gpu_check.py [--dry-run] [--cpu-standin] [--out DIR] [--cifar-root DIR] [--gpus N]
-                                [--budget-s S] [thresholds: --help]
+    python scripts/checks/gpu_check.py [--dry-run] [--cpu-standin] [--out DIR] [--cifar-root DIR] [--gpus N]
+                                       [--budget-s S] [thresholds: --help]
 
 One JSON line per stage on stdout: "ok" (false: "reason" says why), the measured figures beside their thresholds
 (min_<figure> / max_<figure>) and the stage's wall_s; a first line describes the machine, a last one sums up.
@@ -63,7 +63,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))  # helpers: the tiny image folder
 

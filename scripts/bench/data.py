@@ -1,6 +1,6 @@
 """ImageNet input-pipeline throughput on real JPEGs: rectnet's training decode against the plain torchvision one.
 
-    python scripts/bench_data.py dataset.root=DIR [--split train|test] [--workers N] [--rounds 5] [--images 400]
+    python scripts/bench/data.py dataset.root=DIR [--split train|test] [--workers N] [--rounds 5] [--images 400]
 
 dataset.root means what it means to train.py: the folder that holds the splits, DIR/train/<class>/*.JPEG and
 DIR/val/<class>/*.JPEG. The benchmark reads the training split (dataset.train_split, default train), or with

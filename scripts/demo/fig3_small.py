@@ -2,8 +2,8 @@
 "ours" (Kaiming, Eq. 10) vs "Xavier" (n·Var[w] = 1). The paper (ImageNet, full width): ours converges,
 Xavier "completely stalls" because every layer halves the signal's variance (Eq. 8), 2^-27 over its 27 convs.
 
-    .venv/bin/python scripts/fig3_small.py --data data       # 2-6 min on 2 CPU cores; data/: README, CIFAR data
-    .venv/bin/python scripts/fig3_small.py --data data --figure 2 --out outputs/fig2_small   # Fig. 2: model B
+    .venv/bin/python scripts/demo/fig3_small.py --data data       # 2-6 min on 2 CPU cores; data/: README, CIFAR data
+    .venv/bin/python scripts/demo/fig3_small.py --data data --figure 2 --out outputs/fig2_small   # Fig. 2: model B
 
 Each run is `python train.py experiment=fig3_plain30_<init> ...` with the same overrides (printed), so the two
 differ only in the init policy (both mode fan_in; Xavier uniform as in Caffe, Kaiming normal). The demo is
@@ -30,7 +30,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 INITS = ("kaiming", "xavier")
 # He et al. 2015 Fig. 3: the 30-layer plain net (both inits must start; Xavier stalls); Fig. 2: model B of
 # Table 3 (22 layers; both converge, Kaiming starts reducing the error earlier).

@@ -1,6 +1,6 @@
 """Training throughput of ConvPool-CNN-C per activation, width and precision, against a hand-written PyTorch loop.
 
-    python scripts/bench_train.py [--widths 0.25 1] [--precisions fp32 auto] [--batch 128] [--steps 3]
+    python scripts/bench/train.py [--widths 0.25 1] [--precisions fp32 auto] [--batch 128] [--steps 3]
                                   [--rounds 3] [--threads N] [--activations ...] [--no-plain] [--gemm-n 1024]
 
 One cell per (width, precision); `auto` is what trainer.precision=auto picks on this CPU (bf16 with avx512_bf16
@@ -50,7 +50,7 @@ from pathlib import Path
 
 # This checkout's rectnet, as `python train.py` from its root imports it: an editable install of the venv may
 # point at another copy, and a benchmark of other code than the checkout's reads as a regression or a fix.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
