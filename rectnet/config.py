@@ -51,8 +51,9 @@ class DatasetConfig:
     synthetic_noise: float = 1.5  # synthetic only: noise std relative to the class patterns
     num_folds: int = 0  # k-fold cross-validation (CReLU paper: 10): train on k-1 folds; 0 = off
     fold: int = 0  # the held-out fold, 0..num_folds-1: evaluated every epoch as val/...
-    # Train on every fold, the held-out one included, and still report it as val/: the retraining stage of
-    # the CReLU paper's "Single" protocol (Shang et al. 2016 §3.1, after Goodfellow et al. 2013); scripts/reproduce/single.sh
+    # Train on every fold, the held-out one included, and still report it as val/: the retraining stage of the
+    # CReLU paper's "Single" protocol (Shang et al. 2016 §3.1, after Goodfellow et al. 2013);
+    # scripts/reproduce/single.sh
     holdout_in_train: bool = False
     # ImageFolder datasets (imagenet) only; image_size is the training crop (224).
     train_split: str = "train"  # <root>/<train_split>/<class>/*.JPEG ("" = root itself)

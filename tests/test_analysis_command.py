@@ -6,8 +6,9 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
-from rectnet.analysis import curves, plotting
+from rectnet.analysis import curves, plotting, slopes
 
 
 def _run_with_metrics(folder, errors: list[float]):
@@ -34,4 +35,22 @@ def test_an_unusable_input_ends_with_its_message_and_no_json_line(tmp_path, caps
     with pytest.raises(SystemExit) as stop:
         curves.main([str(tmp_path), "--metric", "val/top1_err", "--out", str(tmp_path / "curves")])
     assert stop.value.code == f"error: no run under {tmp_path} logged 'val/top1_err' in metrics.jsonl"
+    assert capsys.readouterr().out == ""
+
+
+@pytest.mark.parametrize("content", ["foreign", "flipped"])
+def test_a_damaged_or_foreign_checkpoint_ends_an_analysis_in_one_line(tmp_path, capsys, content):
+    # the analyses read checkpoints through the checks a resume makes: a dict without rectnet's entries, or a
+    # saved file with one byte of a tensor changed (torch.load reads it silently), is named, not analysed
+    path = tmp_path / "last.pt"
+    torch.save({"weights": torch.ones(64)}, path)
+    if content == "flipped":
+        data = bytearray(path.read_bytes())
+        at = data.index(torch.ones(64).numpy().tobytes())  # the tensor's stored bytes
+        data[at] ^= 0x01
+        path.write_bytes(bytes(data))
+    with pytest.raises(SystemExit) as stop:
+        slopes.main([str(path)])
+    reason = "is corrupted: the content of" if content == "flipped" else "is not a rectnet checkpoint (missing model"
+    assert stop.value.code.startswith(f"error: {path} {reason}"), stop.value.code
     assert capsys.readouterr().out == ""

@@ -13,6 +13,9 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from rectnet.data.cifar import DatasetError
+from rectnet.engine.checkpoint import CheckpointError
+
 
 def parser(module: str, description: str) -> argparse.ArgumentParser:
     """The parser of `python -m rectnet.analysis.<module>`."""
@@ -33,11 +36,12 @@ def run(
     body: Callable[[argparse.Namespace], dict | None],
 ) -> None:
     """Parse `argv`, run `body` and print the record it returns as the last line (None: it printed its own
-    output); FileNotFoundError and ValueError, what unusable inputs raise, end the command with their message."""
+    output); FileNotFoundError, ValueError, CheckpointError (a damaged or foreign checkpoint) and DatasetError
+    (missing or corrupt data), what unusable inputs raise, end the command with their message."""
     args = command.parse_args(argv)
     try:
         record = body(args)
-    except (FileNotFoundError, ValueError) as err:
+    except (FileNotFoundError, ValueError, CheckpointError, DatasetError) as err:
         sys.exit(f"error: {err}")
     if record is not None:
         print(json.dumps(record))

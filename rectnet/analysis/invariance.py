@@ -46,7 +46,6 @@ import argparse
 import dataclasses
 import json
 import math
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +54,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rectnet.analysis import command
 from rectnet.analysis.trained import load_model
 from rectnet.config import DatasetConfig
 from rectnet.data import BatchAugment, load_dataset
@@ -261,13 +261,10 @@ def _json_safe(values: dict[str, float] | list[float]) -> dict[str, float | None
     return [None if math.isnan(v) else v for v in values]
 
 
-def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m rectnet.analysis.invariance",
-        description="Goodfellow et al. (2009) invariance scores per layer (Shang et al. 2016 Fig. 4).",
+def _parser() -> argparse.ArgumentParser:
+    parser = command.checkpoint_parser(
+        "invariance", "Goodfellow et al. (2009) invariance scores per layer (Shang et al. 2016 Fig. 4)."
     )
-    parser.add_argument("path", help="a checkpoint file or a run directory")
-    parser.add_argument("--which", default="last", choices=("last", "best"), help="checkpoint of a run directory")
     parser.add_argument("--data-root", help="dataset.root for the checkpoint's dataset (default: its own)")
     parser.add_argument("--synthetic", action="store_true", help="use the synthetic dataset instead")
     parser.add_argument("--split", default="test", choices=("test", "train"))
@@ -281,23 +278,20 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--layers", nargs="*", default=[], help="layers (default: every conv)")
     parser.add_argument("--batch-size", type=int, default=250)
     parser.add_argument("--out", help="output folder (default: <run dir>/analysis)")
-    return parser.parse_args(argv)
+    return parser
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    args = _parse(argv)
+def analyse(args: argparse.Namespace) -> dict:
+    """Score the layers, print the table, write invariance.json; the record of the command's last line."""
     transforms = default_transforms(args.max_shift, args.angles)
-    try:
-        if not transforms:
-            raise ValueError("no transformations: give --max-shift >= 1 or some --angles")
-        loaded = load_model(args.path, args.which)
-        layers = _select_layers(loaded.model, args.layers)
-        images = load_images(loaded.config, args.data_root, args.split, args.num_images, args.synthetic)
-        results = measure(
-            loaded.model, layers, images, transforms, args.pool, args.rate, args.top, args.circular, args.batch_size
-        )
-    except (FileNotFoundError, ValueError, RuntimeError) as err:  # DatasetError is a RuntimeError
-        sys.exit(f"error: {err}")
+    if not transforms:
+        raise ValueError("no transformations: give --max-shift >= 1 or some --angles")
+    loaded = load_model(args.path, args.which)
+    layers = _select_layers(loaded.model, args.layers)
+    images = load_images(loaded.config, args.data_root, args.split, args.num_images, args.synthetic)
+    results = measure(
+        loaded.model, layers, images, transforms, args.pool, args.rate, args.top, args.circular, args.batch_size
+    )
     settings = {
         "checkpoint": str(loaded.checkpoint),
         "model": loaded.name,
@@ -323,7 +317,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     ]
     (out / "invariance.json").write_text(json.dumps({**settings, "layers": detail}) + "\n")
     print(f"written: {out / 'invariance.json'}")
-    print(json.dumps({**settings, "layers": {r.layer: _json_safe(r.layer_scores()) for r in results}}))
+    return {**settings, "layers": {r.layer: _json_safe(r.layer_scores()) for r in results}}
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    command.run(_parser(), argv, analyse)
 
 
 if __name__ == "__main__":

@@ -40,7 +40,6 @@ iterations, converged, initial_loss, layers (name, share, mass).
 from __future__ import annotations
 
 import argparse
-import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -49,6 +48,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rectnet.analysis import command
 from rectnet.config import OptimConfig, TrainConfig
 from rectnet.data.sources import Source, SourceContext, make_source
 from rectnet.engine import checkpoint
@@ -293,24 +293,23 @@ def format_report(result: dict) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m rectnet.analysis.sharpness",
-        description="Largest Hessian eigenvalue at init and the largest stable SGD learning rate it implies.",
+    parser = command.parser(
+        "sharpness", "Largest Hessian eigenvalue at init and the largest stable SGD learning rate it implies."
     )
     parser.add_argument("--batches", type=int, default=1, help="real training batches the loss averages (1)")
     parser.add_argument("--iters", type=int, default=30, help="most Lanczos steps (Hessian-vector products) (30)")
     parser.add_argument("--tol", type=float, default=1e-3, help="relative change of lambda that stops (1e-3)")
     parser.add_argument("--checkpoint", help="measure this checkpoint's weights instead of the init")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. activation=prelu optim.lr=0.01")
-    args = parser.parse_args(argv)
+    command.run(parser, argv, _measure)
+
+
+def _measure(args: argparse.Namespace) -> dict:
     if args.batches < 1 or args.iters < 1 or args.tol <= 0:
-        parser.error("--batches and --iters must be >= 1 and --tol > 0")
-    try:
-        result = probe(args.overrides, args.batches, args.iters, args.tol, args.checkpoint)
-    except checkpoint.CheckpointError as err:
-        raise SystemExit(f"error: {err}") from None
+        raise ValueError("--batches and --iters must be >= 1 and --tol > 0")
+    result = probe(args.overrides, args.batches, args.iters, args.tol, args.checkpoint)
     print(format_report(result))
-    print(json.dumps(result))
+    return result
 
 
 if __name__ == "__main__":

@@ -11,9 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from rectnet.config import settings_from_dict
+from rectnet.engine.checkpoint import load_weights
 from rectnet.models import SpecNet
 from rectnet.models.build import build_model
 
@@ -57,9 +56,12 @@ def build_from_config(config: dict, in_chans: int = 3) -> SpecNet:
 
 
 def load_model(path: Path | str, which: str = "last") -> LoadedModel:
-    """Rebuild the checkpoint's network from its config and load its weights (CPU, eval mode)."""
+    """Rebuild the checkpoint's network from its config and load its weights (CPU, eval mode). The file is checked
+    as a resume checks it, as far as the weights go (rectnet.engine.checkpoint.load_weights: CRCs, a model and a
+    config entry, finite weights): a damaged or foreign file stops the analysis with one line, not a traceback
+    or a table of garbage."""
     checkpoint = resolve_checkpoint(path, which)
-    payload = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    payload = load_weights(checkpoint)
     state = payload["model"]
     first_conv = next(v for v in state.values() if v.ndim == 4)  # input channels: the data's, not the config's
     model = build_from_config(payload["config"], in_chans=first_conv.shape[1])

@@ -187,9 +187,9 @@ def finish_rotation(folder: Path) -> None:
     _rotate(new, folder)
 
 
-def load(path: str | Path) -> dict:
-    """Load and check a rectnet checkpoint (weights_only=True: no code runs from the file)."""
-    path = Path(path)
+def _read(path: Path, required: tuple[str, ...]) -> dict:
+    """The file's dict, read with weights_only=True (no code runs from it) after its CRCs are checked, holding
+    the `required` entries; else CheckpointError."""
     if os.path.lexists(path) and not path.is_file():
         raise CheckpointError(f"{path} is {_what(path)}, not a checkpoint file")
     if not path.is_file():
@@ -199,9 +199,29 @@ def load(path: str | Path) -> dict:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, OSError) as err:
         raise CheckpointError(f"{path} is not a readable checkpoint ({type(err).__name__}: {err})") from None
-    missing = [k for k in REQUIRED_KEYS if not isinstance(state, dict) or k not in state]
+    missing = [k for k in required if not isinstance(state, dict) or k not in state]
     if missing:
         raise CheckpointError(f"{path} is not a rectnet checkpoint (missing {', '.join(missing)})")
+    return state
+
+
+def load_weights(path: str | Path) -> dict:
+    """A checkpoint read for its network alone (the analyses): its `model` weights, finite, and the `config`
+    that rebuilds it; the training state a resume needs may be absent (a checkpoint trimmed for sharing)."""
+    path = Path(path)
+    state = _read(path, ("model", "config"))
+    if not isinstance(state["model"], dict) or not isinstance(state["config"], dict):
+        raise CheckpointError(f"{path} is damaged: its model or config entry is not a dict")
+    bad = nonfinite_entries(state["model"], {})
+    if bad:
+        raise CheckpointError(f"{path} is damaged: NaN or inf in {_first_names(bad)}")
+    return state
+
+
+def load(path: str | Path) -> dict:
+    """Load and check a rectnet checkpoint for a resume: every entry of the training state, well formed."""
+    path = Path(path)
+    state = _read(path, REQUIRED_KEYS)
     if not isinstance(state["format"], int) or state["format"] != CHECKPOINT_FORMAT:
         raise CheckpointError(
             f"{path} has checkpoint format {state['format']}; this rectnet reads format {CHECKPOINT_FORMAT} only"

@@ -25,8 +25,11 @@ from pathlib import Path
 
 import torch
 
+from rectnet.layers import ACTIVATIONS as REGISTRY
+
 REPO = Path(__file__).resolve().parents[2]
-ACTIVATIONS = ("relu", "prelu", "prelu_shared", "avr", "crelu", "leaky_relu")
+ACTIVATIONS = ("relu", "prelu", "prelu_shared", "avr", "crelu", "leaky_relu")  # the default set: the papers' rectifiers
+CHOICES = tuple(name for name in REGISTRY if name not in ("identity", "custom"))  # custom needs a target
 MODES = ("fan_in", "fan_out")
 LOG_EVERY = 10
 # "epoch 1/1 step 120/391 loss 2.1234 (last 20 steps; ..." in train.log
@@ -83,7 +86,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/default_command"))
     parser.add_argument("--report", type=Path, default=None, help="Markdown table to write (default: OUT/report.md)")
     parser.add_argument("--report-only", action="store_true", help="write the table from the runs already there")
-    parser.add_argument("--activations", nargs="+", default=list(ACTIVATIONS), choices=ACTIVATIONS)
+    parser.add_argument("--activations", nargs="+", default=list(ACTIVATIONS), choices=CHOICES)
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     parser.add_argument("overrides", nargs="*", help="extra train.py overrides for every run")
     args = parser.parse_args()
