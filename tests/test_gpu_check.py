@@ -26,12 +26,18 @@ def gpu_check():
     return module
 
 
-def _check(gpu_check, stages, budget_s: float = 300):
+@pytest.fixture(scope="module")
+def gpu_launch(gpu_check):
+    """The sibling module gpu_check.py imported (it puts its own folder on sys.path): Stage, Launch, launching."""
+    return importlib.import_module("gpu_launch")
+
+
+def _check(gpu_launch, stages, budget_s: float = 300):
     args = argparse.Namespace(budget_s=budget_s)
-    return gpu_check.Check({s.name: s for s in stages}, args, time.monotonic() + budget_s)
+    return gpu_launch.Check({s.name: s for s in stages}, args, time.monotonic() + budget_s)
 
 
-def test_a_failing_stage_says_why_and_the_stages_that_need_it_fail_too(gpu_check):
+def test_a_failing_stage_says_why_and_the_stages_that_need_it_fail_too(gpu_check, gpu_launch):
     def missed(check, stage, row):
         row.at_most("weight_disagreement", 0.5, 0.02)
         row.at_least("speedup", 0.9, None)  # no threshold (the CPU stand-in's): shown, not checked
@@ -40,11 +46,11 @@ def test_a_failing_stage_says_why_and_the_stages_that_need_it_fail_too(gpu_check
         raise KeyError("final")
 
     stages = [
-        gpu_check.Stage("ddp_nranks", missed),
-        gpu_check.Stage("ddp_compile", lambda check, stage, row: None, needs=("ddp_1rank", "ddp_nranks")),
-        gpu_check.Stage("ddp_imagenet", broken),
+        gpu_launch.Stage("ddp_nranks", missed),
+        gpu_launch.Stage("ddp_compile", lambda check, stage, row: None, needs=("ddp_1rank", "ddp_nranks")),
+        gpu_launch.Stage("ddp_imagenet", broken),
     ]
-    check = _check(gpu_check, stages)
+    check = _check(gpu_launch, stages)
     check.passed.add("ddp_1rank")
     rows = [gpu_check.run_stage(check, stage) for stage in stages]
     assert rows[0]["ok"] is False and rows[0]["reason"] == "weight_disagreement 0.5 is above the maximum 0.02"
@@ -55,33 +61,33 @@ def test_a_failing_stage_says_why_and_the_stages_that_need_it_fail_too(gpu_check
     assert check.passed == {"ddp_1rank"} and all("wall_s" in row for row in rows)
 
 
-def test_no_stage_starts_once_the_budget_is_spent(gpu_check):
-    row = gpu_check.run_stage(_check(gpu_check, [], budget_s=-1), gpu_check.Stage("ddp_1rank", None))
+def test_no_stage_starts_once_the_budget_is_spent(gpu_check, gpu_launch):
+    row = gpu_check.run_stage(_check(gpu_launch, [], budget_s=-1), gpu_launch.Stage("ddp_1rank", None))
     assert row["reason"] == "not started: the time budget (--budget-s -1) is spent"
 
 
 @pytest.mark.slow
-def test_a_torchrun_launch_that_outlives_its_timeout_is_killed_with_its_ranks(gpu_check, tmp_path):
+def test_a_torchrun_launch_that_outlives_its_timeout_is_killed_with_its_ranks(gpu_launch, tmp_path):
     """torchrun starts every rank in a session of its own: killing the agent's group alone left them running."""
     run_dir = tmp_path / "run"
-    launch = gpu_check.Launch(
+    launch = gpu_launch.Launch(
         "slow", "torchrun", 2, (*TINY, "trainer.epochs=50"), run_dir, tmp_path / "logs", timeout_s=1
     )
     seen = []
 
     def wait_for_the_ranks(agent):  # past the launch's 1 s: it is then killed at once
         while len(seen) < 2 and agent.poll() is None:
-            seen[:] = gpu_check.training_processes(run_dir).values()
+            seen[:] = gpu_launch.training_processes(run_dir).values()
             time.sleep(0.1)
 
-    with pytest.raises(gpu_check.Failed, match=r"slow: still running after 1 s \(its timeout: a hang\?\); killed"):
-        gpu_check.run_launch(_check(gpu_check, []), launch, wait_for_the_ranks)
-    assert len(seen) == 2 and gpu_check.training_processes(run_dir) == {}
+    with pytest.raises(gpu_launch.Failed, match=r"slow: still running after 1 s \(its timeout: a hang\?\); killed"):
+        gpu_launch.run_launch(_check(gpu_launch, []), launch, wait_for_the_ranks)
+    assert len(seen) == 2 and gpu_launch.training_processes(run_dir) == {}
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(not os.path.exists("/proc/self/environ"), reason="finds the ranks through /proc")
-def test_the_cpu_standin_runs_every_multi_process_stage_on_two_ranks(gpu_check, tmp_path):
+def test_the_cpu_standin_runs_every_multi_process_stage_on_two_ranks(gpu_launch, tmp_path):
     """Launching, the per-rank logs, SIGUSR1 to LOCAL_RANK 1 alone, the comparisons and the report, as a GPU node
     runs them, with gloo and tiny sizes (about 2 minutes on 2 cores)."""
     proc = subprocess.run(
@@ -109,4 +115,4 @@ def test_the_cpu_standin_runs_every_multi_process_stage_on_two_ranks(gpu_check, 
     assert stop["checkpoint_step"] > 0 and stop["position"] == stop["checkpoint_step"] * 32
     resume = stages["ddp_resume"]
     assert [r["world_size"] for r in resume["resumed_from"]] == [[2, 1]] and resume["weight_disagreement"] < 1e-3
-    assert gpu_check.training_processes(tmp_path / "ddp_stop") == {}
+    assert gpu_launch.training_processes(tmp_path / "ddp_stop") == {}
