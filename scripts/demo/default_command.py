@@ -1,12 +1,15 @@
 """The default command, one epoch per activation and fan mode, on real CIFAR-10: does every start learn?
 
     python scripts/demo/default_command.py --data DATA [--width 0.25] [--out runs/default_command]
-        [--report docs/results/default_command.md] [--report-only] [--activations A ...] [--modes M ...]
+        [--report docs/results/default_command.md] [--report-only] [--activations A ...] [--modes M ...] [--init I]
+        [--steps N]
         [extra train.py overrides...]
 
 Runs `python train.py activation=<a> init=kaiming init.mode=<m>` for every activation and both fan modes, with
 the default recipe (ConvPool-CNN-C, lr 0.01, momentum 0.9, dropout, batch 128, all 50,000 training images, one
 epoch) at a reduced width so that twelve runs fit a CPU, logging the recent training loss every 10 steps.
+`--init lsuv` (or xavier) runs that init instead of Kaiming's (runs named <activation>_<init>_<mode>);
+`--steps N` stops each run after its first N steps (trainer.max_steps_per_epoch), then tests it.
 Finished runs are skipped when the script runs again. Then writes a Markdown table: the training loss over
 the first 10 steps, after 100 and 200 steps and at the end of the epoch (each the mean of the last 20 steps,
 as the progress line shows it), and the test error after the epoch (chance: 90%).
@@ -36,6 +39,10 @@ LOG_EVERY = 10
 STEP_LINE = re.compile(r"step (\d+)/\d+ loss ([0-9.naif]+) \(last")
 
 
+def run_name(activation: str, init: str, mode: str) -> str:
+    return f"{activation}_{mode}" if init == "kaiming" else f"{activation}_{init}_{mode}"
+
+
 def train(run_dir: Path, activation: str, mode: str, args: argparse.Namespace) -> None:
     if (run_dir / "results.json").is_file():
         print(f"done: {run_dir}")
@@ -43,11 +50,12 @@ def train(run_dir: Path, activation: str, mode: str, args: argparse.Namespace) -
     print(f"run: {run_dir}", flush=True)
     overrides = [
         f"activation={activation}",
-        "init=kaiming",
+        f"init={args.init}",
         f"init.mode={mode}",
         f"model.width={args.width}",
         f"dataset.root={args.data}",
         "trainer.epochs=1",
+        *([f"trainer.max_steps_per_epoch={args.steps}"] if args.steps else []),
         f"trainer.log_every_steps={LOG_EVERY}",
         "trainer.progress=lines",
         f"hydra.run.dir={run_dir}",
@@ -88,13 +96,18 @@ def main() -> None:
     parser.add_argument("--report-only", action="store_true", help="write the table from the runs already there")
     parser.add_argument("--activations", nargs="+", default=list(ACTIVATIONS), choices=CHOICES)
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
+    parser.add_argument("--init", default="kaiming", choices=("kaiming", "xavier", "lsuv"))
+    parser.add_argument("--steps", type=int, default=None, help="stop each run after N steps (default: one epoch)")
     parser.add_argument("overrides", nargs="*", help="extra train.py overrides for every run")
     args = parser.parse_args()
-    runs = [(args.out / f"{a}_{m}", a, m) for m in args.modes for a in args.activations]
+    runs = [(args.out / run_name(a, args.init, m), a, m) for m in args.modes for a in args.activations]
     for run_dir, activation, mode in [] if args.report_only else runs:
         train(run_dir, activation, mode, args)
     subset = [f"--activations {' '.join(args.activations)}"] if tuple(args.activations) != ACTIVATIONS else []
     subset += [f"--modes {' '.join(args.modes)}"] if tuple(args.modes) != MODES else []
+    subset += [f"--init {args.init}"] if args.init != "kaiming" else []
+    subset += [f"--steps {args.steps}"] if args.steps else []
+    length = f"the first {args.steps} steps of one epoch" if args.steps else "one epoch"
     script = "python scripts/demo/default_command.py --data DATA"
     command = " ".join([script, f"--width {args.width}", *subset, *args.overrides])
     scale = (
@@ -105,18 +118,18 @@ def main() -> None:
     lines = [
         "# The default command, one epoch per activation and fan mode, on real CIFAR-10",
         "",
-        "`python train.py activation=<a> init=kaiming init.mode=<m>`: ConvPool-CNN-C, lr 0.01, momentum 0.9, weight",
-        "decay 1e-3, dropout (Springenberg's 0.2/0.5; AVR: its own 0.1 and initial bias 0.5), flips, batch 128, all",
-        f"50,000 training images, one epoch, {scale}.",
+        f"`python train.py activation=<a> init={args.init} init.mode=<m>`: ConvPool-CNN-C, lr 0.01, momentum 0.9,",
+        "weight decay 1e-3, dropout (Springenberg's 0.2/0.5; AVR: its own 0.1 and initial bias 0.5), flips, batch 128,",
+        f"all 50,000 training images, {length}, {scale}.",
         "Training loss: the mean of the last 20 steps (the first 10 at step 10), as the progress line shows it",
-        "(chance: ln 10 = 2.303); test error on all 10,000 test images after the epoch (chance: 90%). One seed each:",
+        "(chance: ln 10 = 2.303); test error on all 10,000 test images at the end (chance: 90%). One seed each:",
         "what this shows is that every start learns, not how the activations rank after a full schedule.",
         "",
         f"Command: `{command}`",
         "",
         f"Machine: {platform.machine()}, {os.cpu_count()} CPUs; torch {torch.__version__}; one run at a time.",
         "",
-        "| activation | init.mode | loss, steps 1-10 | steps 81-100 | 181-200 | last 20 | test top-1 err % (1 epoch) |",
+        "| activation | init.mode | loss, steps 1-10 | steps 81-100 | 181-200 | last 20 | test top-1 err % |",
         "|---|---|---|---|---|---|---|",
         *(row(*run) for run in runs),
     ]

@@ -4,6 +4,7 @@ Xavier "completely stalls" because every layer halves the signal's variance (Eq.
 
     .venv/bin/python scripts/demo/fig3_small.py --data data       # 2-6 min on 2 CPU cores; data/: README, CIFAR data
     .venv/bin/python scripts/demo/fig3_small.py --data data --figure 2 --out outputs/fig2_small   # Fig. 2: model B
+    .venv/bin/python scripts/demo/fig3_small.py --data data --compare gain --activation silu    # a smooth activation
 
 Each run is `python train.py experiment=fig3_plain30_<init> ...` with the same overrides (printed), so the two
 differ only in the init policy (both mode fan_in; Xavier uniform as in Caffe, Kaiming normal). The demo is
@@ -12,6 +13,10 @@ scaled down, not a reproduction of the figure's numbers:
 * `model.width` 1/8 (8..32 filters, fc 512) and 32x32 inputs, on which the net's last stage works on 2x2 maps;
 * `model.dropout=0`: the question is whether optimisation starts, not generalisation;
 * short "epochs" of `--steps` steps (trainer.max_steps_per_epoch), each followed by a test on `--num-test` images.
+
+`--compare gain --activation A` asks Fig. 3's question of a smooth activation instead (issue 24): both runs
+Kaiming fan_in with activation A, one with the gain derived for A (`rectnet.layers.gain`), one with ReLU's
+sqrt(2) stated as `activation.gain` (the naive choice: `calculate_gain('relu')` for every activation).
 
 It prints the train loss and test error of both runs after every short epoch, then one JSON line. With ReLU and
 10 classes, a stalled net sits at the chance loss ln 10 = 2.303 and 90% error. With the defaults (8 x 100 steps
@@ -31,16 +36,25 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-INITS = ("kaiming", "xavier")
+RELU_GAIN = 2**0.5  # He et al. Eq. 10
 # He et al. 2015 Fig. 3: the 30-layer plain net (both inits must start; Xavier stalls); Fig. 2: model B of
 # Table 3 (22 layers; both converge, Kaiming starts reducing the error earlier).
 FIGURES = {"3": "fig3_plain30", "2": "fig2_b"}
 CHANCE_LOSS = 2.302585  # ln 10
 
 
-def train_overrides(args: argparse.Namespace, init: str) -> list[str]:
+def variants(args: argparse.Namespace) -> dict[str, list[str]]:
+    """The compared runs: name -> the overrides that make it differ from the other."""
+    net = FIGURES[args.figure]
+    if args.compare == "init":
+        return {init: [f"experiment={net}_{init}"] for init in ("kaiming", "xavier")}
+    kaiming = [f"experiment={net}_kaiming", f"activation={args.activation}"]
+    return {"derived": kaiming, "relu_gain": [*kaiming, f"activation.gain={RELU_GAIN!r}"]}
+
+
+def train_overrides(args: argparse.Namespace, name: str, differ: list[str]) -> list[str]:
     return [
-        f"experiment={FIGURES[args.figure]}_{init}",
+        *differ,
         "dataset=cifar10",  # the recipe is ImageNet's: keep its model, init and optimizer, not its input pipeline
         "dataset.per_pixel_mean=false",
         "dataset.lighting_std=0",
@@ -57,17 +71,17 @@ def train_overrides(args: argparse.Namespace, init: str) -> list[str]:
         "trainer.progress=none",
         "logger=none",
         f"seed={args.seed}",
-        f"hydra.run.dir={Path(args.out) / init}",
+        f"hydra.run.dir={Path(args.out) / name}",
         *args.overrides,
     ]
 
 
-def run(args: argparse.Namespace, init: str) -> list[dict]:
-    """Train one init; returns its metrics.jsonl records (one per short epoch)."""
-    overrides = train_overrides(args, init)
+def run(args: argparse.Namespace, name: str, differ: list[str]) -> list[dict]:
+    """Train one variant; returns its metrics.jsonl records (one per short epoch)."""
+    overrides = train_overrides(args, name, differ)
     print("python train.py " + " ".join(overrides), flush=True)
     subprocess.run([sys.executable, str(ROOT / "train.py"), *overrides], cwd=ROOT, check=True)
-    lines = (Path(args.out) / init / "metrics.jsonl").read_text().splitlines()
+    lines = (Path(args.out) / name / "metrics.jsonl").read_text().splitlines()
     return [json.loads(line) for line in lines]
 
 
@@ -89,7 +103,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", required=True, help="folder holding cifar-10-batches-py/")
     parser.add_argument("--figure", choices=sorted(FIGURES), default="3", help="3: the 30-layer net; 2: model B")
-    parser.add_argument("--out", default="outputs/fig3_small", help="run directories: <out>/kaiming, <out>/xavier")
+    parser.add_argument("--out", default="outputs/fig3_small", help="run directories: <out>/<variant>")
+    parser.add_argument(
+        "--compare", choices=("init", "gain"), default="init", help="init: Kaiming vs Xavier (ReLU); gain: see above"
+    )
+    parser.add_argument("--activation", default="silu", help="--compare gain: the activation (default silu)")
     parser.add_argument("--width", type=float, default=0.125)
     parser.add_argument("--lr", type=float, default=0.01)
     parser.add_argument("--batch-size", type=int, default=64)
@@ -99,7 +117,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("overrides", nargs="*", help="more train.py overrides for both runs, e.g. trainer.threads=1")
     args = parser.parse_args()
-    curves = {init: run(args, init) for init in INITS}
+    curves = {name: run(args, name, differ) for name, differ in variants(args).items()}
     print(json.dumps(report(curves, args.steps)))
 
 
