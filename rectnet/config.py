@@ -168,7 +168,7 @@ class ModelConfig:
 @dataclass
 class ActivationConfig:
     # relu | prelu | prelu_shared | crelu | avr | leaky_relu | gelu | silu | mish | elu | selu | softplus | tanh |
-    # hardswish | custom (configs/activation/; rectnet/layers/activations.py)
+    # hardswish | custom (configs/activation/; rectnet/layers/: activations.py, smooth.py, custom.py)
     name: str = "relu"
     # The defaults are the classes' (PRELU_INITIAL_SLOPE, LEAKY_RELU_SLOPE, AVR_INITIAL_BIAS in
     # rectnet/layers/activations.py), which the activation configs read: ${activation_default:prelu,slope}
