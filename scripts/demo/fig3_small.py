@@ -17,6 +17,7 @@ scaled down, not a reproduction of the figure's numbers:
 `--compare gain --activation A` asks Fig. 3's question of a smooth activation instead (issue 24): both runs
 Kaiming fan_in with activation A, one with the gain derived for A (`rectnet.layers.gain`), one with ReLU's
 sqrt(2) stated as `activation.gain` (the naive choice: `calculate_gain('relu')` for every activation).
+`--compare lsuv`: Kaiming vs LSUV (`init=lsuv`, Mishkin & Matas 2016), ReLU.
 
 It prints the train loss and test error of both runs after every short epoch, then one JSON line. With ReLU and
 10 classes, a stalled net sits at the chance loss ln 10 = 2.303 and 90% error. With the defaults (8 x 100 steps
@@ -48,6 +49,8 @@ def variants(args: argparse.Namespace) -> dict[str, list[str]]:
     net = FIGURES[args.figure]
     if args.compare == "init":
         return {init: [f"experiment={net}_{init}"] for init in ("kaiming", "xavier")}
+    if args.compare == "lsuv":
+        return {"kaiming": [f"experiment={net}_kaiming"], "lsuv": [f"experiment={net}_kaiming", "init=lsuv"]}
     kaiming = [f"experiment={net}_kaiming", f"activation={args.activation}"]
     return {"derived": kaiming, "relu_gain": [*kaiming, f"activation.gain={RELU_GAIN!r}"]}
 
@@ -105,7 +108,10 @@ def main() -> None:
     parser.add_argument("--figure", choices=sorted(FIGURES), default="3", help="3: the 30-layer net; 2: model B")
     parser.add_argument("--out", default="outputs/fig3_small", help="run directories: <out>/<variant>")
     parser.add_argument(
-        "--compare", choices=("init", "gain"), default="init", help="init: Kaiming vs Xavier (ReLU); gain: see above"
+        "--compare",
+        choices=("init", "gain", "lsuv"),
+        default="init",
+        help="init: Kaiming vs Xavier (ReLU); gain: see above; lsuv: Kaiming vs init=lsuv (ReLU)",
     )
     parser.add_argument("--activation", default="silu", help="--compare gain: the activation (default silu)")
     parser.add_argument("--width", type=float, default=0.125)
