@@ -307,6 +307,11 @@ class TrainerConfig:
     progress: str = "auto"  # auto (bar on a terminal, lines otherwise) | bar | lines | none
     max_steps_per_epoch: int | None = None  # cap for quick checks; null = the whole epoch
     checkpoint_every_steps: int = 0  # also write last.pt every N steps inside an epoch (0: at epoch ends only)
+    # Edge-of-stability watch (rectnet/engine/curvature.py): every N steps, lambda_max of the training loss on
+    # that step's batch (Lanczos, at most sharpness_iters Hessian-vector products, each about two steps' cost)
+    # and lr / lr_max, in train.log, sharpness.jsonl and TensorBoard (stability/); 0: off. Training is unchanged.
+    sharpness_every_steps: int = 0
+    sharpness_iters: int = 20
     # Keys whose value may differ from the checkpoint's on resume (rectnet/engine/fingerprint.py): any other
     # difference in what defines the run refuses the resume, naming the keys.
     resume_allow: list[str] = field(default_factory=list)
@@ -351,6 +356,10 @@ class TrainerConfig:
             "must be >= 0",
             self.checkpoint_every_steps,
         )
+        _require(
+            self.sharpness_every_steps >= 0, "trainer.sharpness_every_steps", "must be >= 0", self.sharpness_every_steps
+        )
+        _require(self.sharpness_iters >= 2, "trainer.sharpness_iters", "must be >= 2", self.sharpness_iters)
         _require(self.threads is None or self.threads >= 1, "trainer.threads", "must be >= 1", self.threads)
         _require(
             self.max_steps_per_epoch is None or self.max_steps_per_epoch >= 1,

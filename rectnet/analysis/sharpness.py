@@ -41,130 +41,22 @@ from __future__ import annotations
 
 import argparse
 import math
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from rectnet.analysis import command
-from rectnet.config import OptimConfig, TrainConfig
+from rectnet.config import TrainConfig
 from rectnet.data.sources import Source, SourceContext, make_source
 from rectnet.engine import checkpoint
+from rectnet.engine.curvature import TopEigen, loss_hvp, lr_limit, top_eigen
 from rectnet.engine.data_init import run_lsuv
 from rectnet.engine.distributed import Dist
 from rectnet.engine.runtime import seed_everything
-from rectnet.layers import fused
 from rectnet.layers.facts import layer_facts
 from rectnet.models.build import build_model
 from rectnet.summary import compose_settings
-
-Vector = list[torch.Tensor]  # one tensor per parameter, the layout of model.parameters()
-
-
-@dataclass
-class TopEigen:
-    value: float
-    vector: Vector
-    product: Vector  # H v for the returned vector
-    iterations: int
-    converged: bool
-
-
-def _dot(a: Vector, b: Vector) -> float:
-    return float(sum((x * y).sum() for x, y in zip(a, b, strict=True)))
-
-
-def _scale(a: Vector, factor: float) -> Vector:
-    return [x * factor for x in a]
-
-
-def top_eigen(
-    hvp: Callable[[Vector], Vector], like: Vector, iters: int = 30, tol: float = 1e-3, seed: int = 0
-) -> TopEigen:
-    """The algebraically largest eigenvalue of the symmetric operator `hvp`, by Lanczos iteration.
-
-    Lanczos (with full reorthogonalization) builds an orthonormal Krylov basis q_1..q_k in which the operator
-    is tridiagonal; the largest eigenvalue of that k x k matrix (a Ritz value) converges to the operator's
-    largest one from below, typically in a few tens of products. Plain power iteration does not do here: a
-    Hessian at init is indefinite, and when the classifier starts at zero its eigenvalues come in +/- pairs
-    of equal size (the mixed classifier/feature block), where power iteration's Rayleigh quotient hovers near
-    0 instead of converging. Stops when the top Ritz value changes by less than `tol` (relative); the returned
-    vector is the Ritz vector and `product` its H v (one extra product).
-    """
-    generator = torch.Generator().manual_seed(seed)
-    q = [torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device) for x in like]
-    q = _scale(q, 1 / math.sqrt(_dot(q, q)))
-    basis, alphas, betas = [q], [], []
-    value, converged = math.nan, False
-    w = hvp(q)
-    for k in range(1, iters + 1):
-        alpha = _dot(w, basis[-1])
-        alphas.append(alpha)
-        ritz = torch.linalg.eigvalsh(_tridiagonal(alphas, betas))[-1].item()
-        if k > 1 and abs(ritz - value) <= tol * abs(ritz):
-            value, converged = ritz, True
-            break
-        value = ritz
-        for b in basis:  # full reorthogonalization: keeps the basis orthonormal in floating point
-            w = [x - _dot(w, b) * y for x, y in zip(w, b, strict=True)]
-        beta = math.sqrt(_dot(w, w))
-        if k == iters or beta <= 1e-10 * max(abs(value), 1e-30):  # done, or the Krylov space is exhausted
-            converged = converged or beta <= 1e-10 * max(abs(value), 1e-30)
-            break
-        betas.append(beta)
-        basis.append(_scale(w, 1 / beta))
-        w = [x - beta * y for x, y in zip(hvp(basis[-1]), basis[-2], strict=True)]
-    _, vectors = torch.linalg.eigh(_tridiagonal(alphas, betas))
-    weights = vectors[:, -1].tolist()
-    vector = [sum(c * b[i] for c, b in zip(weights, basis, strict=False)) for i in range(len(like))]
-    vector = _scale(vector, 1 / math.sqrt(_dot(vector, vector)))
-    product = hvp(vector)
-    return TopEigen(_dot(vector, product), vector, product, len(alphas) + 1, converged)
-
-
-def _tridiagonal(alphas: list[float], betas: list[float]) -> torch.Tensor:
-    k = len(alphas)
-    t = torch.diag(torch.tensor(alphas, dtype=torch.float64))
-    off = torch.tensor(betas[: k - 1], dtype=torch.float64)
-    return t + torch.diag(off, 1) + torch.diag(off, -1)
-
-
-def lr_limit(lambda_max: float, optim: OptimConfig) -> float:
-    """Largest stable SGD learning rate on curvature `lambda_max` (heavy ball; Nesterov when configured)."""
-    if lambda_max <= 0:
-        return math.inf
-    mu = optim.momentum
-    bound = 2 * (1 + mu) / (1 + 2 * mu) if optim.nesterov else 2 * (1 + mu)
-    return bound / lambda_max
-
-
-def loss_hvp(
-    model: nn.Module, batches: Sequence[tuple[torch.Tensor, torch.Tensor]], weight_decay: float
-) -> tuple[Callable[[Vector], Vector], list[nn.Parameter], float]:
-    """(H v for the mean training loss over `batches` + L2 term, the parameters, the loss at init).
-
-    Each batch's forward pass runs once (so dropout keeps one mask) and its gradient graph is retained;
-    every product then costs one double-backward per batch.
-    """
-    params = [p for p in model.parameters() if p.requires_grad]
-    grads, loss_sum = [], 0.0
-    for images, labels in batches:
-        with fused.unfused():  # the fused CPU backward has no double-backward; F.prelu's has
-            loss = F.cross_entropy(model(images).float(), labels) / len(batches)
-        loss_sum += loss.item()
-        grads.append(torch.autograd.grad(loss, params, create_graph=True))
-
-    def hvp(v: Vector) -> Vector:
-        out = [weight_decay * x for x in v]
-        for grad in grads:
-            dot = sum((g * x).sum() for g, x in zip(grad, v, strict=True))
-            for acc, h in zip(out, torch.autograd.grad(dot, params, retain_graph=True), strict=True):
-                acc.add_(h)
-        return out
-
-    return hvp, params, loss_sum
 
 
 def layer_breakdown(model: nn.Module, top: TopEigen) -> list[dict]:

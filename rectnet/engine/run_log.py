@@ -9,6 +9,7 @@ import os
 import sys
 import time
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ import torch
 from torch import nn
 
 from rectnet.config import LoggerConfig
+from rectnet.engine.curvature import Sharpness
 from rectnet.launch import launch_rank
 from rectnet.layers.activations import PReLU
 from rectnet.layers.facts import weight_layers
@@ -134,39 +136,16 @@ class RunLogger:
 
     def __init__(self, run_dir: Path, settings: LoggerConfig, resume_epoch: int = 0, resume_step: int = 0) -> None:
         self.metrics_path = run_dir / "metrics.jsonl"
+        self.sharpness_path = run_dir / "sharpness.jsonl"
         self.slope_histograms = settings.slope_histograms
-        self._drop_epochs_after(resume_epoch)
+        _keep_lines(self.metrics_path, lambda record: record.get("epoch", 0) <= resume_epoch)
+        _keep_lines(self.sharpness_path, lambda record: record.get("step", 0) <= resume_step)
         self.writer = None
         if settings.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
             # purge_step: events at steps >= it, written after the checkpoint we resume from, are dropped
             self.writer = SummaryWriter(str(run_dir / "tb"), purge_step=resume_step + 1 if resume_step else None)
-
-    def _drop_epochs_after(self, epoch: int) -> None:
-        """On resume the checkpoint is the truth: keep the lines of epochs up to its epoch that parse.
-
-        Lines of later epochs belong to the abandoned attempt; a line cut short or the NUL bytes a power cut
-        leaves at the end of a file are dropped with a warning, never an error. The file is rewritten (atomically)
-        whenever it is not exactly the kept lines, so the next append starts on a line of its own.
-        """
-        if not self.metrics_path.exists():
-            return
-        text = self.metrics_path.read_bytes().decode("utf-8", errors="replace")
-        kept, torn = [], 0
-        for line in text.split("\n"):
-            record = _parse_line(line)
-            if record is None:
-                torn += bool(line.strip("\x00 \t\r"))
-            elif record.get("epoch", 0) <= epoch:
-                kept.append(line)
-        if torn:
-            log.warning("%s: dropped %d unreadable line(s) (a write cut short)", self.metrics_path, torn)
-        content = "".join(line + "\n" for line in kept)
-        if content != text:
-            tmp = self.metrics_path.with_name(".metrics.jsonl.tmp")
-            tmp.write_text(content)
-            os.replace(tmp, self.metrics_path)
 
     def interval(self, step: int, loss: float, lr: float, images_per_s: float) -> None:
         """One log interval's training values at global step `step`."""
@@ -190,6 +169,15 @@ class RunLogger:
                 self.writer.add_histogram(f"prelu_slopes/{name}", torch.tensor(slopes), step)
         self.writer.flush()
 
+    def sharpness(self, found: Sharpness) -> None:
+        """One measurement of the edge-of-stability watch: a line of sharpness.jsonl, and TensorBoard's
+        stability/lambda_max and stability/lr_ratio at its global step."""
+        with self.sharpness_path.open("a") as f:
+            f.write(json.dumps(found.as_record()) + "\n")
+        if self.writer is not None:
+            self.writer.add_scalar("stability/lambda_max", found.lambda_max, found.step)
+            self.writer.add_scalar("stability/lr_ratio", found.lr_ratio, found.step)
+
     def flush(self) -> None:
         if self.writer is not None:
             self.writer.flush()
@@ -205,6 +193,33 @@ class RunLogger:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+
+
+def _keep_lines(path: Path, keep: Callable[[dict], bool]) -> None:
+    """On resume the checkpoint is the truth: keep the records of a JSON-lines file that parse and that `keep`
+    accepts (those up to the checkpoint; later ones belong to the abandoned attempt).
+
+    A line cut short or the NUL bytes a power cut leaves at the end of a file are dropped with a warning, never
+    an error. The file is rewritten (atomically) whenever it is not exactly the kept lines, so the next append
+    starts on a line of its own.
+    """
+    if not path.exists():
+        return
+    text = path.read_bytes().decode("utf-8", errors="replace")
+    kept, torn = [], 0
+    for line in text.split("\n"):
+        record = _parse_line(line)
+        if record is None:
+            torn += bool(line.strip("\x00 \t\r"))
+        elif keep(record):
+            kept.append(line)
+    if torn:
+        log.warning("%s: dropped %d unreadable line(s) (a write cut short)", path, torn)
+    content = "".join(line + "\n" for line in kept)
+    if content != text:
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(content)
+        os.replace(tmp, path)
 
 
 def prelu_slopes(model: nn.Module) -> dict[str, list[float]]:

@@ -30,6 +30,7 @@ from rectnet.engine.agreement import (
     check_room,
     read_window,
 )
+from rectnet.engine.curvature import Sharpness, flat_average, lr_limit, watch_step
 from rectnet.engine.data_init import run_lsuv
 from rectnet.engine.distributed import Dist, env_ranks, init_distributed, label_log_records, shutdown
 from rectnet.engine.fingerprint import GLOBAL_BATCH, ResumeMismatchError, check_resume, launch_fingerprint
@@ -228,6 +229,8 @@ def _train_epoch(job: Job, source: Source, epoch: int, progress: Progress) -> tu
             runtime.scaler.update()
         job.schedule.after_step()
         window.add(step, loss, logits, labels)
+        if trainer.sharpness_every_steps and step % trainer.sharpness_every_steps == 0:
+            _watch_sharpness(job, (images, labels), epoch, step)
         checkpoint = bool(trainer.checkpoint_every_steps) and step % trainer.checkpoint_every_steps == 0
         checkpoint = checkpoint and step < steps
         if not (checkpoint or step % trainer.log_every_steps == 0 or step == steps or (epoch, step) == (1, 1)):
@@ -262,6 +265,33 @@ def _train_epoch(job: Job, source: Source, epoch: int, progress: Progress) -> tu
     progress.end_epoch()
     images_per_s = (counts.n - already) * job.ranks.world_size / elapsed(start, runtime.device)
     return Counts.from_tensor(job.ranks.sum(counts.as_tensor())), images_per_s
+
+
+def _watch_sharpness(job: Job, batch: tuple, epoch: int, step: int) -> None:
+    """lambda_max on this step's batch against the next step's lr (`trainer.sharpness_every_steps`); every rank
+    measures its shard, the products are averaged over ranks, rank 0 logs."""
+    settings, ranks = job.settings, job.ranks
+    lr = job.optimizer.param_groups[0]["lr"]
+    at = job.global_step(epoch, step)
+    average = flat_average(ranks.sum, ranks.world_size) if ranks.enabled else None
+    measured = watch_step(
+        job.model, batch, settings.optim, lr, settings.trainer.sharpness_iters, settings.seed + at, average
+    )
+    if measured is None:
+        return
+    value, loss, products = measured
+    found = Sharpness(at, epoch, value, lr, lr / lr_limit(value, settings.optim), loss, products)
+    (log.warning if found.lr_ratio >= 1 else log.info)(
+        "step %d: lambda_max %.4g on this batch (loss %.4f); lr %.4g is %.3g of the largest stable lr%s",
+        at,
+        value,
+        loss,
+        lr,
+        found.lr_ratio,
+        ": past the edge of stability" if found.lr_ratio >= 1 else "",
+    )
+    if job.logger:
+        job.logger.sharpness(found)
 
 
 def _restore(path: Path, payload: dict, changed: dict, job: Job) -> None:
