@@ -1,0 +1,74 @@
+"""scripts/demo/spread.py: the spread statistics by hand, and a resumable two-run grid end to end."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+
+import pytest
+from helpers import ROOT, TINY
+
+
+def _spread():
+    spec = importlib.util.spec_from_file_location("spread", ROOT / "scripts" / "demo" / "spread.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_spread_by_hand():
+    errors = {
+        (0, "fp32", 1): 10.0,
+        (0, "fp32", 2): 14.0,  # seed 0: threads differ by 4
+        (1, "fp32", 1): 20.0,
+        (1, "fp32", 2): 20.0,  # seed 1: by 0
+    }
+    s = _spread().summarize(errors)
+    assert (s["n"], s["mean"], s["min"], s["max"]) == (4, 16.0, 10.0, 20.0)
+    assert s["std"] == pytest.approx((((10 - 16) ** 2 + 4 + 16 + 16) / 3) ** 0.5)
+    # over seeds within (fp32, 1 thread): stdev(10, 20) = 7.071; within (fp32, 2): stdev(14, 20) = 4.243
+    assert s["std_over_seeds"] == pytest.approx((50**0.5 + 18**0.5) / 2)
+    assert s["thread_difference"] == pytest.approx(2.0)
+
+
+def test_a_variant_needs_a_name():
+    spread = _spread()
+    assert spread.variant("lr0.005=optim.lr=0.005 seed=1") == ("lr0.005", ["optim.lr=0.005", "seed=1"])
+    assert spread.variant("base=") == ("base", [])
+    with pytest.raises(Exception, match="NAME"):
+        spread.variant("=optim.lr=0.1")
+
+
+@pytest.mark.slow
+def test_two_thread_counts_end_to_end_and_a_rerun_trains_nothing(tmp_path):
+    base = [o for o in TINY if not o.startswith("trainer.precision")] + ["trainer.epochs=1"]
+    command = [
+        sys.executable,
+        str(ROOT / "scripts" / "demo" / "spread.py"),
+        "--out",
+        str(tmp_path),
+        "--variant",
+        "tiny=optim.lr=0.02",
+        "--base",
+        *base,
+        "--seeds",
+        "0",
+        "--threads",
+        "1",
+        "2",
+        "--precisions",
+        "fp32",
+    ]
+    first = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert first.returncode == 0, first.stderr[-2000:]
+    errors = [
+        json.loads((tmp_path / "tiny" / f"s0_fp32_t{t}" / "results.json").read_text())["final"]["top1_err"]
+        for t in (1, 2)
+    ]
+    assert f"| tiny | 0 | {errors[0]:.2f} | {errors[1]:.2f} |" in first.stdout
+    assert json.loads((tmp_path / "tiny" / "s0_fp32_t1" / "results.json").read_text())["config"]["optim"]["lr"] == 0.02
+    again = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert "run:" not in again.stdout  # both runs are there: nothing trains again
+    assert (tmp_path / "report.md").read_text() == again.stdout.removesuffix("\n")
