@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 
 from rectnet.layers import ACTIVATIONS as REGISTRY
+from rectnet.summary import compose_settings
 
 REPO = Path(__file__).resolve().parents[2]
 ACTIVATIONS = ("relu", "prelu", "prelu_shared", "avr", "crelu", "leaky_relu")  # the default set: the papers' rectifiers
@@ -115,11 +116,14 @@ def main() -> None:
         if args.width == 1
         else f"at width {args.width} so that the runs fit a CPU (the probe checks full width: docs/recipes.md)"
     )
+    optim = compose_settings([]).optim  # the defaults the runs used, not a copy of them
     lines = [
         "# The default command, one epoch per activation and fan mode, on real CIFAR-10",
         "",
-        f"`python train.py activation=<a> init={args.init} init.mode=<m>`: ConvPool-CNN-C, lr 0.01, momentum 0.9,",
-        "weight decay 1e-3, dropout (Springenberg's 0.2/0.5; AVR: its own 0.1 and initial bias 0.5), flips, batch 128,",
+        f"`python train.py activation=<a> init={args.init} init.mode=<m>`: ConvPool-CNN-C, lr {optim.lr:g}, "
+        f"momentum {optim.momentum:g},",
+        f"weight decay {optim.weight_decay:g}, dropout (Springenberg's 0.2/0.5; AVR: its own 0.1 and initial bias "
+        "0.5), flips, batch 128,",
         f"all 50,000 training images, {length}, {scale}.",
         "Training loss: the mean of the last 20 steps (the first 10 at step 10), as the progress line shows it",
         "(chance: ln 10 = 2.303); test error on all 10,000 test images at the end (chance: 90%). One seed each:",

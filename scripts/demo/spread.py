@@ -19,13 +19,16 @@ import argparse
 import itertools
 import json
 import os
-import platform
+import shlex
 import statistics
 import subprocess
 import sys
 from pathlib import Path
 
 import torch
+
+from rectnet.engine.provenance import cpu_model
+from rectnet.engine.runtime import native_bf16_flags
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -83,7 +86,7 @@ def summarize(errors: dict[tuple[int, str, int], float]) -> dict:
 
 
 def page(args: argparse.Namespace, results: dict[str, dict[tuple[int, str, int], float]]) -> str:
-    flags = " ".join(f"--variant {name}={' '.join(o)}" for name, o in args.variant)
+    flags = " ".join(f"--variant {shlex.quote(name + '=' + ' '.join(o))}" for name, o in args.variant)
     command = (
         f"python scripts/demo/spread.py --out {args.out} {flags} --base {' '.join(args.base)} "
         f"--seeds {' '.join(map(str, args.seeds))} --threads {' '.join(map(str, args.threads))} "
@@ -112,8 +115,8 @@ def page(args: argparse.Namespace, results: dict[str, dict[tuple[int, str, int],
     header = [
         f"Command: `{command}`",
         "",
-        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; torch {torch.__version__}; "
-        "one run at a time.",
+        f"Machine: {cpu_model()} ({', '.join(native_bf16_flags()) or 'no native bf16'}), {os.cpu_count()} CPUs; "
+        f"torch {torch.__version__}; one run at a time.",
         "",
     ]
     return "\n".join(header + lines) + "\n"
