@@ -1,4 +1,5 @@
-"""scripts/demo/spread.py: the spread statistics by hand, and a resumable two-run grid end to end."""
+"""Diagnostic demo scripts: spread.py (the spread statistics by hand, a resumable two-run grid end to end) and
+first_step.py (against theory)."""
 
 from __future__ import annotations
 
@@ -11,11 +12,15 @@ import pytest
 from helpers import ROOT, TINY
 
 
-def _spread():
-    spec = importlib.util.spec_from_file_location("spread", ROOT / "scripts" / "demo" / "spread.py")
+def _demo(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / "demo" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _spread():
+    return _demo("spread")
 
 
 def test_the_spread_by_hand():
@@ -72,3 +77,16 @@ def test_two_thread_counts_end_to_end_and_a_rerun_trains_nothing(tmp_path):
     again = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert "run:" not in again.stdout  # both runs are there: nothing trains again
     assert (tmp_path / "report.md").read_text() == again.stdout.removesuffix("\n")
+
+
+def test_first_step_a_zero_classifier_moves_alone_and_linearly_in_the_input_scale():
+    """scripts/demo/first_step.py. Theory: at a zero class-score layer no gradient reaches the layers below; the
+    softmax is uniform whatever the input, so that layer's gradient is its input's, which a ReLU net with zero
+    biases scales linearly with the image (positive homogeneity)."""
+    first_step = _demo("first_step").first_step
+    overrides = [o for o in TINY if not o.startswith("trainer.progress")]
+    one, two = (first_step(overrides, scale, batches=1) for scale in (1.0, 2.0))
+    assert all(row["step"] == 0 for row in one["layers"][:-1])
+    assert one["layers"][-1]["step"] > 0 and one["layers"][-1]["relative"] is None
+    assert two["layers"][-1]["step"] == pytest.approx(2 * one["layers"][-1]["step"], rel=1e-5)
+    assert one["loss"] == pytest.approx(2.302585, abs=1e-6)  # ln 10: the zero classifier's uniform start
