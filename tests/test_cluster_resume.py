@@ -279,8 +279,12 @@ def test_one_rank_then_two_then_one_across_two_preemptions_is_the_uninterrupted_
 
     runs = (straight, chain)
     a, b = (torch.load(d / "checkpoints" / "last.pt", weights_only=True)["model"] for d in runs)
+    # The summation order (ranks, threads) changes the weights by ~3e-8, unless such a difference flips a
+    # max-pool's choice between two near-equal inputs: then the gradient jumps and the weights end ~1e-4 apart
+    # (8e-5 measured on an Intel Xeon with a 1-thread segment resumed on 2 ranks). One skipped batch moves them
+    # by ~3e-3 (measured), so 5e-4 still tells a lost or repeated batch from rounding.
     for key in a:
-        assert torch.allclose(a[key], b[key], rtol=1e-4, atol=1e-6), key
+        assert torch.allclose(a[key], b[key], rtol=0, atol=5e-4), key
     losses = [
         [json.loads(x)["train/loss"] for x in (d / "metrics.jsonl").read_text().splitlines()] for d in (straight, chain)
     ]

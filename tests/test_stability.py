@@ -284,7 +284,7 @@ def test_recipe_check_writes_a_table_row_per_recipe(tmp_path, capsys):
     out = tmp_path / "recipes.md"
     code = recipe_check(
         ["--cifar", str(tmp_path), "--imagenet", str(tmp_path), "--only", "quickstart", "--steps", "4", "--iters", "4"]
-        + ["--out", str(out), "trainer.batch_size=16", "dataset.num_train=64", "dataset.num_test=16"]
+        + ["--out", str(out), "trainer.batch_size=16", "dataset.num_train=64", "dataset.num_test=16", "optim.lr=0.01"]
     )
     rows = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert [r["recipe"] for r in rows] == ["quickstart"] and rows[0]["steps"] == 4
@@ -301,7 +301,7 @@ def test_recipe_check_probes_a_warming_up_recipe_at_its_first_step(tmp_path, cap
     out = tmp_path / "recipes.md"
     recipe_check(
         ["--cifar", str(tmp_path), "--imagenet", str(tmp_path), "--only", "quickstart", "--steps", "2", "--iters", "4"]
-        + ["--out", str(out), "trainer.batch_size=16", "dataset.num_train=64", "dataset.num_test=16"]
+        + ["--out", str(out), "trainer.batch_size=16", "dataset.num_train=64", "dataset.num_test=16", "optim.lr=0.01"]
         + ["schedule.warmup_steps=10", "schedule.warmup_factor=0.2"]
     )
     (row,) = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
