@@ -215,6 +215,9 @@ class InitConfig:
     # rule, as every other layer. Why zero: rectnet/layers/init.py and docs/recipes.md.
     head_scale: float = InitSpec.head_scale
     count_dropout: bool = InitSpec.count_dropout  # kaiming: count inverted dropout's 1/(1-p) in Eq. 7
+    # Centring (off: the papers' init): each layer that reads an activation gets the bias -E[f] sum(W) and, under
+    # kaiming fan_in, its gain from Var[f] instead of E[f^2] (rectnet/layers/init.py). Not with init=lsuv.
+    center: bool = InitSpec.center
     lsuv: LSUVConfig = field(default_factory=LSUVConfig)
 
     def spec(self) -> InitSpec:
@@ -225,6 +228,13 @@ class InitConfig:
         _require(self.head_scale >= 0, "init.head_scale", "must be >= 0", self.head_scale)
         _one_of("init.mode", self.mode, ("fan_in", "fan_out", "avg"))
         _one_of("init.distribution", self.distribution, DISTRIBUTIONS)
+        _require(
+            not (self.center and self.name == "lsuv"),
+            "init.center",
+            "is for kaiming and xavier: LSUV rescales each layer's weights on data and would leave the centring "
+            "bias behind",
+            self.center,
+        )
         self.lsuv.validate()
 
 

@@ -210,6 +210,17 @@ def gains(activation: nn.Module) -> Gains:
     return derived_gains(activation, getattr(activation, "breakpoints", ()), name)
 
 
+def input_mean(activation: nn.Module) -> tuple[float, float]:
+    """(E[f(z)], E[f(z)²] / Var[f(z)]) under z ~ N(0, 1), by quadrature, for init.center: the mean a centring
+    bias removes, and the factor by which removing it changes Eq. 7 (E[x²] becomes Var[x])."""
+    m = moments(activation, 1.0, getattr(activation, "breakpoints", ()))
+    variance = m.second - m.mean**2
+    if not variance > 0:
+        name = getattr(activation, "label", type(activation).__name__)
+        raise GainError(f"{name}: Var[f(z)] = {variance} under N(0, 1): a centred signal would be constant")
+    return m.mean, m.second / variance
+
+
 # ------------------------------------------------------------------ the length map (forward scale through depth)
 
 

@@ -50,6 +50,18 @@ Two rules the paper's derivation leaves to the network at hand (rectnet's choice
   followed by a rectifier (CReLU (all) of the CReLU paper) keeps the rule: a rectifier's gradient at
   exactly 0 is 0. `head_scale=1` applies the init's rule unchanged, values between scale it; a model's
   `init_std` for a layer wins over all of them.
+
+One option the derivation suggests but the papers do not use (`center`, default off):
+
+* Centring. Eq. 7 counts E[x²], the mean of the input included: an activation with a large mean (softplus:
+  E[f] = 0.81 of sqrt(E[f²]) = 0.96 under N(0, 1)) adds nearly the same vector to every image's
+  pre-activation, so the part that differs between images shrinks layer by layer, while the gain keeps the
+  total (docs/activations.md, "What the gains do not hold"). `center=true` gives every layer that reads an
+  activation the bias b = -E[f(z)] sum(W) (per output unit), so its pre-activation has mean 0 at init, and,
+  under fan_in, its std times sqrt(E[f²] / Var[f]): with the mean removed, Eq. 7's E[x²] is Var[x]. The
+  expectations are under z ~ N(0, 1), the fixed point the gains keep; a max-pool between the activation and
+  the layer raises the mean, which the bias does not follow. Layers without a bias (before a BatchNorm, which
+  removes the mean itself) and the first layer (it reads the input) are left as they are.
 """
 
 from __future__ import annotations
@@ -62,7 +74,7 @@ import torch
 from torch import nn
 
 from rectnet.layers.facts import WeightLayer, weight_layers
-from rectnet.layers.gain import gains
+from rectnet.layers.gain import gains, input_mean
 from rectnet.registry import Registry
 
 FAN_MODES = ("fan_in", "fan_out")
@@ -167,6 +179,7 @@ class InitSpec:
     distribution: str = "normal"  # DISTRIBUTIONS: normal | uniform | orthogonal
     head_scale: float = 0.0
     count_dropout: bool = True
+    center: bool = False
 
 
 def init_model(
@@ -196,8 +209,19 @@ def init_model(
             std = spec.head_scale * std_of(layer, spec.mode)
         else:
             std = std_of(layer, spec.mode)
+        centred = spec.center and layer.before is not None and not hasattr(layer.module, "init_std")
+        mean, ratio = input_mean(layer.before) if centred else (0.0, 1.0)
+        if centred and spec.name == "kaiming" and spec.mode == "fan_in":
+            std *= math.sqrt(ratio)  # Eq. 7 with Var[x] for E[x²] (module docstring)
         _fill(layer.module.weight, std, spec.distribution, generator)
         if layer.module.bias is not None:
-            nn.init.constant_(layer.module.bias, getattr(layer.after, "initial_bias", 0.0))
+            with torch.no_grad():
+                layer.module.bias.copy_(getattr(layer.after, "initial_bias", 0.0) - mean * _fan_in_sum(layer.module))
         used.append((layer.name, std))
     return used
+
+
+def _fan_in_sum(module: nn.Module) -> torch.Tensor:
+    """Each output unit's weights summed over what it reads (a conv's input channels and kernel positions)."""
+    weight = module.weight.detach()
+    return weight.reshape(weight.shape[0], -1).sum(dim=1)
