@@ -179,6 +179,9 @@ class ActivationConfig:
     # The dropout rate this activation trains with (AVR's: configs/activation/avr.yaml); null: the model's own.
     # rectnet's nets take it as their model.dropout (configs/model/<net>.yaml); a timm model has its own rates.
     dropout: float | None = None
+    # Whether the init centres the layers this activation feeds (init.center's default in configs/init/kaiming.yaml
+    # and xavier.yaml): softplus's mean otherwise makes every image alike (docs/activations.md).
+    center: bool = False
 
     def params(self) -> dict[str, Any]:
         """The activation class's constructor arguments (dropout is the model's business, not the class's)."""
@@ -215,8 +218,9 @@ class InitConfig:
     # rule, as every other layer. Why zero: rectnet/layers/init.py and docs/recipes.md.
     head_scale: float = InitSpec.head_scale
     count_dropout: bool = InitSpec.count_dropout  # kaiming: count inverted dropout's 1/(1-p) in Eq. 7
-    # Centring (off: the papers' init): each layer that reads an activation gets the bias -E[f] sum(W) and, under
-    # kaiming fan_in, its gain from Var[f] instead of E[f^2] (rectnet/layers/init.py). Not with init=lsuv.
+    # Centring: each layer that reads an activation gets the bias -E[f] sum(W) and, under kaiming fan_in, its gain
+    # from Var[f] instead of E[f^2] (rectnet/layers/init.py). Off (the papers' init) unless the activation asks for
+    # it (activation.center: softplus). Not with init=lsuv.
     center: bool = InitSpec.center
     lsuv: LSUVConfig = field(default_factory=LSUVConfig)
 

@@ -94,3 +94,18 @@ def test_train_py_with_it_on_every_family(family, tmp_path):
     net = RECTNET_NET if family == "rectnet" else TIMM_NET
     results = run(compose_train([*TWO_STEPS, *net, "activation=softplus", "init.center=true"], tmp_path))
     assert math.isfinite(results["final"]["loss"])
+
+
+@pytest.mark.parametrize(
+    "overrides, center",
+    [
+        (["activation=softplus"], True),  # its config asks for it
+        (["activation=softplus", "init=xavier"], True),
+        (["activation=softplus", "init.center=false"], False),
+        (["activation=softplus", "init=lsuv"], False),  # LSUV sets the scales on data
+        (["activation=relu"], False),  # the papers' init
+        (["activation=relu", "init.center=true"], True),
+    ],
+)
+def test_who_turns_it_on(overrides, center):
+    assert to_settings(compose_train(overrides)).init.center is center

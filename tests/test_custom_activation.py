@@ -73,6 +73,7 @@ def test_train_py_trains_with_a_custom_activation(user_package, tmp_path):
         "slope": None,
         "initial_bias": None,
         "dropout": None,
+        "center": False,
     }
     epochs = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     losses = [epoch["train/loss"] for epoch in epochs if "train/loss" in epoch]
