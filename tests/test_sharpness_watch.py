@@ -203,3 +203,23 @@ def test_a_converted_model():
 def test_bad_values_are_refused(override, key):
     with pytest.raises(ConfigError, match=key):
         to_settings(compose_train([override]))
+
+
+def test_each_product_is_one_all_reduce_through_dist(monkeypatch):
+    """Two ranks holding the same shard (a fake all_reduce that doubles): the averaged products are this rank's,
+    so lambda_max is unchanged, and every Hessian-vector product (and the loss) costs one collective through
+    Dist, which puts it on the collective's device (tests/test_gpu_paths.py checks that part)."""
+    calls = []
+
+    def all_reduce(t, op=None):
+        calls.append(t.numel())
+        t.mul_(2)
+
+    monkeypatch.setattr(dist, "all_reduce", all_reduce)
+    monkeypatch.setattr(Dist, "enabled", property(lambda self: True))
+    model, batch = _mlp(norm=False), _batch()
+    alone, _, products = watch_step(_mlp(norm=False), batch, OPTIM, 0.01, 12, 0)
+    shared, _, _ = watch_step(model, batch, OPTIM, 0.01, 12, 0, flat_average(Dist(0, 2).sum, 2))
+    assert shared == pytest.approx(alone, rel=1e-6)
+    size = sum(p.numel() for p in model.parameters())
+    assert calls == [1] + [size] * products  # the loss, then one flat tensor per product
