@@ -278,7 +278,8 @@ def gain_rows(overrides: Sequence[str], activations: Sequence[str] | None = None
     choices = [(n, None) for n in names] + [(n, float(RELU_GAIN)) for n in NAIVE if n in names]
     rows = []
     for name, gain in choices:
-        extra = [f"activation={name}"] + ([] if gain is None else [f"activation.gain={RELU_GAIN}"])
+        # the gains alone: no centring bias (activation=softplus asks for one; docs/activations.md)
+        extra = [f"activation={name}", "init.center=false"] + ([] if gain is None else [f"activation.gain={RELU_GAIN}"])
         fan_in, in_records = _measure_config([*overrides, *extra, "init=kaiming", "init.mode=fan_in"])
         fan_out, out_records = _measure_config([*overrides, *extra, "init=kaiming", "init.mode=fan_out"])
         convs = sum(1 for r in in_records if r.kind == "conv")
