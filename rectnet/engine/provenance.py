@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from rectnet.engine.runtime import native_bf16_flags
+from rectnet.engine.runtime import cpu_model, native_bf16_flags
 
 PACKAGES = ("torch", "torchvision", "hydra-core", "omegaconf", "timm", "tensorboard", "numpy", "rectnet")
 
@@ -44,23 +44,11 @@ def versions() -> dict[str, str | None]:
     return found
 
 
-def cpu_model(cpuinfo: str = "/proc/cpuinfo") -> str:
-    """The CPU's model name as the kernel gives it (the machine type where there is no /proc/cpuinfo)."""
-    try:
-        with open(cpuinfo) as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.partition(":")[2].strip()
-    except OSError:
-        pass
-    return platform.machine()
-
-
 def hardware(device: torch.device) -> dict:
     info = {
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
-        "cpu_model": cpu_model(),
+        "cpu_model": cpu_model() or platform.machine(),
         "cpu_native_bf16": native_bf16_flags(),  # empty: bf16 is emulated, and precision=auto picks fp32
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),

@@ -103,6 +103,18 @@ def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> set[str]:
     return set()
 
 
+def cpu_model(cpuinfo: str = "/proc/cpuinfo") -> str | None:
+    """The CPU's model name as the kernel lists it (None where there is no /proc/cpuinfo)."""
+    try:
+        with open(cpuinfo) as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return None
+
+
 def native_bf16_flags() -> list[str]:
     """The flags that make bf16 GEMMs fast on this CPU (oneDNN uses them); without them bf16 is emulated."""
     flags = cpu_flags()

@@ -31,7 +31,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from rectnet.engine.runtime import NATIVE_BF16_FLAGS, native_bf16_flags
+from rectnet.engine.runtime import NATIVE_BF16_FLAGS, cpu_model, native_bf16_flags
 from rectnet.results.render import LEGEND, FilledTable, other_runs_section, runs_text, table_section
 from rectnet.results.runs import Run, count_statuses, read_metrics
 from rectnet.results.table import TableRow
@@ -77,18 +77,6 @@ def train_commands(runs: Sequence[Run]) -> list[str]:
 
 # ---------------------------------------------------------------------------------------------------------
 # Machine
-
-
-def cpu_model(cpuinfo: str = "/proc/cpuinfo") -> str | None:
-    """The CPU's model name as the kernel lists it (None where there is no /proc/cpuinfo)."""
-    try:
-        with open(cpuinfo) as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.partition(":")[2].strip()
-    except OSError:
-        pass
-    return None
 
 
 def this_machine() -> str:

@@ -65,6 +65,7 @@ from rectnet.data.split import Split  # noqa: E402
 from rectnet.engine.runtime import (  # noqa: E402
     AUTOCAST_DTYPES,
     cpu_flags,
+    cpu_model,
     make_runtime,
     native_bf16_flags,
     resolve_precision,
@@ -190,14 +191,6 @@ def train_flops_per_image(width: float) -> float:
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         model(torch.zeros(1, 3, 32, 32))
     return 3.0 * counter.get_total_flops()
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
-    except OSError:
-        return platform.processor() or platform.machine()
 
 
 def unfused(step: Callable[[], None]) -> Callable[[], None]:
@@ -447,7 +440,7 @@ def report(args, cells, activations, seconds, warmup, gemm, auto, auto_reason) -
         "steps_per_round": args.steps,
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
-        "cpu": cpu_model(),
+        "cpu": cpu_model() or platform.processor() or platform.machine(),
         "cpu_bf16_flags": native_bf16_flags(),
         "cpu_has_avx512f": "avx512f" in cpu_flags(),
         "numpy": np.__version__,

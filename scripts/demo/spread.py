@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import os
 import shlex
 import statistics
 import subprocess
@@ -27,8 +26,7 @@ from pathlib import Path
 
 import torch
 
-from rectnet.engine.provenance import cpu_model
-from rectnet.engine.runtime import native_bf16_flags
+from rectnet.results.page import this_machine
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -115,8 +113,7 @@ def page(args: argparse.Namespace, results: dict[str, dict[tuple[int, str, int],
     header = [
         f"Command: `{command}`",
         "",
-        f"Machine: {cpu_model()} ({', '.join(native_bf16_flags()) or 'no native bf16'}), {os.cpu_count()} CPUs; "
-        f"torch {torch.__version__}; one run at a time.",
+        f"Machine: {this_machine()}; torch {torch.__version__}; one run at a time.",
         "",
     ]
     return "\n".join(header + lines) + "\n"
