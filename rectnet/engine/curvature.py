@@ -11,7 +11,6 @@ lr / lr_max: a ratio near or above 1 before a spike names the cause.
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -22,8 +21,6 @@ from torch import nn
 
 from rectnet.config import OptimConfig
 from rectnet.layers import fused
-
-log = logging.getLogger("rectnet")
 
 Vector = list[torch.Tensor]  # one tensor per parameter, the layout of model.parameters()
 

@@ -51,7 +51,8 @@ Two rules the paper's derivation leaves to the network at hand (rectnet's choice
   exactly 0 is 0. `head_scale=1` applies the init's rule unchanged, values between scale it; a model's
   `init_std` for a layer wins over all of them.
 
-One option the derivation suggests but the papers do not use (`center`, default off):
+One option the derivation suggests but the papers do not use (`center`: off in InitSpec and in the configs,
+except that `activation=softplus` turns it on through `activation.center`):
 
 * Centring. Eq. 7 counts E[x²], the mean of the input included: an activation with a large mean (softplus:
   E[f] = 0.81 of sqrt(E[f²]) = 0.96 under N(0, 1)) adds nearly the same vector to every image's
