@@ -3,6 +3,7 @@ cosine between every pair of images' inputs to each conv/fc layer (1.0: every im
 layer, so nothing the classifier can learn from depends on the image).
 
     python scripts/demo/correlation.py --data data [--width 0.25] [--images 64] [--activations relu softplus ...]
+        [overrides: init.center=false shows softplus without its centring bias, init.center=true centres any]
 
 He et al.'s variance argument (2015 §2.2) keeps the size of the signal; it is blind to its direction. An
 activation with a large mean (softplus: E[f(z)] = 0.81 for z ~ N(0, 1)) adds the same positive vector to every
@@ -39,10 +40,10 @@ def mean_pairwise_cosine(features: torch.Tensor) -> float:
     return cosines[~torch.eye(len(flat), dtype=torch.bool)].mean().item()
 
 
-def cosines(activation: str, images: torch.Tensor, width: float, seed: int) -> list[float]:
+def cosines(activation: str, images: torch.Tensor, width: float, seed: int, overrides: list[str]) -> list[float]:
     """The mean pairwise cosine of each weight layer's input, in forward order, at init."""
     torch.manual_seed(seed)
-    settings = compose_settings([f"activation={activation}", f"model.width={width}", f"seed={seed}"])
+    settings = compose_settings([f"activation={activation}", f"model.width={width}", f"seed={seed}", *overrides])
     model = build_model(settings, 10, 3).eval()
     inputs: list[torch.Tensor] = []
     for module in model.modules():
@@ -60,9 +61,10 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--activations", nargs="+", default=["relu", "gelu", "elu", "tanh", "softplus"])
+    parser.add_argument("overrides", nargs="*", help="train.py overrides, e.g. init.center=false")
     args = parser.parse_args()
     images = test_images(args.data, args.images)
-    table = {a: cosines(a, images, args.width, args.seed) for a in args.activations}
+    table = {a: cosines(a, images, args.width, args.seed, args.overrides) for a in args.activations}
     for activation, row in table.items():
         print(f"{activation:>10}: " + " ".join(f"{c:.3f}" for c in row))
     print(json.dumps({"width": args.width, "images": args.images, "seed": args.seed, "cosines": table}))
