@@ -5,15 +5,31 @@ widths, milestones and order are written here by hand, not computed the script's
 
 from __future__ import annotations
 
+import fcntl
+import json
 import os
+import pickle
 import shlex
+import signal
 import subprocess
+import time
 
+import numpy as np
 import pytest
 from helpers import ROOT
 
 SCRIPT = ROOT / "scripts" / "reproduce" / "crelu_table1_mini.sh"
-MINI_ENV = ("WIDTH_SCALE", "EPOCHS", "SEEDS", "OTHER_SEEDS", "DOUBLE_SEEDS", "THREADS", "CHECKPOINT_EVERY", "PAGE")
+MINI_ENV = (
+    "WIDTH_SCALE",
+    "EPOCHS",
+    "SEEDS",
+    "OTHER_SEEDS",
+    "DOUBLE_SEEDS",
+    "THREADS",
+    "CHECKPOINT_EVERY",
+    "PAGE",
+    "JOBS",
+)
 
 
 def _dry_run(sweep, env: dict[str, str] | None = None, *overrides: str) -> subprocess.CompletedProcess:
@@ -34,7 +50,10 @@ def _commands(stdout: str) -> list[list[str]]:
 
 
 def _trains(commands: list[list[str]]) -> list[dict[str, str]]:
-    return [dict(a.split("=", 1) for a in c if "=" in a) for c in commands if c[1].endswith("train.py")]
+    """Each `env RECTNET_RUN_DIR=... python train.py OVERRIDE...` as a dict (the run directory included)."""
+    return [
+        dict(a.split("=", 1) for a in c[1:2] + c[4:]) for c in commands if c[0] == "env" and c[3].endswith("train.py")
+    ]
 
 
 def test_the_default_sweep_goes_seed_by_seed_at_quarter_width(tmp_path):
@@ -57,8 +76,14 @@ def test_the_default_sweep_goes_seed_by_seed_at_quarter_width(tmp_path):
         assert (train["trainer.epochs"], train["schedule.milestones"]) == ("10", "[6,7,9]")
         assert train["trainer.precision"] == "fp32"
         assert (train["trainer.threads"], train["trainer.checkpoint_every_steps"]) == ("1", "300")
-        assert train["hydra.sweep.dir"] == str(sweep) and train["hydra.sweep.subdir"] == "${hydra.job.override_dirname}"
+        assert "hydra.sweep.dir" not in train  # one single run per command: two workers may train side by side
         assert "dataset.num_train" not in train and "dataset.num_test" not in train  # the whole splits
+    # each run in the directory a sweep of its overrides would use: Hydra's override_dirname, keys sorted, the
+    # ones that do not change the run (dataset.root, trainer.threads, trainer.checkpoint_every_steps) left out
+    name = "dataset=cifar10,experiment=convpool_baseline,model.width=0.25,schedule.milestones=[6,7,9],seed=0,"
+    assert trains[0]["RECTNET_RUN_DIR"] == f"{sweep}/{name}trainer.epochs=10,trainer.precision=fp32"
+    name = "dataset=cifar10,experiment=convpool_crelu_half,model.width=0.125,schedule.milestones=[6,7,9],seed=2,"
+    assert trains[12]["RECTNET_RUN_DIR"] == f"{sweep}/{name}trainer.epochs=10,trainer.precision=fp32"
     # the page quotes these: paths under the checkout relative to it (the page's), others (this sweep) absolute
     assert commands[-2][1:] == ["-m", "rectnet.analysis.curves", str(sweep), "--out", f"{sweep}/curves"]
     assert commands[-1][1:] == [
@@ -100,9 +125,111 @@ def test_the_environment_sets_scale_epochs_seeds_and_the_double_row(tmp_path):
 
 @pytest.mark.parametrize(
     ("name", "value"),
-    [("WIDTH_SCALE", "0"), ("WIDTH_SCALE", "quarter"), ("EPOCHS", "0"), ("EPOCHS", "ten"), ("SEEDS", "0 1")],
+    [
+        ("WIDTH_SCALE", "0"),
+        ("WIDTH_SCALE", "quarter"),
+        ("EPOCHS", "0"),
+        ("EPOCHS", "ten"),
+        ("SEEDS", "0 1"),
+        ("JOBS", "0"),
+    ],
 )
 def test_a_malformed_setting_is_refused_before_anything_runs(tmp_path, name, value):
     done = _dry_run(tmp_path / "sweep", {name: value})
     assert done.returncode == 2 and name in done.stderr
     assert not _commands(done.stdout)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# JOBS: runs trained side by side (common.sh's run_queue), on a CIFAR-10 of 16 random images per file
+
+
+def _tiny_cifar(root) -> None:
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        batch = {"data": rng.integers(0, 256, (16, 3072), dtype=np.uint8), "labels": list(rng.integers(0, 10, 16))}
+        (folder / name).write_bytes(pickle.dumps(batch | {"batch_label": b"x", "filenames": [b"a"] * 16}, protocol=2))
+
+
+def _name(experiment: str, seed: int, epochs: int = 1) -> str:
+    """The run directory name, written out by hand (Hydra's override_dirname: the keys sorted)."""
+    milestones = {1: "[1,1,1]", 4: "[2,3,3]"}[epochs]
+    return (
+        f"dataset=cifar10,experiment={experiment},model.width=0.25,schedule.milestones={milestones},seed={seed},"
+        f"trainer.batch_size=16,trainer.epochs={epochs},trainer.precision=fp32"  # log_every_steps: left out
+    )
+
+
+def _mini(tmp_path, jobs: int, epochs: int = 1) -> tuple[list[str], dict[str, str]]:
+    env = {k: v for k, v in os.environ.items() if k not in (*MINI_ENV, "DRY_RUN", "LAUNCHER", "GPUS", "SWEEP_DIR")}
+    env |= {"EPOCHS": str(epochs), "SEEDS": "0,1", "OTHER_SEEDS": "", "PAGE": "", "JOBS": str(jobs)}
+    args = ["bash", str(SCRIPT), "--sweep-dir", str(tmp_path / "sweep"), f"dataset.root={tmp_path / 'data'}"]
+    return [*args, "trainer.batch_size=16", "trainer.log_every_steps=1"], env | {"OMP_NUM_THREADS": "1"}
+
+
+def _completed(run) -> bool:
+    return (run / "results.json").is_file() and json.loads((run / "results.json").read_text())["status"] == "completed"
+
+
+@pytest.mark.slow
+def test_two_jobs_share_the_runs_and_pass_over_one_another_invocation_holds(tmp_path):
+    _tiny_cifar(tmp_path / "data")
+    sweep = tmp_path / "sweep"
+    runs = [_name(e, s) for s in (0, 1) for e in ("convpool_baseline", "convpool_crelu")]
+    (sweep / ".claims").mkdir(parents=True)
+    with open(sweep / ".claims" / runs[3], "w") as held:  # another invocation trains CReLU seed 1
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        args, env = _mini(tmp_path, jobs=2)
+        done = subprocess.run(args, capture_output=True, text=True, timeout=600, env=env, cwd=ROOT, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    taken = [line.split(": ", 1) for line in done.stderr.splitlines() if line.startswith("worker ")]
+    assert sorted(run for _, run in taken) == sorted(f"{r} (new)" for r in runs[:3])  # each run once
+    assert {worker for worker, _ in taken} == {"worker 1", "worker 2"}
+    assert f"still training in another invocation on this sweep: {runs[3]}" in done.stderr
+    assert [_completed(sweep / r) for r in runs] == [True, True, True, False]
+    assert all(len((sweep / r / "metrics.jsonl").read_text().splitlines()) == 1 for r in runs[:3])
+    before = {r: (sweep / r / "results.json").read_text() for r in runs[:3]}
+    # the claim released: one worker trains what is left and nothing else
+    args, env = _mini(tmp_path, jobs=1)
+    again = subprocess.run(args, capture_output=True, text=True, timeout=600, env=env, cwd=ROOT, check=False)
+    assert again.returncode == 0, again.stderr[-3000:]
+    trained = [c for c in _commands(again.stdout) if c[0] == "env"]
+    assert [c[1] for c in trained] == [f"RECTNET_RUN_DIR={sweep / runs[3]}"]
+    assert all(_completed(sweep / r) for r in runs)
+    assert before == {r: (sweep / r / "results.json").read_text() for r in runs[:3]}
+    assert "still training" not in again.stderr
+    assert len((sweep / "tables" / "runs.csv").read_text().splitlines()) == 1 + 4  # the tables have all four
+
+
+@pytest.mark.slow
+def test_sigterm_stops_every_worker_at_a_checkpoint_and_a_rerun_finishes_the_same(tmp_path):
+    _tiny_cifar(tmp_path / "data")
+    sweep = tmp_path / "sweep"
+    args, env = _mini(tmp_path, jobs=2, epochs=4)
+    script = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+    first = [sweep / _name("convpool_baseline", 0, 4), sweep / _name("convpool_crelu", 0, 4)]
+    deadline = time.monotonic() + 300
+    while not all("epoch 2/4" in _read(run / "train.log") for run in first):
+        assert script.poll() is None and time.monotonic() < deadline, script.communicate()[1][-3000:]
+        time.sleep(0.2)
+    script.send_signal(signal.SIGTERM)
+    _, stderr = script.communicate(timeout=120)
+    assert script.returncode == 143, stderr[-3000:]
+    for run in first:
+        assert (run / "checkpoints" / "last.pt").is_file() and not (run / "FAILED").exists()
+        assert not _completed(run) and "stopping on SIGTERM" in _read(run / "train.log")
+        with open(sweep / ".claims" / run.name, "w") as claim:  # released: its train.py has ended
+            fcntl.flock(claim, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    assert not (sweep / "tables").exists()  # stopped before the tables
+    done = subprocess.run(args, capture_output=True, text=True, timeout=600, env=env, cwd=ROOT, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for run in first:
+        assert _completed(run)
+        epochs = [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+        assert epochs == [1, 2, 3, 4]  # resumed, no epoch twice
+
+
+def _read(path) -> str:
+    return path.read_text() if path.is_file() else ""

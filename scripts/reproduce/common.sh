@@ -12,6 +12,10 @@
 #   LAUNCHER    basic (default: Hydra's, the jobs one after another in this process), local (submitit on this
 #               machine: GPUS processes per job) or slurm (one SLURM job per run: add hydra.launcher.partition=...
 #               and other configs/hydra/launcher/slurm.yaml settings as overrides)
+#   JOBS        runs trained at once on this machine by scripts that queue their runs (queue_run, run_queue:
+#               crelu_table1_mini.sh), default 1: JOBS worker processes take the queued runs in order, each the
+#               next one that nobody is training (a CPU with cores to spare: THREADS x JOBS = the cores). Those
+#               scripts need LAUNCHER=basic; the workers share the machine's devices
 #   GPUS        processes (= GPUs) per run, default 1. The recipes state their global mini-batch
 #               (trainer.batch_size=128, batch_scope=global): each process takes 128/GPUS; a GPUS that does not divide it
 #               is refused. A sweep directory may be continued with another GPUS: run directory names do not
@@ -54,6 +58,7 @@ reproduce_setup() {
         shift
     done
     [[ $DRY_RUN == 0 || $DRY_RUN == 1 ]] || { echo "DRY_RUN must be 0 or 1" >&2; exit 2; }
+    [[ ${JOBS:-1} =~ ^[1-9][0-9]*$ ]] || { echo "JOBS must be a whole number > 0, got '$JOBS'" >&2; exit 2; }
     SWEEP_DIR=$("$PYTHON" -c 'import os, sys; print(os.path.abspath(sys.argv[1]))' "$SWEEP_DIR")
 
     local gpus=${GPUS:-1} launcher=${LAUNCHER:-basic}
@@ -117,6 +122,135 @@ train_grid() {
         echo "some runs failed (see FAILED in their run directories); evaluating and tabulating the others" >&2
         SWEEP_FAILED=1
     fi
+}
+
+# queue_run OVERRIDE...: adds one run (one value per key) to the queue that run_queue trains, in the order queued.
+QUEUE=()
+queue_run() {
+    local IFS=$'\x1f'  # overrides hold commas, brackets and spaces, never this
+    QUEUE+=("$*")
+}
+
+# run_queue: trains the queued runs, each as a single `train.py` run in <sweep dir>/<its overrides> (the directory
+# a sweep of the same overrides would use: grid.py), skipping finished runs and resuming interrupted ones, by JOBS
+# workers (default 1). A worker trains a run while it holds <sweep dir>/.claims/<run name> with flock(1) and
+# passes over a run whose claim another worker holds, of this invocation or of another one started on the same
+# sweep; the kernel drops a claim when its holder exits, killed or not, so a claim is never stale (without
+# flock(1), JOBS=1 trains every run in turn and train.py's run-directory lock still refuses a second owner). With
+# JOBS > 1 each worker writes to <sweep dir>/workers/<n>.log and this prints which worker took which run; Ctrl-C
+# or SIGTERM stops every run at a checkpoint (train.py's SIGTERM handling). Sets SWEEP_FAILED when a run failed.
+run_queue() {
+    local jobs=${JOBS:-1} failed n code status=0 claims=1
+    [[ ${LAUNCHER:-basic} == basic ]] ||
+        { echo "this script trains its runs one by one on this machine: it needs LAUNCHER=basic" >&2; exit 2; }
+    if [[ $DRY_RUN == 1 ]]; then
+        _queue_worker "" "" 0
+        return
+    fi
+    if ! command -v flock >/dev/null; then
+        ((jobs == 1)) || { echo "JOBS=$jobs needs flock(1) (util-linux) to share the runs out; use JOBS=1" >&2; exit 2; }
+        claims=0
+    fi
+    ((claims == 0)) || mkdir -p "$SWEEP_DIR/.claims"
+    ((jobs == 1)) || mkdir -p "$SWEEP_DIR/workers"
+    failed=$(mktemp -d)  # runs that failed in this invocation: the other workers do not retry them
+    # The workers run in the background, even one, each in a process group of its own (set -m): bash runs a trap
+    # only once the command it waits for returns, while `wait` returns at once on a signal; and the trap can stop a
+    # worker with all it started, without signalling whoever started this script
+    trap '_stop_workers 130' INT
+    trap '_stop_workers 143' TERM
+    WORKERS=()
+    set -m
+    for ((n = 1; n <= jobs; n++)); do
+        # a worker outlives the SIGTERM (trap :) until its train.py has saved its checkpoint and stopped
+        if ((jobs == 1)); then
+            { trap : TERM; _queue_worker "$failed" "" "$claims"; } &
+        else
+            { trap : TERM; _queue_worker "$failed" "$n" 1; } 3>&2 >"$SWEEP_DIR/workers/$n.log" 2>&1 &
+        fi
+        WORKERS+=($!)
+    done
+    set +m
+    for n in "${WORKERS[@]}"; do
+        code=0
+        wait "$n" || code=$?
+        ((code <= status)) || status=$code
+    done
+    trap - INT TERM
+    rm -rf "$failed"
+    if ((status > 1)); then  # a run stopped by a signal (130, 143): so does the script, before the tables
+        echo "stopped by a signal: re-run this script to continue (finished runs are kept)" >&2
+        exit $status
+    fi
+    ((status == 0)) || SWEEP_FAILED=1
+    ((claims == 0)) || _report_busy
+}
+
+# _queue_worker FAILED_DIR NUMBER CLAIMS: one worker's pass over the queue; status 1 when a run it trained failed,
+# 130 or 143 when a run was stopped by SIGINT or SIGTERM (the worker stops with it).
+# NUMBER names the worker in the lines it prints to the script's stderr (fd 3); CLAIMS=0 takes no claims.
+_queue_worker() {
+    local failed=$1 number=$2 claims=$3 entry state dir name fd status=0 failures=0
+    local -a run
+    for entry in "${QUEUE[@]}"; do
+        IFS=$'\x1f' read -ra run <<<"$entry"
+        grid_py state --sweep-dir "$SWEEP_DIR" -- "${run[@]}"
+        state=${GRID_OUT[0]} dir=${GRID_OUT[1]} name=${GRID_OUT[1]##*/}
+        if [[ $state == completed || -e $failed/$name ]]; then continue; fi
+        if ((claims)); then
+            exec {fd}>"$SWEEP_DIR/.claims/$name"
+            if ! flock -n "$fd"; then
+                exec {fd}>&-
+                continue
+            fi
+            grid_py state --sweep-dir "$SWEEP_DIR" -- "${run[@]}"  # again: it may have finished since
+            state=${GRID_OUT[0]}
+            if [[ $state == completed ]]; then
+                exec {fd}>&-
+                continue
+            fi
+        fi
+        [[ -n $number ]] && echo "worker $number: $name ($state)" >&3
+        # the directory through the environment (configs/train.yaml): as an override, its '=' and ',' would need
+        # Hydra's quoting
+        show_or_run env "RECTNET_RUN_DIR=$dir" "$PYTHON" "$REPO/train.py" "${run[@]}" "${EXTRA[@]}" || status=$?
+        if ((claims)); then exec {fd}>&-; fi
+        if ((status == 130 || status == 143)); then  # stopped by Ctrl-C or SIGTERM at a checkpoint: stop here too
+            echo "stopped: $dir holds a checkpoint; re-run this script to continue" >&2
+            return $status
+        elif ((status)); then
+            echo "failed: $dir (see its FAILED)" >&2
+            : >"$failed/$name"
+            failures=1 status=0
+        fi
+    done
+    return $failures
+}
+
+# _stop_workers STATUS: Ctrl-C or SIGTERM while workers run: SIGTERM to each worker's process group (the worker and
+# its train.py, which saves a checkpoint and stops), wait for the workers, exit with STATUS.
+_stop_workers() {
+    local pid
+    trap '' INT TERM
+    echo "stopping: each run in training saves a checkpoint; re-run this script to continue" >&2
+    for pid in "${WORKERS[@]}"; do kill -TERM -- "-$pid" 2>/dev/null || true; done
+    wait
+    exit "$1"
+}
+
+# _report_busy: names the queued runs that another invocation is still training (their claims are held).
+_report_busy() {
+    local entry busy=0
+    local -a run
+    for entry in "${QUEUE[@]}"; do
+        IFS=$'\x1f' read -ra run <<<"$entry"
+        grid_py state --sweep-dir "$SWEEP_DIR" -- "${run[@]}"
+        if [[ ${GRID_OUT[0]} != completed ]] && ! flock -n "$SWEEP_DIR/.claims/${GRID_OUT[1]##*/}" true; then
+            echo "still training in another invocation on this sweep: ${GRID_OUT[1]##*/}" >&2
+            busy=1
+        fi
+    done
+    ((busy == 0)) || echo "the tables leave those runs out: re-run this script once they finish" >&2
 }
 
 # grid_runs OVERRIDE...: the run directories of a grid in GRID_OUT: the finished ones (every one in a dry run).

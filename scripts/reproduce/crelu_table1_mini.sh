@@ -16,6 +16,7 @@
 #   OTHER_SEEDS       seeds of + (half), AVR and PReLU (default 0,1,2; OTHER_SEEDS= runs none)
 #   DOUBLE_SEEDS      seeds of + (double) (default none: a run costs about 4x a baseline run)
 #   THREADS           trainer.threads (default 1)
+#   JOBS              runs trained at once (default 1; common.sh): JOBS=2 THREADS=1 on a 2-core CPU
 #   CHECKPOINT_EVERY  trainer.checkpoint_every_steps (default 300: ~4 minutes of a quarter-width baseline on one
 #                     core, so an interruption loses minutes)
 #   PAGE              the results page written at the end (default docs/results/crelu_table1_mini.md of this
@@ -24,13 +25,15 @@
 # Every run: dataset=cifar10 (whole splits), trainer.precision=fp32 (the same numbers on CPUs with and without
 # native bf16), model.width set per row (the experiment files set 0.5 and 2.0 for half and double: each row is
 # its own grid). Runs go seed by seed: seed 0 of every row, then seed 1 of every row, ..., so an interrupted
-# sweep leaves every row with about as many seeds as the others. Re-running continues it: finished runs are
+# sweep leaves every row with about as many seeds as the others (with JOBS > 1, each worker takes the next run
+# in that order that no other worker holds). Re-running continues it: finished runs are
 # skipped, an interrupted one resumes from its last checkpoint (common.sh); each invocation is appended to
 # <sweep>/commands.txt, which the page quotes. At the end: learning curves (<sweep>/curves), the tables at the
 # width scale (<sweep>/tables) and the page.
 #
 #   scripts/reproduce/crelu_table1_mini.sh --dry-run
 #   EPOCHS=30 scripts/reproduce/crelu_table1_mini.sh dataset.root=data
+#   EPOCHS=30 JOBS=2 scripts/reproduce/crelu_table1_mini.sh dataset.root=data
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 reproduce_setup crelu_table1_mini "$@"
@@ -88,7 +91,7 @@ ROWS=(
 if [[ $DRY_RUN == 0 ]]; then
     mkdir -p "$SWEEP_DIR"
     invocation="WIDTH_SCALE=$WIDTH_SCALE EPOCHS=$EPOCHS SEEDS=$SEEDS OTHER_SEEDS=$OTHER_SEEDS DOUBLE_SEEDS=$DOUBLE_SEEDS"
-    invocation+=" THREADS=$THREADS CHECKPOINT_EVERY=$CHECKPOINT_EVERY scripts/reproduce/crelu_table1_mini.sh"
+    invocation+=" THREADS=$THREADS CHECKPOINT_EVERY=$CHECKPOINT_EVERY JOBS=${JOBS:-1} scripts/reproduce/crelu_table1_mini.sh"
     for arg in "$@"; do invocation+=" $(quote "$arg")"; done
     echo "$invocation  # $(date -u +%Y-%m-%dT%H:%M:%SZ)" >>"$SWEEP_DIR/commands.txt"
 fi
@@ -97,9 +100,10 @@ for seed in $(printf '%s\n' ${SEEDS//,/ } ${OTHER_SEEDS//,/ } ${DOUBLE_SEEDS//,/
     for row in "${ROWS[@]}"; do
         read -r experiment factor seeds <<<"$row"
         [[ ,${seeds:-}, == *,$seed,* ]] || continue
-        train_grid "experiment=$experiment" "model.width=$(row_width "$factor")" "seed=$seed" "${COMMON[@]}"
+        queue_run "experiment=$experiment" "model.width=$(row_width "$factor")" "seed=$seed" "${COMMON[@]}"
     done
 done
+run_queue
 
 sweep=$(relative "$SWEEP_DIR")
 show_or_run "$PYTHON" -m rectnet.analysis.curves "$sweep" --out "$sweep/curves" || echo "no curves written" >&2

@@ -2,6 +2,7 @@
 
     python scripts/reproduce/grid.py pending --sweep-dir DIR -- OVERRIDE...   what to launch (NUL-separated)
     python scripts/reproduce/grid.py runs --sweep-dir DIR [--completed] -- OVERRIDE...   run directories (NUL-separated)
+    python scripts/reproduce/grid.py state --sweep-dir DIR -- OVERRIDE...    each run's state and directory
     python scripts/reproduce/grid.py exclude-keys                             the keys left out of the names
 
 Used by scripts/reproduce/*.sh (common.sh), which launch every sweep with
@@ -17,7 +18,9 @@ get_overrides_dirname, hydra-core 1.3), so they match what `train.py -m` creates
 
 `pending` prints the smallest sub-grid (one value list per swept key) that covers every job not yet finished,
 or nothing when all are: finished jobs that share a value list with unfinished ones are launched again and
-cost one resume each (load last.pt, no epoch to train, results.json rewritten). A job is finished when its
+cost one resume each (load last.pt, no epoch to train, results.json rewritten). `state` prints, per job, its
+status (completed, failed, partial or new) and its run directory (common.sh's queue trains one run at a time in
+its directory). A job is finished when its
 results.json says "completed" with the configured trainer.epochs (or stopped early by trainer.stop_at_val_loss)
 and no FAILED file is there.
 """
@@ -133,7 +136,7 @@ def _emit(items: Sequence[str]) -> None:
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("command", choices=("pending", "runs", "exclude-keys"))
+    parser.add_argument("command", choices=("pending", "runs", "state", "exclude-keys"))
     parser.add_argument("--sweep-dir", type=Path)
     parser.add_argument("--completed", action="store_true", help="runs: only finished runs")
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -148,6 +151,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     jobs = expand(args.overrides)
     dirs = [args.sweep_dir / run_name(job) for job in jobs]
     states = [status(d) for d in dirs]
+    if args.command == "state":
+        _emit([item for d, s in zip(dirs, states, strict=True) for item in (s, str(d))])
+        return
     if args.command == "runs":
         _emit([str(d) for d, s in zip(dirs, states, strict=True) if s == "completed" or not args.completed])
         return
