@@ -3,6 +3,7 @@ first_step.py (against theory)."""
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import json
 import subprocess
@@ -36,6 +37,25 @@ def test_the_spread_by_hand():
     # over seeds within (fp32, 1 thread): stdev(10, 20) = 7.071; within (fp32, 2): stdev(14, 20) = 4.243
     assert s["std_over_seeds"] == pytest.approx((50**0.5 + 18**0.5) / 2)
     assert s["thread_difference"] == pytest.approx(2.0)
+
+
+def test_a_failed_run_is_counted_and_named_not_left_out(tmp_path):
+    spread = _spread()
+    ok, nan, other = (spread.run_dir(tmp_path, "v", seed, "fp32", 1) for seed in (0, 1, 2))
+    for where in (ok, nan, other):
+        where.mkdir(parents=True)
+    (ok / "results.json").write_text(json.dumps({"final": {"top1_err": 12.5}}))
+    message = "training loss is nan at epoch 2, step 36: stopped before writing anything; ..."
+    (nan / "FAILED").write_text(f"NonFiniteLossError: {message}\n\nTraceback ...")
+    (other / "FAILED").write_text("DatasetError: no such file\n")
+    assert [spread.outcome(w) for w in (ok, nan, other)] == [12.5, "loss nan at epoch 2, step 36", "DatasetError"]
+    assert spread.outcome(tmp_path / "never") is None
+    args = argparse.Namespace(
+        variant=[("v", [])], out=tmp_path, base=["x=1"], seeds=[0, 1, 2], threads=[1], precisions=["fp32"]
+    )
+    text = spread.page(args, {"v": {(s, "fp32", 1): spread.outcome(w) for s, w in enumerate((ok, nan, other))}})
+    assert "| v | 3 | 2 | 12.5 ± nan | 12.5 - 12.5 |" in text  # 3 runs, 2 failed, the statistics of the one left
+    assert "| v | 1 | failed: loss nan at epoch 2, step 36 |" in text and "| v | 2 | failed: DatasetError |" in text
 
 
 def test_a_variant_needs_a_name():

@@ -6,10 +6,11 @@ point means (issue 20, item 5).
         [--report docs/results/spread.md]
 
 Runs `python train.py <base> <variant's overrides> seed=S trainer.threads=T trainer.precision=P` for every
-combination, into OUT/<variant>/s<S>_<P>_t<T> (a finished run is skipped, so the script resumes), then writes a
-Markdown page: per variant the final test error's mean, std, min and max over all runs, the std over seeds
+combination, into OUT/<variant>/s<S>_<P>_t<T> (a finished or failed run is skipped, so the script resumes), then
+writes a Markdown page: per variant the runs that failed (a non-finite loss, ...: counted and named, never left
+out silently), the final test error's mean, std, min and max over the finished runs, the std over seeds
 (within a thread count and precision) and the mean |difference| between thread counts (same seed and
-precision), and every run's error. A thread count changes only the order of floating-point sums; a run whose
+precision), and every run's error or failure. A thread count changes only the order of floating-point sums; a run whose
 result moves with it is one whose trajectory amplifies rounding (an lr at the edge of stability, a saddle).
 """
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import re
 import shlex
 import statistics
 import subprocess
@@ -43,7 +45,7 @@ def run_dir(out: Path, name: str, seed: int, precision: str, threads: int) -> Pa
 
 
 def train(where: Path, base: list[str], overrides: list[str], seed: int, precision: str, threads: int) -> None:
-    if (where / "results.json").is_file():
+    if (where / "results.json").is_file() or (where / "FAILED").is_file():  # the same run would fail the same way
         return
     where.parent.mkdir(parents=True, exist_ok=True)
     args = [*base, *overrides, f"seed={seed}", f"trainer.precision={precision}", f"trainer.threads={threads}"]
@@ -57,9 +59,17 @@ def train(where: Path, base: list[str], overrides: list[str], seed: int, precisi
         )
 
 
-def final_error(where: Path) -> float | None:
+def outcome(where: Path) -> float | str | None:
+    """The final test top-1 error, or why the run failed (FAILED's first line, shortened), or None (not run)."""
     path = where / "results.json"
-    return json.loads(path.read_text())["final"]["top1_err"] if path.is_file() else None
+    if path.is_file():
+        return json.loads(path.read_text())["final"]["top1_err"]
+    failed = where / "FAILED"
+    if not failed.is_file():
+        return None
+    reason = failed.read_text().split("\n", 1)[0]
+    nonfinite = re.search(r"loss is (\S+) at (epoch \d+, step \d+)", reason)
+    return f"loss {nonfinite[1]} at {nonfinite[2]}" if nonfinite else reason.split(":", 1)[0]
 
 
 def summarize(errors: dict[tuple[int, str, int], float]) -> dict:
@@ -83,7 +93,11 @@ def summarize(errors: dict[tuple[int, str, int], float]) -> dict:
     }
 
 
-def page(args: argparse.Namespace, results: dict[str, dict[tuple[int, str, int], float]]) -> str:
+def _cell(outcome: float | str | None) -> str:
+    return "—" if outcome is None else f"{outcome:.2f}" if isinstance(outcome, float) else f"failed: {outcome}"
+
+
+def page(args: argparse.Namespace, results: dict[str, dict[tuple[int, str, int], float | str]]) -> str:
     flags = " ".join(f"--variant {shlex.quote(name + '=' + ' '.join(o))}" for name, o in args.variant)
     command = (
         f"python scripts/demo/spread.py --out {args.out} {flags} --base {' '.join(args.base)} "
@@ -91,25 +105,29 @@ def page(args: argparse.Namespace, results: dict[str, dict[tuple[int, str, int],
         f"--precisions {' '.join(args.precisions)}"
     )
     lines = [
-        "| variant | runs | final test top-1 err %: mean ± std | min - max | std over seeds | "
+        "| variant | runs | failed | final test top-1 err % of the others: mean ± std | min - max | std over seeds | "
         "mean abs. difference between thread counts |",
-        "|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|",
     ]
-    for name, errors in results.items():
+    for name, found in results.items():
+        errors = {c: e for c, e in found.items() if isinstance(e, float)}
+        failed = len(found) - len(errors)
         if errors:
             s = summarize(errors)
             lines.append(
-                f"| {name} | {s['n']} | {s['mean']:.1f} ± {s['std']:.1f} | {s['min']:.1f} - {s['max']:.1f} | "
-                f"{s['std_over_seeds']:.1f} | {s['thread_difference']:.1f} |"
+                f"| {name} | {s['n'] + failed} | {failed} | {s['mean']:.1f} ± {s['std']:.1f} | "
+                f"{s['min']:.1f} - {s['max']:.1f} | {s['std_over_seeds']:.1f} | {s['thread_difference']:.1f} |"
             )
-    lines += ["", "Every run (final test top-1 error %):", ""]
+        elif failed:
+            lines.append(f"| {name} | {failed} | {failed} | — | — | — | — |")
+    lines += ["", "Every run (final test top-1 error %, or why it failed):", ""]
     combos = list(itertools.product(args.precisions, args.threads))
     lines.append("| variant | seed | " + " | ".join(f"{p}, {t} thread(s)" for p, t in combos) + " |")
     lines.append("|---|---|" + "---|" * len(combos))
     for name, errors in results.items():
         for seed in args.seeds:
             cells = [errors.get((seed, p, t)) for p, t in combos]
-            lines.append(f"| {name} | {seed} | " + " | ".join("—" if e is None else f"{e:.2f}" for e in cells) + " |")
+            lines.append(f"| {name} | {seed} | " + " | ".join(_cell(e) for e in cells) + " |")
     header = [
         f"Command: `{command}`",
         "",
@@ -135,7 +153,7 @@ def main() -> None:
     for name, overrides in args.variant:
         for seed, precision, threads in [] if args.report_only else combos:
             train(run_dir(args.out, name, seed, precision, threads), args.base, overrides, seed, precision, threads)
-        found = {c: final_error(run_dir(args.out, name, *c)) for c in combos}
+        found = {c: outcome(run_dir(args.out, name, *c)) for c in combos}
         results[name] = {c: e for c, e in found.items() if e is not None}
     text = page(args, results)
     report = args.report or args.out / "report.md"
