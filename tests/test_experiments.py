@@ -15,6 +15,7 @@ import os
 import re
 import shlex
 import subprocess
+import sys
 from functools import cache
 from pathlib import Path
 
@@ -536,3 +537,37 @@ def test_single_protocol_runs_both_stages_once(tmp_path):
     second = _script("crelu_table1.sh", "--sweep-dir", str(sweep), *tiny, env=env)
     assert second.returncode == 0, second.stderr[-3000:]
     assert not any(c[1].endswith("train.py") for c in _commands(second.stdout))
+
+
+@pytest.mark.parametrize(("code", "stops"), [(143, True), (130, True), (1, False)])
+def test_a_sweep_stopped_by_a_signal_stops_the_script(tmp_path, code, stops):
+    """common.sh's train_grid: `train.py -m` exits 130 / 143 when Ctrl-C or SIGTERM stopped its run at a checkpoint
+    (the rest of that sweep unstarted): the script stops too, instead of launching its next grid; any other
+    failure is noted and the script goes on. train.py is a stub here that logs its call and exits CODE."""
+    stub = tmp_path / "python"
+    calls = tmp_path / "calls"
+    stub.write_text(
+        f'#!/usr/bin/env bash\nif [[ $1 == */train.py ]]; then echo "$*" >>{calls}; exit {code}; fi\n'
+        f'exec {sys.executable} "$@"\n'
+    )
+    stub.chmod(0o755)
+    script = (
+        f"source {SCRIPTS / 'common.sh'}; reproduce_setup t --sweep-dir {tmp_path / 'sweep'}; "
+        "train_grid seed=0; train_grid seed=1; echo went on SWEEP_FAILED=$SWEEP_FAILED"
+    )
+    done = subprocess.run(
+        ["bash", "-c", f"set -euo pipefail; {script}"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHON": str(stub)},
+        cwd=tmp_path,
+        timeout=120,
+        check=False,
+    )
+    launched = calls.read_text().splitlines()
+    if stops:
+        assert done.returncode == code and "went on" not in done.stdout
+        assert len(launched) == 1 and "stopped by a signal" in done.stderr
+    else:
+        assert done.returncode == 0 and "went on SWEEP_FAILED=1" in done.stdout
+        assert [re.search(r"seed=\d", c)[0] for c in launched] == ["seed=0", "seed=1"]

@@ -117,7 +117,12 @@ train_grid() {
         echo "every run of this grid has finished: nothing to train" >&2
         return 0
     fi
-    if ! show_or_run "$PYTHON" "$REPO/train.py" -m "${GRID_OUT[@]}"; then
+    local status=0
+    show_or_run "$PYTHON" "$REPO/train.py" -m "${GRID_OUT[@]}" || status=$?
+    if ((status == 130 || status == 143)); then  # a run stopped at a checkpoint by Ctrl-C or SIGTERM: so does the sweep
+        echo "stopped by a signal: re-run this script to continue (finished runs are kept)" >&2
+        exit $status
+    elif ((status)); then
         # Hydra runs every job and then reports the first failure: go on with the finished runs, fail at the end
         echo "some runs failed (see FAILED in their run directories); evaluating and tabulating the others" >&2
         SWEEP_FAILED=1
