@@ -54,7 +54,7 @@ def test_a_failed_run_is_counted_and_named_not_left_out(tmp_path):
         variant=[("v", [])], out=tmp_path, base=["x=1"], seeds=[0, 1, 2], threads=[1], precisions=["fp32"]
     )
     text = spread.page(args, {"v": {(s, "fp32", 1): spread.outcome(w) for s, w in enumerate((ok, nan, other))}})
-    assert "| v | 3 | 2 | 12.5 ± nan | 12.5 - 12.5 |" in text  # 3 runs, 2 failed, the statistics of the one left
+    assert "| v | 3 | 2 | 12.5 ± nan | 12.5 - 12.5 | — | — |" in text  # 3 runs, 2 failed; statistics of the one left
     assert "| v | 1 | failed: loss nan at epoch 2, step 36 |" in text and "| v | 2 | failed: DatasetError |" in text
 
 

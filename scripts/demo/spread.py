@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import math
 import re
 import shlex
 import statistics
@@ -93,6 +94,11 @@ def summarize(errors: dict[tuple[int, str, int], float]) -> dict:
     }
 
 
+def _number(value: float) -> str:
+    """One decimal; — where there is nothing to compute (one seed, one thread count)."""
+    return "—" if math.isnan(value) else f"{value:.1f}"
+
+
 def _cell(outcome: float | str | None) -> str:
     return "—" if outcome is None else f"{outcome:.2f}" if isinstance(outcome, float) else f"failed: {outcome}"
 
@@ -116,7 +122,8 @@ def page(args: argparse.Namespace, results: dict[str, dict[tuple[int, str, int],
             s = summarize(errors)
             lines.append(
                 f"| {name} | {s['n'] + failed} | {failed} | {s['mean']:.1f} ± {s['std']:.1f} | "
-                f"{s['min']:.1f} - {s['max']:.1f} | {s['std_over_seeds']:.1f} | {s['thread_difference']:.1f} |"
+                f"{s['min']:.1f} - {s['max']:.1f} | {_number(s['std_over_seeds'])} | "
+                f"{_number(s['thread_difference'])} |"
             )
         elif failed:
             lines.append(f"| {name} | {failed} | {failed} | — | — | — | — |")
