@@ -167,11 +167,12 @@ run_queue() {
     WORKERS=()
     set -m
     for ((n = 1; n <= jobs; n++)); do
-        # a worker outlives the SIGTERM (trap :) until its train.py has saved its checkpoint and stopped
+        # a worker outlives the SIGTERM until its train.py has saved its checkpoint and stopped, and starts no
+        # other run after it (STOPPING)
         if ((jobs == 1)); then
-            { trap : TERM; _queue_worker "$failed" "" "$claims"; } &
+            { trap 'STOPPING=1' TERM; _queue_worker "$failed" "" "$claims"; } &
         else
-            { trap : TERM; _queue_worker "$failed" "$n" 1; } 3>&2 >"$SWEEP_DIR/workers/$n.log" 2>&1 &
+            { trap 'STOPPING=1' TERM; _queue_worker "$failed" "$n" 1; } 3>&2 >"$SWEEP_DIR/workers/$n.log" 2>&1 &
         fi
         WORKERS+=($!)
     done
@@ -198,6 +199,7 @@ _queue_worker() {
     local failed=$1 number=$2 claims=$3 entry state dir name fd status=0 failures=0
     local -a run
     for entry in "${QUEUE[@]}"; do
+        ((${STOPPING:-0} == 0)) || return 143
         IFS=$'\x1f' read -ra run <<<"$entry"
         grid_py state --sweep-dir "$SWEEP_DIR" -- "${run[@]}"
         state=${GRID_OUT[0]} dir=${GRID_OUT[1]} name=${GRID_OUT[1]##*/}
@@ -210,7 +212,7 @@ _queue_worker() {
             fi
             grid_py state --sweep-dir "$SWEEP_DIR" -- "${run[@]}"  # again: it may have finished since
             state=${GRID_OUT[0]}
-            if [[ $state == completed ]]; then
+            if [[ $state == completed || ${STOPPING:-0} == 1 ]]; then
                 exec {fd}>&-
                 continue
             fi
