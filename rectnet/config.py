@@ -440,9 +440,14 @@ def activation_default(name: str, key: str) -> Any:
 
 
 def register_configs() -> None:
+    ConfigStore.instance().store(name="train_schema", node=TrainConfig)
+    register_resolvers()
+
+
+def register_resolvers() -> None:
+    """rectnet's `${...}` resolvers: train.py's run directory names and the activation defaults."""
     from rectnet.launch import default_run_dir, hydra_output_subdir  # it raises this module's ConfigError
 
-    ConfigStore.instance().store(name="train_schema", node=TrainConfig)
     OmegaConf.register_new_resolver("rectnet_run_dir", default_run_dir, use_cache=True, replace=True)
     OmegaConf.register_new_resolver("rectnet_output_subdir", hydra_output_subdir, replace=True)
     OmegaConf.register_new_resolver("activation_default", activation_default, replace=True)

@@ -496,3 +496,20 @@ def test_runs_of_different_custom_activations_are_different_variants():
     silu, mine = variant_from_config(config("torch.nn.SiLU")), variant_from_config(config("mypkg.acts.MyAct"))
     assert silu != mine
     assert silu.label() == "convpool_cnn_c custom:torch.nn.SiLU"
+
+
+def test_an_unfinished_prelu_run_reads_its_slope_from_the_interpolation_train_py_saved(tmp_path):
+    """An interrupted run has only `.hydra/config.yaml`, as Hydra saved it: the activation configs' slope is
+    `${activation_default:prelu,slope}` there and run_dir `${hydra:runtime.output_dir}`. The tables attribute the
+    run to PReLU with He et al.'s initial slope 0.25 (§2.1), and do not fail on what only Hydra resolves."""
+    folder = tmp_path / "prelu"
+    make_run(folder, activation="prelu", status="missing")
+    config = OmegaConf.load(folder / ".hydra" / "config.yaml")
+    config.activation.slope = "${activation_default:prelu,slope}"
+    config.run_dir = "${hydra:runtime.output_dir}"
+    OmegaConf.save(config, folder / ".hydra" / "config.yaml")
+    (run,) = read_runs([tmp_path])
+    assert run.variant == make_variant("convpool_cnn_c", "prelu", 0.25) and run.variant.label().endswith("prelu(0.25)")
+    assert run.config["run_dir"] == "${hydra:runtime.output_dir}"
+    main([str(tmp_path), "--out", str(tmp_path / "tables")])
+    assert "prelu(0.25)" in (tmp_path / "tables" / "tables.md").read_text()

@@ -13,9 +13,11 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
+from rectnet.config import register_resolvers
 from rectnet.results.variants import Variant, variant_from_config
 
 # Command-line overrides that shorten a run's schedule or data
@@ -128,14 +130,29 @@ def read_json(path: Path) -> dict | None:
 
 
 def _read_hydra_config(run_dir: Path) -> dict | None:
-    """`.hydra/config.yaml` unresolved (its ${...} need Hydra's runtime); the keys read here are plain."""
+    """`.hydra/config.yaml`, each top-level part resolved where that needs no Hydra runtime: rectnet's resolvers
+    (`${activation_default:prelu,slope}`, the slope of an unfinished PReLU run) resolve, a part that refers to
+    `${hydra:...}` (run_dir) stays as written."""
     path = run_dir / ".hydra" / "config.yaml"
     if not path.is_file():
         return None
     try:
-        return OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+        config = OmegaConf.load(path)
+        parts = OmegaConf.to_container(config, resolve=False)
     except Exception:  # a half-written or foreign yaml: the run stays unattributed, the table goes on
         return None
+    register_resolvers()
+    for key in parts:
+        try:
+            parts[key] = _resolved(config, key)
+        except Exception:  # an interpolation only Hydra's runtime resolves
+            pass
+    return parts
+
+
+def _resolved(config: DictConfig, key: str) -> Any:
+    value = config[key]  # a scalar resolves here
+    return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
 
 
 def _overrides(run_dir: Path) -> list[str]:
