@@ -155,7 +155,7 @@ def _tiny_cifar(root) -> None:
 
 def _name(experiment: str, seed: int, epochs: int = 1) -> str:
     """The run directory name, written out by hand (Hydra's override_dirname: the keys sorted)."""
-    milestones = {1: "[1,1,1]", 4: "[2,3,3]"}[epochs]
+    milestones = {1: "[1,1,1]", 30: "[17,21,26]"}[epochs]
     return (
         f"dataset=cifar10,experiment={experiment},model.width=0.25,schedule.milestones={milestones},seed={seed},"
         f"trainer.batch_size=16,trainer.epochs={epochs},trainer.precision=fp32"  # log_every_steps: left out
@@ -207,11 +207,11 @@ def test_two_jobs_share_the_runs_and_pass_over_one_another_invocation_holds(tmp_
 def test_sigterm_stops_every_worker_at_a_checkpoint_and_a_rerun_finishes_the_same(tmp_path):
     _tiny_cifar(tmp_path / "data")
     sweep = tmp_path / "sweep"
-    args, env = _mini(tmp_path, jobs=2, epochs=4)
+    args, env = _mini(tmp_path, jobs=2, epochs=30)  # long enough that neither run ends before the signal
     script = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
-    first = [sweep / _name("convpool_baseline", 0, 4), sweep / _name("convpool_crelu", 0, 4)]
+    first = [sweep / _name("convpool_baseline", 0, 30), sweep / _name("convpool_crelu", 0, 30)]
     deadline = time.monotonic() + 300
-    while not all("epoch 2/4" in _read(run / "train.log") for run in first):
+    while not all("epoch 2/30" in _read(run / "train.log") for run in first):
         assert script.poll() is None and time.monotonic() < deadline, script.communicate()[1][-3000:]
         time.sleep(0.2)
     script.send_signal(signal.SIGTERM)
@@ -228,7 +228,7 @@ def test_sigterm_stops_every_worker_at_a_checkpoint_and_a_rerun_finishes_the_sam
     for run in first:
         assert _completed(run)
         epochs = [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()]
-        assert epochs == [1, 2, 3, 4]  # resumed, no epoch twice
+        assert epochs == list(range(1, 31))  # resumed, no epoch twice
 
 
 def _read(path) -> str:
