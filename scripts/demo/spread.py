@@ -100,7 +100,7 @@ def _number(value: float) -> str:
 
 
 def _cell(outcome: float | str | None) -> str:
-    return "—" if outcome is None else f"{outcome:.2f}" if isinstance(outcome, float) else f"failed: {outcome}"
+    return "—" if outcome is None else f"failed: {outcome}" if isinstance(outcome, str) else f"{outcome:.2f}"
 
 
 def page(args: argparse.Namespace, results: dict[str, dict[tuple[int, str, int], float | str]]) -> str:
@@ -116,7 +116,7 @@ def page(args: argparse.Namespace, results: dict[str, dict[tuple[int, str, int],
         "|---|---|---|---|---|---|---|",
     ]
     for name, found in results.items():
-        errors = {c: e for c, e in found.items() if isinstance(e, float)}
+        errors = {c: e for c, e in found.items() if not isinstance(e, str)}
         failed = len(found) - len(errors)
         if errors:
             s = summarize(errors)
