@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 import uuid
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 from types import SimpleNamespace
@@ -293,6 +294,51 @@ def test_two_ranks_agree_on_a_nan_a_signal_an_empty_batch_and_the_checkpoint(tmp
     assert [r["counts"] for r in results] == [[2 * 0.5 + 2 * 0.25, 2, 4, 4]] * 2  # this rank's, 2 steps of 2
     assert [r["skip"] for r in results] == [True, True]
     assert [r["epoch"] for r in results] == [1, 1]
+
+
+def _release_worker(rank: int, folder: str) -> None:
+    """200 sums and maxima, and objects of different sizes per rank through gather and both broadcasts."""
+    folder_path = Path(folder)
+    _join(rank, 2, folder_path / "store", "gloo")
+    ranks = replace(Dist(rank, 2), setup_group=dist.new_group(backend="gloo"))
+    out: dict = {"held": 0, "raw_held": 0}
+    try:
+        for i in range(100):
+            for reduced in (ranks.sum(torch.full((3,), float(rank + i))), ranks.max(torch.tensor([rank + i]))):
+                out["held"] += reduced._use_count() > 1  # the backend's thread still holds it after return
+            raw = torch.ones(3)
+            dist.all_reduce(raw)
+            out["raw_held"] += raw._use_count() > 1
+        out["sum"] = ranks.sum(torch.tensor([1.0, rank])).tolist()
+        mine = {"rank": rank, "path": f"run{rank}", "weights": torch.arange(3 * rank + 1.0)}
+        out["gathered"] = [{**g, "weights": g["weights"].tolist()} for g in ranks.gather(mine)]
+        sent = {"index": [Path("a") / str(n) for n in range(50)], "from": rank}
+        out["broadcast"] = str(ranks.broadcast(sent if rank == 0 else None))
+        out["setup_broadcast"] = str(ranks.setup_broadcast(sent if rank == 0 else "not sent"))
+    finally:
+        dist.destroy_process_group()
+    (folder_path / f"rank{rank}.json").write_text(json.dumps(out))
+
+
+def test_collectives_return_tensors_the_backend_has_let_go_of(tmp_path):
+    """gloo's worker thread drops a finished all-reduce's tensors a moment after wait() returns. Were their
+    Python objects gone by then, that thread would need the GIL, and during interpreter shutdown (a rank
+    exiting on the agreed NaN error) the process aborted instead of exiting 1 (about once in 100 two-rank
+    runs of gpu_check's ddp_nan). Dist's collectives return only after the backend has let go."""
+    context = mp.start_processes(_release_worker, args=(str(tmp_path),), nprocs=2, join=False, start_method="spawn")
+    for process in context.processes:
+        process.join(timeout=120)
+    assert [p.exitcode for p in context.processes] == [0, 0]
+    results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    assert [r["held"] for r in results] == [0, 0]
+    assert [r["sum"] for r in results] == [[2.0, 1.0]] * 2
+    expected = [{"rank": 0, "path": "run0", "weights": [0.0]}, {"rank": 1, "path": "run1", "weights": [0.0, 1, 2, 3]}]
+    assert [r["gathered"] for r in results] == [expected] * 2
+    sent = str({"index": [Path("a") / str(n) for n in range(50)], "from": 0})
+    assert [(r["broadcast"], r["setup_broadcast"]) for r in results] == [(sent, sent)] * 2
+    # The race the waiting removes, seen on the plain collective (on this machine, in about a third of calls);
+    # printed rather than asserted: it depends on thread scheduling.
+    print("plain all_reduce results still held by gloo after return:", [r["raw_held"] for r in results], "of 100")
 
 
 # ------------------------------------------------------------------------------ a dead rank, rank 0's setup

@@ -5,7 +5,9 @@ with world size 1 and no process group. Only rank 0 writes files; `Dist.sum` mak
 
 NCCL reduces CUDA tensors only. Rather than a second (gloo) group for CPU tensors, every collective goes
 through `Dist`, which first moves its tensor to `Dist.device`, the device the backend serves: the tensors
-it sees are tiny (counts, flags).
+it sees are tiny (counts, flags). Objects travel as bytes in tensors Dist owns, so that each collective
+returns only once gloo's worker thread has let go of them (`released`: an exit right after a collective
+could otherwise abort the process).
 
 Timeouts, one rule: a collective that waits on rank 0's one-time setup work goes through
 `Dist.setup_broadcast`; every other collective goes through the default group. srun and submitit do not
@@ -23,6 +25,8 @@ from __future__ import annotations
 import io
 import logging
 import os
+import pickle
+import time
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import Any
@@ -68,7 +72,7 @@ class Dist:
             return t
         out = t.to(self.device, copy=True)
         dist.all_reduce(out, op=op)
-        return out
+        return released(out)
 
     def gather(self, obj: Any) -> list[Any]:
         """Every rank's `obj` (tensors and plain containers), in rank order, on every rank.
@@ -80,9 +84,18 @@ class Dist:
             return [obj]
         buffer = io.BytesIO()
         torch.save(obj, buffer)
-        out: list[Any] = [None] * self.world_size
-        dist.all_gather_object(out, buffer.getvalue())
-        return [torch.load(io.BytesIO(b), weights_only=True) for b in out]
+        payload = buffer.getvalue()
+        mine = torch.tensor([len(payload)], dtype=torch.int64, device=self.device)
+        sizes = [torch.zeros_like(mine) for _ in range(self.world_size)]
+        dist.all_gather(sizes, mine)
+        released(mine, *sizes)
+        lengths = [int(size.item()) for size in sizes]
+        padded = bytes_tensor(payload.ljust(max(lengths), b"\0"), self.device)  # all_gather: equal sizes
+        parts = [torch.empty_like(padded) for _ in lengths]
+        dist.all_gather(parts, padded)
+        released(padded, *parts)
+        loaded = [io.BytesIO(tensor_bytes(part[:n])) for part, n in zip(parts, lengths, strict=True)]
+        return [torch.load(b, weights_only=True) for b in loaded]
 
     def broadcast(self, obj: Any) -> Any:
         """Rank 0's `obj` on every rank; the others wait at most the default group's timeout for rank 0."""
@@ -94,15 +107,51 @@ class Dist:
         return self._broadcast(obj, self.setup_group)
 
     def _broadcast(self, obj: Any, group: dist.ProcessGroup | None) -> Any:
+        """Rank 0's `obj` as a pickle: its length, then its bytes, each in one broadcast (the setup group is
+        gloo: its tensors stay on the host)."""
         if not self.enabled:
             return obj
-        box = [obj]
-        dist.broadcast_object_list(box, src=0, group=group)
-        return box[0]
+        device = self.device if group is None else torch.device("cpu")
+        payload = pickle.dumps(obj) if self.is_main else b""
+        size = torch.tensor([len(payload)], dtype=torch.int64, device=device)
+        dist.broadcast(size, src=0, group=group)
+        length = int(released(size).item())
+        data = bytes_tensor(payload, device) if self.is_main else torch.empty(length, dtype=torch.uint8, device=device)
+        dist.broadcast(data, src=0, group=group)
+        released(data)
+        return obj if self.is_main else pickle.loads(tensor_bytes(data))
 
     def barrier(self) -> None:
         if self.enabled:
             dist.barrier()
+
+
+def released(*tensors: torch.Tensor) -> torch.Tensor:
+    """Wait until the backend has let go of host tensors a collective was given; returns the first.
+
+    gloo's worker thread drops a finished collective's references a moment after wait() has returned (in a
+    third of all-reduces here). Were the tensor's Python object gone by then, the worker would have to take
+    the GIL to free it; if the interpreter is exiting (a rank raising right after the agreement all-reduce),
+    the thread is stopped inside a C++ destructor and the process aborts ("terminate called without an
+    active exception", exit -6 instead of the error's 1, about once in 100 two-rank runs). Device tensors are
+    not waited for: NCCL's work holds them until the kernel ends, and waiting would synchronize the host.
+    """
+    deadline = time.monotonic() + RELEASE_WAIT_S
+    for t in tensors:
+        while t.device.type == "cpu" and t._use_count() > 1 and time.monotonic() < deadline:
+            time.sleep(0)  # let the worker thread run
+    return tensors[0]
+
+
+RELEASE_WAIT_S = 5.0  # past it (a tensor held elsewhere too) the collective's result is used as is
+
+
+def bytes_tensor(data: bytes, device: torch.device) -> torch.Tensor:
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8).to(device)
+
+
+def tensor_bytes(t: torch.Tensor) -> bytes:
+    return t.cpu().numpy().tobytes()
 
 
 def env_ranks() -> Dist:

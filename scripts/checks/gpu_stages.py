@@ -161,8 +161,10 @@ def check_nan(check: Check, stage: Stage, row: Row) -> None:
     start = time.monotonic()
     row["exit_codes"] = run_launch(check, launch)
     row |= {"nproc": launch.nproc, "seconds": round(time.monotonic() - start, 1), "timeout_s": launch.timeout_s}
-    row.require(row["exit_codes"] == [1] * launch.nproc, "not every rank ended with status 1")
-    messages = [NONFINITE.findall(log) for _, log in sorted(rank_logs(launch).items())]
+    logs = sorted(rank_logs(launch).items())
+    ends = {rank: last_line(log) for rank, log in logs}
+    row.require(row["exit_codes"] == [1] * launch.nproc, f"not every rank ended with status 1; last lines: {ends}")
+    messages = [NONFINITE.findall(log) for _, log in logs]
     row["message"] = messages[0][0] if messages and messages[0] else None
     row.require(
         bool(row["message"]) and messages == [[row["message"]]] * launch.nproc,
