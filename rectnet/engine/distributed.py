@@ -138,9 +138,16 @@ def released(*tensors: torch.Tensor) -> torch.Tensor:
     """
     deadline = time.monotonic() + RELEASE_WAIT_S
     for t in tensors:
-        while t.device.type == "cpu" and t._use_count() > 1 and time.monotonic() < deadline:
+        while t.device.type == "cpu" and _holders(t) > 1 and time.monotonic() < deadline:
             time.sleep(0)  # let the worker thread run
     return tensors[0]
+
+
+def _holders(t: torch.Tensor) -> int:
+    """Owners of `t`'s TensorImpl, this Python tensor included (a private torch method; a torch
+    without it is not waited on)."""
+    use_count = getattr(t, "_use_count", None)
+    return use_count() if use_count else 1
 
 
 RELEASE_WAIT_S = 5.0  # past it (a tensor held elsewhere too) the collective's result is used as is
