@@ -323,7 +323,7 @@ def _release_worker(rank: int, folder: str) -> None:
 def test_collectives_return_tensors_the_backend_has_let_go_of(tmp_path):
     """gloo's worker thread drops a finished all-reduce's tensors a moment after wait() returns. Were their
     Python objects gone by then, that thread would need the GIL, and during interpreter shutdown (a rank
-    exiting on the agreed NaN error) the process aborted instead of exiting 1 (about once in 100 two-rank
+    exiting on the agreed NaN error) the process aborted instead of exiting 1 (2 of 96 two-rank
     runs of gpu_check's ddp_nan). Dist's collectives return only after the backend has let go."""
     context = mp.start_processes(_release_worker, args=(str(tmp_path),), nprocs=2, join=False, start_method="spawn")
     for process in context.processes:

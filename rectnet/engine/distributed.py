@@ -133,7 +133,7 @@ def released(*tensors: torch.Tensor) -> torch.Tensor:
     third of all-reduces here). Were the tensor's Python object gone by then, the worker would have to take
     the GIL to free it; if the interpreter is exiting (a rank raising right after the agreement all-reduce),
     the thread is stopped inside a C++ destructor and the process aborts ("terminate called without an
-    active exception", exit -6 instead of the error's 1, about once in 100 two-rank runs). Device tensors are
+    active exception", exit -6 instead of the error's 1: 2 of 96 two-rank runs here). Device tensors are
     not waited for: NCCL's work holds them until the kernel ends, and waiting would synchronize the host.
     """
     deadline = time.monotonic() + RELEASE_WAIT_S
