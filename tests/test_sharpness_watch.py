@@ -18,9 +18,10 @@ from torch.func import functional_call
 
 import rectnet
 from rectnet.config import ConfigError, OptimConfig, to_settings
-from rectnet.engine.curvature import flat_average, lr_limit, watch_step
+from rectnet.engine.curvature import flat_average, loss_hvp, lr_limit, watch_step
 from rectnet.engine.distributed import Dist
 from rectnet.engine.train import run
+from rectnet.layers import fused
 from rectnet.layers.activations import make_activation
 
 WEIGHT_DECAY = 5e-4
@@ -38,8 +39,11 @@ def _batch(n: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.randn(n, 3, generator=generator), torch.randint(0, 3, (n,), generator=generator)
 
 
-def _exact_top_eigenvalue(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> float:
-    """The largest eigenvalue of the full Hessian (torch.func, no Lanczos) of the loss + L2 term, in float64."""
+def _exact_hessian(
+    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, decayed: set[str], weight_decay: float
+) -> torch.Tensor:
+    """The full Hessian (torch.func, no Lanczos) of the loss + weight_decay / 2 x the squared norm of the
+    parameters named in `decayed`, in float64, over the flattened parameters."""
     model = model.double()
     names = [name for name, _ in model.named_parameters()]
     shapes = [p.shape for _, p in model.named_parameters()]
@@ -47,15 +51,21 @@ def _exact_top_eigenvalue(model: nn.Module, images: torch.Tensor, labels: torch.
     buffers = {name: b.clone() for name, b in model.named_buffers()}
 
     def loss(theta: torch.Tensor) -> torch.Tensor:
-        params, at = {}, 0
+        params, at, l2 = {}, 0, 0.0
         for name, shape in zip(names, shapes, strict=True):
             params[name] = theta[at : at + shape.numel()].view(shape)
             at += shape.numel()
+            l2 = l2 + (params[name].pow(2).sum() if name in decayed else 0.0)
         logits = functional_call(model, ({**params, **buffers},), (images.double(),))
-        return F.cross_entropy(logits, labels) + WEIGHT_DECAY / 2 * theta.pow(2).sum()
+        return F.cross_entropy(logits, labels) + weight_decay / 2 * l2
 
-    hessian = torch.autograd.functional.hessian(loss, flat)
-    return torch.linalg.eigvalsh(hessian)[-1].item()
+    with fused.unfused():  # the fused CPU PReLU has no double-backward
+        return torch.autograd.functional.hessian(loss, flat)
+
+
+def _exact_top_eigenvalue(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> float:
+    every = {name for name, _ in model.named_parameters()}
+    return torch.linalg.eigvalsh(_exact_hessian(model, images, labels, every, WEIGHT_DECAY))[-1].item()
 
 
 def test_lambda_max_is_the_top_eigenvalue_of_the_exact_hessian():
@@ -66,6 +76,25 @@ def test_lambda_max_is_the_top_eigenvalue_of_the_exact_hessian():
     quick, _, _ = watch_step(_mlp(), (images, labels), OPTIM, lr=0.01, iters=60, seed=0)  # the watch's tol, 1e-3
     assert expected * 0.99 <= quick <= expected * (1 + 1e-5)  # Lanczos approaches it from below
     assert loss == pytest.approx(F.cross_entropy(_mlp()(images), labels).item(), rel=1e-6)
+
+
+def test_the_l2_term_is_the_optimizers_no_decay_on_prelu_slopes_or_exempt_biases():
+    # SGD descends loss + sum over its groups of wd_g / 2 |theta_g|^2: the PReLU slopes (He et al. §2.1) and,
+    # under decay_bias=false, the biases carry none, so their rows of the Hessian have no wd on the diagonal.
+    # A large wd makes a wrong term show in every product.
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), make_activation("prelu")(4), nn.Linear(4, 3)).double().train()
+    images, labels = _batch()
+    optim = OptimConfig(weight_decay=0.3, decay_bias=False)
+    hessian = _exact_hessian(model, images, labels, {"0.weight", "2.weight"}, 0.3)
+    hvp, params, _ = loss_hvp(model, [(images.double(), labels)], optim)
+    v = torch.randn(hessian.shape[0], dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    pieces, at = [], 0
+    for p in params:
+        pieces.append(v[at : at + p.numel()].view_as(p))
+        at += p.numel()
+    product = torch.cat([x.reshape(-1) for x in hvp(pieces)])
+    assert torch.allclose(product, hessian @ v, rtol=0, atol=1e-6)  # the loss is taken in fp32
 
 
 def test_the_watch_leaves_the_run_untouched():

@@ -65,7 +65,7 @@ def test_softmax_regression_hessian_at_zero_matches_its_closed_form():
     nn.init.zeros_(model.weight)
     expected = torch.linalg.eigvalsh(x.T @ x / 64).max().item() / 4
     for wd in (0.0, 0.01):
-        hvp, params, loss = loss_hvp(model, [(x, labels)], wd)
+        hvp, params, loss = loss_hvp(model, [(x, labels)], OptimConfig(weight_decay=wd))
         top = top_eigen(hvp, [p.detach() for p in params], iters=30, tol=1e-9)
         assert top.value == pytest.approx(expected + wd, rel=1e-4)
         assert loss == pytest.approx(math.log(4), rel=1e-6)
@@ -78,7 +78,7 @@ def test_two_batches_average_their_hessians():
     model = nn.Linear(3, 2, bias=False)
     nn.init.zeros_(model.weight)
     expected = torch.linalg.eigvalsh(sum(x.T @ x / 32 for x in xs) / 2).max().item() / 2
-    hvp, params, _ = loss_hvp(model, [(x, labels) for x in xs], 0.0)
+    hvp, params, _ = loss_hvp(model, [(x, labels) for x in xs], OptimConfig(weight_decay=0.0))
     assert top_eigen(hvp, [p.detach() for p in params], 30, 1e-9).value == pytest.approx(expected, rel=1e-4)
 
 

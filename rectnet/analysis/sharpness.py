@@ -128,7 +128,7 @@ def measure(
 ) -> dict:
     """lambda_max of the model's loss on the source's first `batches` training batches, and what it implies
     for `lr` (default: the first step's, `start_lr`)."""
-    hvp, params, loss = loss_hvp(model, _real_batches(source, batches), settings.optim.weight_decay)
+    hvp, params, loss = loss_hvp(model, _real_batches(source, batches), settings.optim)
     top = top_eigen(hvp, [p.detach() for p in params], iters, tol, settings.seed)
     lr = start_lr(settings) if lr is None else lr
     limit = lr_limit(top.value, settings.optim)

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rectnet.config import OptimConfig
+from rectnet.engine.optim import param_groups
 from rectnet.layers import fused
 
 Vector = list[torch.Tensor]  # one tensor per parameter, the layout of model.parameters()
@@ -105,10 +106,12 @@ def lr_limit(lambda_max: float, optim: OptimConfig) -> float:
 def loss_hvp(
     model: nn.Module,
     batches: Sequence[tuple[torch.Tensor, torch.Tensor]],
-    weight_decay: float,
+    optim: OptimConfig,
     average: Callable[[Vector], Vector] | None = None,
 ) -> tuple[Callable[[Vector], Vector], list[nn.Parameter], float]:
-    """(H v for the mean training loss over `batches` + L2 term, the parameters, the loss at these weights).
+    """(H v for the mean training loss over `batches` + the optimizer's L2 term, the parameters, the loss at these
+    weights). The L2 term is the one SGD descends: each parameter's decay from its group (none on PReLU slopes,
+    none on biases under `decay_bias=false`), so lambda_max is the curvature of the objective the run follows.
 
     Each batch's forward pass runs once (so dropout keeps one mask) and its gradient graph is retained;
     every product then costs one double-backward per batch. `average` turns this process's product into the
@@ -116,6 +119,7 @@ def loss_hvp(
     is the global batch's), so every rank runs the same Lanczos iteration.
     """
     params = [p for p in model.parameters() if p.requires_grad]
+    decay = {id(p): group["weight_decay"] for group in param_groups(model, optim) for p in group["params"]}
     grads, loss_sum = [], 0.0
     for images, labels in batches:
         with fused.unfused():  # the fused CPU backward has no double-backward; F.prelu's has
@@ -124,7 +128,7 @@ def loss_hvp(
         grads.append(torch.autograd.grad(loss, params, create_graph=True))
 
     def hvp(v: Vector) -> Vector:
-        out = [weight_decay * x for x in v]
+        out = [decay[id(p)] * x for p, x in zip(params, v, strict=True)]
         for grad in grads:
             dot = sum((g * x).sum() for g, x in zip(grad, v, strict=True))
             for acc, h in zip(out, torch.autograd.grad(dot, params, retain_graph=True), strict=True):
@@ -196,7 +200,7 @@ def watch_step(
     devices = [images.device] if images.device.type == "cuda" else []
     saved = _buffers(model)
     with torch.random.fork_rng(devices=devices):
-        hvp, params, loss = loss_hvp(model, [(images, labels)], optim.weight_decay, average)
+        hvp, params, loss = loss_hvp(model, [(images, labels)], optim, average)
         if average is not None:  # every rank sees the same loss, hence the same decision below
             loss = float(average([torch.tensor([loss], device=images.device)])[0])
         if not math.isfinite(loss):
