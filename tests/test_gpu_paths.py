@@ -526,9 +526,15 @@ def test_the_default_precision_is_auto():
 
 
 def test_thread_default_is_this_ranks_share_of_the_usable_cores(monkeypatch, tmp_path):
-    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    for name in ("OMP_NUM_THREADS", "SLURM_CPUS_PER_TASK", "TORCHELASTIC_RUN_ID"):
+        monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(rt, "usable_cores", lambda: (8, "CPU affinity"))
     assert rt.choose_threads(None, 2) == (4, "CPU affinity: 8 core(s) / 2 local rank(s)")
+    # Two Slurm tasks (srun, submitit), each bound to its own 8 CPUs: a rank's share is all 8, not 8 / 2.
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "8")
+    assert rt.choose_threads(None, 2) == (8, "CPU affinity")
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "x")  # torchrun's two ranks inside one 8-CPU task share them
+    assert rt.choose_threads(None, 2)[0] == 4
     assert rt.choose_threads(3, 2) == (3, "trainer.threads")
     monkeypatch.setenv("OMP_NUM_THREADS", "5")
     assert rt.choose_threads(None, 2) == (5, "OMP_NUM_THREADS")

@@ -24,9 +24,10 @@ from rectnet.data.imagenet.resources import (
     batch_bytes,
     eval_batch_images,
     plan_workers,
-    rank_cores,
 )
 from rectnet.data.sources import SourceContext, make_evaluation, make_source
+from rectnet.engine import runtime
+from rectnet.engine.runtime import rank_cores
 
 CROP = 3 * 224 * 224  # bytes of one uint8 crop
 TRAIN_128 = 128 * CROP  # 19,267,584
@@ -137,12 +138,12 @@ def test_both_reasons_on_one_line():
     ],
 )
 def test_a_ranks_share_of_the_cores(monkeypatch, cores, env, expected):
-    monkeypatch.setattr(resources, "usable_cores", lambda: (cores, "CPU affinity"))
+    monkeypatch.setattr(runtime, "usable_cores", lambda: (cores, "CPU affinity"))
     assert rank_cores(4, env)[0] == expected
 
 
 def test_a_task_bound_to_fewer_cpus_than_it_asked_for_says_why(monkeypatch):
-    monkeypatch.setattr(resources, "usable_cores", lambda: (1, "CPU affinity"))
+    monkeypatch.setattr(runtime, "usable_cores", lambda: (1, "CPU affinity"))
     _, source = rank_cores(4, {"SLURM_CPUS_PER_TASK": "9"})
     assert "srun got no --cpus-per-task" in source and "SRUN_CPUS_PER_TASK" in source
 
@@ -175,7 +176,7 @@ def loaders(monkeypatch):
 
 def test_the_imagenet_source_runs_the_workers_its_cores_allow(folder, loaders, monkeypatch, caplog):
     """Two usable cores on one rank: one decoding worker, for the statistics, the test split and training."""
-    monkeypatch.setattr(resources, "usable_cores", lambda: (2, "CPU affinity"))
+    monkeypatch.setattr(runtime, "usable_cores", lambda: (2, "CPU affinity"))
     monkeypatch.setattr(resources, "free_shm", lambda: None)  # whatever this machine has: cores alone decide
     with caplog.at_level(logging.INFO, logger="rectnet"):
         source = make_source(folder, SourceContext(torch.device("cpu")))
@@ -192,7 +193,7 @@ def test_the_imagenet_source_runs_the_workers_its_cores_allow(folder, loaders, m
 def test_eval_py_lowers_the_workers_for_its_shm_alone(folder, loaders, monkeypatch):
     """Evaluation only: a slot is one 6-crop batch (18,432 B; no training batch). 98,304 B free, 3/4 planned,
     hold 4 slots: 2 per rank on 2 local ranks."""
-    monkeypatch.setattr(resources, "usable_cores", lambda: (64, "CPU affinity"))
+    monkeypatch.setattr(runtime, "usable_cores", lambda: (64, "CPU affinity"))
     monkeypatch.setattr(resources, "free_shm", lambda: 98_304)
     make_evaluation(folder, SourceContext(torch.device("cpu"), local_world_size=2))
     assert loaders[-1] == (6, 2, 1, False)

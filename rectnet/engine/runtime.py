@@ -11,6 +11,7 @@ import os
 import platform
 import random
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -163,8 +164,31 @@ def cgroup_cpu_quota(path: str = "/sys/fs/cgroup/cpu.max") -> int | None:
     return max(1, math.ceil(int(quota) / int(period)))
 
 
+def rank_cores(local_ranks: int, env: Mapping[str, str] = os.environ) -> tuple[int, str]:
+    """(cores this rank may count on, where the figure comes from), from usable_cores.
+
+    Ranks that inherit one CPU set (torchrun's, or the local launcher's tasks) share it: each gets cores /
+    local ranks. A Slurm task (SLURM_CPUS_PER_TASK set, outside torchrun) that Slurm bound to its own CPUs
+    sees only those, all of them its own; one that was not bound sees the node's and takes its
+    cpus_per_task. A bound task seeing fewer CPUs than cpus_per_task was started by an srun without
+    --cpus-per-task (Slurm 22.05 to 23.02 no longer pass sbatch's on: one CPU per task)."""
+    cores, source = usable_cores()
+    per_task = int(env.get("SLURM_CPUS_PER_TASK", "0") or 0)
+    if per_task and "TORCHELASTIC_RUN_ID" not in env:
+        if cores > per_task:
+            return min(per_task, max(1, cores // local_ranks)), f"SLURM_CPUS_PER_TASK={per_task}"
+        if cores < per_task:
+            source += (
+                f", fewer than SLURM_CPUS_PER_TASK={per_task}: srun got no --cpus-per-task "
+                "(hydra/launcher=slurm exports SRUN_CPUS_PER_TASK for it)"
+            )
+        return cores, source
+    return max(1, cores // local_ranks), f"{source}: {cores} core(s) / {local_ranks} local rank(s)"
+
+
 def choose_threads(cfg_threads: int | None, local_world_size: int = 1) -> tuple[int, str]:
-    """Intra-op threads: trainer.threads, else $OMP_NUM_THREADS, else this rank's share of the usable cores.
+    """Intra-op threads: trainer.threads, else $OMP_NUM_THREADS, else this rank's share of the usable cores
+    (`rank_cores`: the node's cores over its ranks, or a Slurm task's own CPUs).
 
     torch's own default is every core of the machine, oversubscribing a shared or quota-limited machine
     (2-10x slower runs: 590 s vs 36 s for the Fig. 3 script on a shared 2-core box)."""
@@ -172,8 +196,7 @@ def choose_threads(cfg_threads: int | None, local_world_size: int = 1) -> tuple[
         return cfg_threads, "trainer.threads"
     if os.environ.get("OMP_NUM_THREADS", "").isdigit() and int(os.environ["OMP_NUM_THREADS"]) > 0:
         return int(os.environ["OMP_NUM_THREADS"]), "OMP_NUM_THREADS"
-    cores, source = usable_cores()
-    return max(1, cores // max(1, local_world_size)), f"{source}: {cores} core(s) / {local_world_size} local rank(s)"
+    return rank_cores(local_world_size)
 
 
 M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # mallopt parameters, glibc <malloc.h>

@@ -27,14 +27,13 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import NamedTuple
 
 from rectnet.config import TrainConfig
 from rectnet.data.views import resized_size
-from rectnet.engine.runtime import usable_cores
+from rectnet.engine.runtime import rank_cores
 
 log = logging.getLogger(__name__)
 
@@ -78,28 +77,6 @@ def batch_bytes(settings: TrainConfig, train_batch: int | None) -> int:
     evaluation = eval_batch_images(protocol.protocol, settings.trainer.eval_batch_size)
     evaluation *= image_bytes(protocol.protocol, crop, protocol.scales)
     return (train_batch or 0) * 3 * crop * crop + evaluation
-
-
-def rank_cores(local_ranks: int, env: Mapping[str, str] = os.environ) -> tuple[int, str]:
-    """(cores this rank may count on, where the figure comes from), from runtime.usable_cores.
-
-    Ranks that inherit one CPU set (torchrun's, or the local launcher's tasks) share it: each gets cores /
-    local ranks. A Slurm task (SLURM_CPUS_PER_TASK set, outside torchrun) that Slurm bound to its own CPUs
-    sees only those, all of them its own; one that was not bound sees the node's and takes its
-    cpus_per_task. A bound task seeing fewer CPUs than cpus_per_task was started by an srun without
-    --cpus-per-task (Slurm 22.05 to 23.02 no longer pass sbatch's on: one CPU per task)."""
-    cores, source = usable_cores()
-    per_task = int(env.get("SLURM_CPUS_PER_TASK", "0") or 0)
-    if per_task and "TORCHELASTIC_RUN_ID" not in env:
-        if cores > per_task:
-            return min(per_task, max(1, cores // local_ranks)), f"SLURM_CPUS_PER_TASK={per_task}"
-        if cores < per_task:
-            source += (
-                f", fewer than SLURM_CPUS_PER_TASK={per_task}: srun got no --cpus-per-task "
-                "(hydra/launcher=slurm exports SRUN_CPUS_PER_TASK for it)"
-            )
-        return cores, source
-    return max(1, cores // local_ranks), f"{source}: {cores} core(s) / {local_ranks} local rank(s)"
 
 
 def free_shm(path: str = SHM_PATH) -> int | None:
