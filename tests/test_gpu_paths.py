@@ -268,8 +268,13 @@ def _two_rank_worker(rank: int, folder: str) -> None:
         if rank == 0:
             job.stop.received = signal.SIGUSR2
         counts = Counts()
-        out["stop"] = read_window(job, _window([0.5, 0.25]), counts, 2)
+        stop = read_window(job, _window([0.5, 0.25]), counts, 2)
+        out["stop"] = stop
         out["counts"] = [counts.loss_sum, counts.top1, counts.top5, counts.n]
+        try:  # rank 1 got no signal: it acts on rank 0's (submitit's requeue is keyed to the signal)
+            job.stop.hand_over(stop)
+        except SystemExit as stopped:
+            out["exit"] = stopped.code
         # an all-corrupt batch on rank 1 only: both skip the step
         out["skip"] = any_rank_empty(job, 0 if rank == 1 else 5)
         # rank 1 sees no checkpoint (a stale directory listing): it still resumes rank 0's choice
@@ -290,7 +295,8 @@ def test_two_ranks_agree_on_a_nan_a_signal_an_empty_batch_and_the_checkpoint(tmp
     results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     message = "training loss is not finite on rank(s) [1] at epoch 2, step 2: stopped before writing anything"
     assert all(r["nan"].startswith(message) for r in results)
-    assert [r["stop"] for r in results] == [True, True]
+    assert [r["stop"] for r in results] == [[signal.SIGUSR2, [0]]] * 2
+    assert [r["exit"] for r in results] == [128 + signal.SIGUSR2] * 2
     assert [r["counts"] for r in results] == [[2 * 0.5 + 2 * 0.25, 2, 4, 4]] * 2  # this rank's, 2 steps of 2
     assert [r["skip"] for r in results] == [True, True]
     assert [r["epoch"] for r in results] == [1, 1]

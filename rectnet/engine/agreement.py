@@ -27,7 +27,7 @@ from rectnet.engine import checkpoint as ckpt
 from rectnet.engine.distributed import Dist
 from rectnet.engine.job import Job
 from rectnet.engine.metrics import Counts, topk_hits
-from rectnet.engine.preemption import StepVerdict, StopSignals
+from rectnet.engine.preemption import StepVerdict, Stop, StopSignals
 
 log = logging.getLogger("rectnet")
 
@@ -61,16 +61,16 @@ class Window:
         self.steps, self.sizes, self.losses, self.hits, self.read = [], [], [], None, []
 
 
-def read_window(job: Job, window: Window, counts: Counts, epoch: int) -> bool:
+def read_window(job: Job, window: Window, counts: Counts, epoch: int) -> Stop | None:
     """The one host synchronization of a log interval: every rank learns whether any rank got a stop signal
     or saw a non-finite loss in the window (and then raises the same error, before anything is written),
-    and the window's losses and hits join `counts`. Returns whether to stop (save, hand over)."""
+    and the window's losses and hits join `counts`. Returns the stop signal to act on (save, hand over), if any."""
     losses = torch.stack(window.losses).float()
     bad = ~torch.isfinite(losses)
     first_bad = torch.where(bad.any(), bad.int().argmax() + 1, 0)  # 1-based position in the window; 0: none
     flags = job.stop.agreement(job.ranks, first_bad)
     host = torch.cat([flags.double().to(losses.device), window.hits.double(), losses.double()]).tolist()
-    n_flags = job.ranks.world_size + 1
+    n_flags = 2 * job.ranks.world_size
     flags_read, (top1, top5), values = host[:n_flags], host[n_flags : n_flags + 2], host[n_flags + 2 :]
     verdict = StopSignals.verdict(flags_read)
     if verdict.nonfinite:

@@ -35,8 +35,13 @@ log = logging.getLogger(__name__)
 SIGNALS = tuple(getattr(signal, name) for name in ("SIGUSR1", "SIGUSR2", "SIGTERM", "SIGINT") if hasattr(signal, name))
 
 
+class Stop(NamedTuple):
+    signal: int  # the stop signal of the lowest rank that received one
+    ranks: tuple[int, ...]  # the ranks that received one
+
+
 class StepVerdict(NamedTuple):
-    stop: bool  # some rank got a stop signal: write last.pt, hand over
+    stop: Stop | None  # some rank got a stop signal: write last.pt, hand over
     nonfinite: dict[int, int]  # rank -> 1-based position in the window of its first NaN/inf loss (empty: none)
 
 
@@ -97,32 +102,38 @@ class StopSignals:
                 print(line, file=sys.stderr, flush=True)
 
     def agreement(self, ranks: Dist, first_bad: torch.Tensor) -> torch.Tensor:
-        """[any rank got a signal, then per rank the 1-based position in the step window of its first
-        non-finite loss (0: none)], summed over ranks (one all-reduce; none on a single process). A device
-        tensor: the caller reads it in its one host transfer (`verdict`).
+        """[per rank the stop signal it received (0: none), then per rank the 1-based position in the step window
+        of its first non-finite loss (0: none)], summed over ranks (one all-reduce; none on a single process;
+        each rank writes only its own slots, so the sum is exact). A device tensor: the caller reads it in its
+        one host transfer (`verdict`).
 
         A rank that left a step alone (raising on its NaN) would leave the others in DDP's gradient
         all-reduce until the NCCL timeout; agreeing first makes every rank stop with the same error.
         """
-        flags = torch.zeros(ranks.world_size + 1, dtype=torch.int64, device=first_bad.device)
-        if self.received is not None:
-            flags[0] = 1
-        flags[1 + ranks.rank] = first_bad
+        flags = torch.zeros(2 * ranks.world_size, dtype=torch.int64, device=first_bad.device)
+        flags[ranks.rank] = self.received or 0
+        flags[ranks.world_size + ranks.rank] = first_bad
         return ranks.sum(flags)
 
     @staticmethod
     def verdict(flags: list[float]) -> StepVerdict:
         """`agreement`'s flags, read on the host."""
-        bad = {rank: round(at) for rank, at in enumerate(flags[1:]) if at}
-        return StepVerdict(flags[0] > 0, bad)
+        world = len(flags) // 2
+        signals = {rank: round(signum) for rank, signum in enumerate(flags[:world]) if signum}
+        bad = {rank: round(at) for rank, at in enumerate(flags[world:]) if at}
+        stop = Stop(signals[min(signals)], tuple(sorted(signals))) if signals else None
+        return StepVerdict(stop, bad)
 
-    def hand_over(self) -> NoReturn:
+    def hand_over(self, stop: Stop) -> NoReturn:
         """Run the handler that was there before ours (submitit requeues), else exit with 128 + signal, the last
-        line saying where the run stopped (`saved`, set by the save just before) and how to resume it."""
-        signum = self.received or signal.SIGTERM
+        line saying where the run stopped (`saved`, set by the save just before) and how to resume it. A rank
+        that received no signal itself acts on the one that stopped the run (`stop`): a time-limit warning
+        that reached only another rank still makes rank 0 requeue."""
+        signum = self.received or stop.signal
         previous = self._previous.get(signum)
         name = signal.Signals(signum).name
-        log.warning("stopping on %s after writing a checkpoint", name)
+        source = "" if self.received else f" (received by rank(s) {', '.join(map(str, stop.ranks))})"
+        log.warning("stopping on %s%s after writing a checkpoint", name, source)
         if callable(previous) and previous is not signal.default_int_handler:  # Python's: a KeyboardInterrupt
             self.uninstall()
             previous(signum, self._frame)

@@ -259,7 +259,7 @@ def _train_epoch(job: Job, source: Source, epoch: int, progress: Progress) -> tu
                 job.logger.flush()
             _save(job)
         if stopping:
-            job.stop.hand_over()
+            job.stop.hand_over(stopping)
     if window.steps:  # the last steps were skipped as corrupt: the ones before still count
         read_window(job, window, counts, epoch)
     progress.end_epoch()
