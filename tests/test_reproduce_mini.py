@@ -204,19 +204,27 @@ def test_two_jobs_share_the_runs_and_pass_over_one_another_invocation_holds(tmp_
 
 
 @pytest.mark.slow
-def test_sigterm_stops_every_worker_at_a_checkpoint_and_a_rerun_finishes_the_same(tmp_path):
+@pytest.mark.parametrize("ctrl_c", [False, True], ids=["sigterm", "ctrl_c"])
+def test_a_stop_signal_stops_every_worker_at_a_checkpoint_and_a_rerun_finishes_the_same(tmp_path, ctrl_c):
+    """SIGTERM to the script (a scheduler, `kill`), or Ctrl-C: SIGINT to the terminal's whole foreground process
+    group, which holds the script but not its workers (each in a group of its own)."""
     _tiny_cifar(tmp_path / "data")
     sweep = tmp_path / "sweep"
     args, env = _mini(tmp_path, jobs=2, epochs=30)  # long enough that neither run ends before the signal
-    script = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+    script = subprocess.Popen(
+        args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT, start_new_session=True
+    )  # its own process group, as a terminal's foreground job
     first = [sweep / _name("convpool_baseline", 0, 30), sweep / _name("convpool_crelu", 0, 30)]
     deadline = time.monotonic() + 300
     while not all("epoch 2/30" in _read(run / "train.log") for run in first):
         assert script.poll() is None and time.monotonic() < deadline, script.communicate()[1][-3000:]
         time.sleep(0.2)
-    script.send_signal(signal.SIGTERM)
+    if ctrl_c:
+        os.killpg(script.pid, signal.SIGINT)
+    else:
+        script.send_signal(signal.SIGTERM)
     _, stderr = script.communicate(timeout=120)
-    assert script.returncode == 143, stderr[-3000:]
+    assert script.returncode == (130 if ctrl_c else 143), stderr[-3000:]
     for run in first:
         assert (run / "checkpoints" / "last.pt").is_file() and not (run / "FAILED").exists()
         assert not _completed(run) and "stopping on SIGTERM" in _read(run / "train.log")
