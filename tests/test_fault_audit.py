@@ -415,3 +415,19 @@ def test_relaunching_a_finished_run_with_another_lr_leaves_its_record_byte_ident
     assert {path: path.read_bytes() for path in record} == before
     assert sorted((tmp_path / "checkpoints").iterdir()) == record[6:] and not (tmp_path / "FAILED").exists()
     assert json.loads((tmp_path / ".lock").read_text())["released"] is True
+
+
+@pytest.mark.slow
+def test_relaunching_a_sweep_with_another_lr_leaves_each_jobs_record_byte_identical(tmp_path):
+    """Hydra rewrites a sweep job's .hydra/ before any callback of the job runs: the refused job gets it back."""
+    sweep = [*TINY, "trainer.epochs=1", "seed=0,1", f"hydra.sweep.dir={tmp_path}"]
+    assert run_cli(["-m", *sweep], timeout=600).returncode == 0
+    record = sorted(
+        p for job in ("0", "1") for p in [*(tmp_path / job / ".hydra").iterdir(), tmp_path / job / "results.json"]
+    )
+    before = {path: path.read_bytes() for path in record}
+    assert b"optim.lr=0.5" not in b"".join(before.values())
+    proc = run_cli(["-m", *sweep, "optim.lr=0.5"], timeout=600)
+    assert proc.returncode == 1
+    assert proc.stderr.count("ResumeMismatchError") >= 2 and "(optim.lr: 0.01 -> 0.5)" in proc.stderr
+    assert {path: path.read_bytes() for path in record} == before

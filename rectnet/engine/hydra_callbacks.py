@@ -6,7 +6,9 @@ that another run owns must be refused in `on_run_start` (a sweep's folder in `on
 refused run would already have appended to the owner's log and replaced its `.hydra/config.yaml`. For the
 same reason a single run refuses there a relaunch whose config differs from the checkpoint it would resume
 (the fingerprint check that `run` makes too, engine/fingerprint.py): a run directory's record must always
-describe the weights in it.
+describe the weights in it. A sweep's job cannot be checked that early (Hydra writes its `.hydra/` before any
+job callback), so a relaunched sweep keeps a copy of its jobs' `.hydra/` (`keep_job_records`) and a job that
+`run` refuses (another config, a folder in use) gets its record back (`restore_job_record`).
 
 `ReportFailures` makes a user error (bad config value, missing data, bad checkpoint, NaN loss, busy run
 directory) end in its one-line reason instead of a traceback; `HYDRA_FULL_ERROR=1` keeps the traceback, as
@@ -23,6 +25,7 @@ from __future__ import annotations
 import copy
 import logging
 import os
+import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,7 +45,7 @@ from rectnet.engine import rundir
 from rectnet.engine.agreement import NonFiniteLossError
 from rectnet.engine.checkpoint import CheckpointError, peek_fingerprint
 from rectnet.engine.distributed import env_ranks
-from rectnet.engine.fingerprint import check_resume, launch_fingerprint
+from rectnet.engine.fingerprint import ResumeMismatchError, check_resume, launch_fingerprint
 
 USER_ERRORS = (ConfigError, CheckpointError, DatasetError, ImageFolderError, CorruptImageError, NonFiniteLossError)
 
@@ -91,9 +94,58 @@ class OwnRunDir(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         self._own(config, "hydra.sweep.dir")
+        try:
+            keep_job_records(Path(_folder(config, "hydra.sweep.dir")))
+        except OSError as err:
+            self._release()
+            raise SystemExit(f"cannot keep a copy of the sweep's job records: {one_line_reason(err)}") from None
+
+    def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
+        """A job that `run` refused before taking its folder: put back the record Hydra replaced."""
+        refused = job_return.status == JobStatus.FAILED and isinstance(
+            job_return._return_value, (ResumeMismatchError, rundir.RunDirError)
+        )
+        if refused and config.hydra.mode == RunMode.MULTIRUN and env_ranks().is_main:
+            restore_job_record(Path(str(config.hydra.sweep.dir)), Path(str(config.hydra.runtime.output_dir)))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        shutil.rmtree(Path(_folder(config, "hydra.sweep.dir")) / KEPT_RECORDS, ignore_errors=True)
         self._release()
+
+
+KEPT_RECORDS = ".hydra_kept"  # in a sweep directory, while a launch on it runs: its jobs' .hydra/ from before
+
+
+def keep_job_records(sweep_dir: Path) -> None:
+    """Copy each job's `.hydra/` under `sweep_dir` (a relaunch: jobs of an earlier launch are there) to
+    <sweep_dir>/.hydra_kept/<job folder>/, before Hydra rewrites them for this launch's jobs."""
+    kept = sweep_dir / KEPT_RECORDS
+    shutil.rmtree(kept, ignore_errors=True)
+    for folder, subfolders, _ in os.walk(sweep_dir):
+        here = Path(folder)
+        if here == kept:
+            subfolders.clear()
+        elif ".hydra" in subfolders and here != sweep_dir:
+            shutil.copytree(here / ".hydra", kept / here.relative_to(sweep_dir))
+            subfolders.clear()  # a job's own folders (checkpoints, tb) hold no other job
+
+
+def restore_job_record(sweep_dir: Path, job_dir: Path) -> None:
+    """Put back the `.hydra/` files of `job_dir` that `keep_job_records` copied (each replaced atomically);
+    nothing when the folder had no record before this launch."""
+    kept = sweep_dir / KEPT_RECORDS / job_dir.relative_to(sweep_dir)
+    if not kept.is_dir():
+        return
+    try:
+        for saved in kept.iterdir():
+            target = job_dir / ".hydra" / saved.name
+            partial = target.with_name(f".{saved.name}.restoring")
+            shutil.copyfile(saved, partial)
+            os.replace(partial, target)
+    except OSError as err:  # the job's own error says why it stopped; this one only adds to it
+        log.warning("could not restore %s/.hydra from %s: %s", job_dir, kept, err)
+    else:
+        log.info("%s/.hydra restored: this launch did not take that run over", job_dir)
 
 
 def refuse_another_run(config: DictConfig) -> None:
