@@ -180,13 +180,19 @@ def check_stop(check: Check, stage: Stage, row: Row) -> None:
     (status,) = run_launch(check, launch, lambda agent: signal_after_first_epoch(agent, launch, target))
     row.require(status != 0, "the run finished: the stop did not take effect")
     # Each rank logs its stop right after the checkpoint (the exit statuses: those torchrun saw before stopping
-    # the ranks that were still ending). A rank that learnt of the stop from the others says SIGTERM.
+    # the ranks that were still ending). A rank that learnt of the stop from the others names the signal and
+    # the rank that received it.
     row["exit_codes"] = exit_codes(launch)
     logs = sorted(rank_logs(launch).items())
-    stops = {r: re.findall(r"stopping on (SIG\w+) after writing a checkpoint", log) for r, log in logs}
+    stops = {
+        r: re.findall(r"stopping on (SIG\w+(?: \(received by rank\(s\) [\d, ]+\))?) after writing", log)
+        for r, log in logs
+    }
     row["stops"] = stops
     row.require(len(stops) == launch.nproc and all(stops.values()), "not every rank logged its stop")
     row.require(stops.get(target) == [STOP_SIGNAL.name], f"rank {target} did not stop on {STOP_SIGNAL.name}")
+    told = f"{STOP_SIGNAL.name} (received by rank(s) {target})"
+    row.require(all(stops[r] == [told] for r in stops if r != target), f"the other ranks did not stop on {told}")
     last = launch.run_dir / "checkpoints" / "last.pt"
     if not last.is_file():
         raise Failed("no checkpoints/last.pt")
