@@ -417,6 +417,32 @@ def test_relaunching_a_finished_run_with_another_lr_leaves_its_record_byte_ident
     assert json.loads((tmp_path / ".lock").read_text())["released"] is True
 
 
+def test_kept_job_records_come_back_for_nested_jobs_only_where_there_was_one(tmp_path):
+    from rectnet.engine.hydra_callbacks import KEPT_RECORDS, keep_job_records, restore_job_record
+
+    jobs = [tmp_path / "0", tmp_path / "lr=0.1" / "seed=1"]  # a subdir pattern may nest folders
+    for job in jobs:
+        (job / ".hydra").mkdir(parents=True)
+        (job / ".hydra" / "overrides.yaml").write_text(f"- {job.name}\n")
+    (tmp_path / ".submitit" / "7" / ".hydra").mkdir(parents=True)  # bookkeeping: not a job
+    keep_job_records(tmp_path)
+    assert sorted(
+        p.relative_to(tmp_path / KEPT_RECORDS).as_posix() for p in (tmp_path / KEPT_RECORDS).rglob("*.yaml")
+    ) == [
+        "0/overrides.yaml",
+        "lr=0.1/seed=1/overrides.yaml",
+    ]
+    for job in jobs:
+        (job / ".hydra" / "overrides.yaml").write_text("- optim.lr=0.5\n")  # Hydra, for the refused launch
+        restore_job_record(tmp_path, job)
+        assert (job / ".hydra" / "overrides.yaml").read_text() == f"- {job.name}\n"
+    new = tmp_path / "2"
+    (new / ".hydra").mkdir(parents=True)
+    (new / ".hydra" / "overrides.yaml").write_text("- seed=2\n")
+    restore_job_record(tmp_path, new)  # no record before this launch: left as Hydra wrote it
+    assert (new / ".hydra" / "overrides.yaml").read_text() == "- seed=2\n"
+
+
 @pytest.mark.slow
 def test_relaunching_a_sweep_with_another_lr_leaves_each_jobs_record_byte_identical(tmp_path):
     """Hydra rewrites a sweep job's .hydra/ before any callback of the job runs: the refused job gets it back."""

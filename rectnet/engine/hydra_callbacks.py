@@ -123,11 +123,11 @@ def keep_job_records(sweep_dir: Path) -> None:
     shutil.rmtree(kept, ignore_errors=True)
     for folder, subfolders, _ in os.walk(sweep_dir):
         here = Path(folder)
-        if here == kept:
-            subfolders.clear()
-        elif ".hydra" in subfolders and here != sweep_dir:
+        if ".hydra" in subfolders and here != sweep_dir:
             shutil.copytree(here / ".hydra", kept / here.relative_to(sweep_dir))
             subfolders.clear()  # a job's own folders (checkpoints, tb) hold no other job
+        else:  # nor do bookkeeping folders (.submitit, this copy)
+            subfolders[:] = [name for name in subfolders if not name.startswith(".")]
 
 
 def restore_job_record(sweep_dir: Path, job_dir: Path) -> None:
