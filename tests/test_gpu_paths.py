@@ -258,7 +258,10 @@ def _two_rank_worker(rank: int, folder: str) -> None:
     settings = SimpleNamespace(dataset=SimpleNamespace(skip_corrupt=True, num_classes=2))
     try:
         # a window whose step 2 is NaN on rank 1 only: every rank raises the same error at the same point
-        job = SimpleNamespace(ranks=ranks, stop=StopSignals(), run_dir=folder_path, settings=settings)
+        handled: list[int] = []  # the handler that was there before ours (submitit's, which requeues)
+        signal.signal(signal.SIGUSR2, lambda signum, frame: handled.append(signum))
+        signals = StopSignals().install()
+        job = SimpleNamespace(ranks=ranks, stop=signals, run_dir=folder_path, settings=settings)
         try:
             read_window(job, _window([0.5, math.nan if rank == 1 else 0.4, 0.3]), Counts(), 2)
             out["nan"] = "no error"
@@ -275,6 +278,7 @@ def _two_rank_worker(rank: int, folder: str) -> None:
             job.stop.hand_over(stop)
         except SystemExit as stopped:
             out["exit"] = stopped.code
+        out["handled"] = handled
         # an all-corrupt batch on rank 1 only: both skip the step
         out["skip"] = any_rank_empty(job, 0 if rank == 1 else 5)
         # rank 1 sees no checkpoint (a stale directory listing): it still resumes rank 0's choice
@@ -297,6 +301,7 @@ def test_two_ranks_agree_on_a_nan_a_signal_an_empty_batch_and_the_checkpoint(tmp
     assert all(r["nan"].startswith(message) for r in results)
     assert [r["stop"] for r in results] == [[signal.SIGUSR2, [0]]] * 2
     assert [r["exit"] for r in results] == [128 + signal.SIGUSR2] * 2
+    assert [r["handled"] for r in results] == [[signal.SIGUSR2]] * 2  # rank 1 too: its requeue handler ran
     assert [r["counts"] for r in results] == [[2 * 0.5 + 2 * 0.25, 2, 4, 4]] * 2  # this rank's, 2 steps of 2
     assert [r["skip"] for r in results] == [True, True]
     assert [r["epoch"] for r in results] == [1, 1]
