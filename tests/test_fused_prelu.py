@@ -110,12 +110,41 @@ def test_evaluation_without_gradients_uses_the_kernel_and_gives_f_prelus_output(
     assert calls and torch.equal(out, F.prelu(y, slope))
 
 
-def test_a_second_derivative_through_the_kernel_is_refused_clearly():
-    y = torch.randn(4, 3, 5, 5, requires_grad=True)
-    slope = torch.full((3,), 0.25, requires_grad=True)
-    (grad_y,) = torch.autograd.grad(fused.prelu(y, slope).pow(2).sum(), y, create_graph=True)
-    with pytest.raises(RuntimeError, match="once_differentiable|differentiate"):
-        grad_y.sum().backward()  # fused.unfused() records F.prelu's, which has one (test_activations.py)
+@pytest.mark.parametrize("slopes", ["channelwise", "shared"])
+@pytest.mark.parametrize("layout", ["nchw", "channels_last", "nc"])
+def test_second_derivatives_through_the_kernel_agree_with_finite_differences(layout, slopes):
+    y, slope, _ = _inputs(layout, torch.float64, slopes)
+    y = torch.where(y >= 0, y + 0.1, y - 0.1)  # off the kink: finite differences need PReLU smooth there
+    assert fused._plan(y, slope) is not None  # the forward is the kernel's
+    torch.autograd.gradgradcheck(fused.prelu, (y.requires_grad_(), slope.requires_grad_()))
+
+
+def _two_layer_loss(prelu, x: torch.Tensor, w2: torch.Tensor):
+    return lambda w1, a: (prelu(x @ w1.T, a) @ w2.T).pow(2).sum()
+
+
+def _hand_prelu(z: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    return torch.where(z > 0, z, a * z)
+
+
+HESSIANS = {  # name: (loss, arguments) -> the blocks of the Hessian in those arguments
+    "autograd": lambda loss, args: torch.autograd.functional.hessian(loss, args),
+    "torch_func": lambda loss, args: torch.func.hessian(loss, argnums=tuple(range(len(args))))(*args),
+}
+
+
+@pytest.mark.parametrize("hessian", list(HESSIANS))
+def test_a_hessian_through_the_fused_prelu_is_the_hand_written_prelus(hessian):
+    """autograd's hessian (strict=False) once returned zeros, silently, through the kernel's backward, and
+    torch.func's transforms refused it. The reference is PReLU written out, y > 0 ? y : a·y."""
+    gen = torch.Generator().manual_seed(0)
+    x, w1, w2 = (torch.randn(*shape, generator=gen, dtype=torch.float64) for shape in ((6, 3), (4, 3), (2, 4)))
+    a = torch.full((4,), 0.25, dtype=torch.float64)
+    got = HESSIANS[hessian](_two_layer_loss(fused.prelu, x, w2), (w1, a))
+    expected = torch.autograd.functional.hessian(_two_layer_loss(_hand_prelu, x, w2), (w1, a))
+    for got_row, expected_row in zip(got, expected, strict=True):
+        for block, reference in zip(got_row, expected_row, strict=True):
+            assert reference.abs().max() > 1.0 and torch.allclose(block, reference, rtol=1e-10, atol=1e-10)
 
 
 @pytest.mark.slow

@@ -21,7 +21,6 @@ from torch import nn
 
 from rectnet.config import OptimConfig
 from rectnet.engine.optim import param_groups
-from rectnet.layers import fused
 
 Vector = list[torch.Tensor]  # one tensor per parameter, the layout of model.parameters()
 
@@ -122,8 +121,7 @@ def loss_hvp(
     decay = {id(p): group["weight_decay"] for group in param_groups(model, optim) for p in group["params"]}
     grads, loss_sum = [], 0.0
     for images, labels in batches:
-        with fused.unfused():  # the fused CPU backward has no double-backward; F.prelu's has
-            loss = F.cross_entropy(model(images).float(), labels) / len(batches)
+        loss = F.cross_entropy(model(images).float(), labels) / len(batches)
         loss_sum += loss.item()
         grads.append(torch.autograd.grad(loss, params, create_graph=True))
 

@@ -35,8 +35,10 @@ slope become bf16); `prelu` applies exactly that cast, as an autograd op, before
 slope rounded to bf16, as autocast would.
 
 Anything else (other dtypes, strided views, CUDA tensors, inside torch.compile, which fuses the model
-itself) runs F.prelu. If no compiler is found or the build fails, a warning is logged once and every PReLU
-runs F.prelu: the same numbers, slower. `trainer.fused_prelu=false` turns the kernel off.
+itself, under torch.func's transforms) runs F.prelu. Second derivatives (create_graph=True: Hessian-vector
+products, autograd's hessian) go through the kernel's forward and the same backward formula in PyTorch ops,
+which autograd can differentiate again. If no compiler is found or the build fails, a warning is logged once
+and every PReLU runs F.prelu: the same numbers, slower. `trainer.fused_prelu=false` turns the kernel off.
 
 `cpu_compiler_available` and `quiet_toolchain_import` serve `trainer.compile` (rectnet.engine.runtime):
 TorchInductor's C++ toolchain imports `torch.utils.cpp_extension`, which on import looks for a CUDA toolkit
@@ -73,8 +75,8 @@ def set_enabled(enabled: bool) -> None:
 
 @contextlib.contextmanager
 def unfused() -> Iterator[None]:
-    """PReLUs run forward inside the block record F.prelu's backward, which can be differentiated again
-    (Hessian-vector products); the process's setting is back as it was after the block."""
+    """PReLUs run forward inside the block are F.prelu (a probe that should not load the kernel, a reference
+    computed without it); the process's setting is back as it was after the block."""
     global _enabled
     before = _enabled
     _enabled = False
@@ -248,11 +250,13 @@ class _FusedPReLU(torch.autograd.Function):
         return _forward(y, slope)
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         y, slope = ctx.saved_tensors
         plan, library = _plan(y, slope), _kernels()
-        if plan is not None and library is not None:
+        # Grad mode is on here only under create_graph=True (Hessian-vector products, autograd's hessian): the
+        # kernel's result has no graph, so the same formula runs in PyTorch ops for autograd to differentiate
+        # again (PReLU's mixed second derivatives: of dL/dy in the slope and of dL/dslope in y, both g·[y <= 0])
+        if plan is not None and library is not None and not torch.is_grad_enabled():
             grad_y, grad_slope = _kernel_backward(library, plan, y, slope, grad)
         else:
             grad_y, grad_slope = prelu_backward(y, slope.to(y.dtype), grad.to(y.dtype))
@@ -275,10 +279,16 @@ def _autocast_input(y: torch.Tensor) -> torch.Tensor:
     return y.to(torch.get_autocast_dtype("cpu"))
 
 
+def _under_torch_func() -> bool:
+    """Whether a torch.func transform (grad, vmap, jacrev, hessian) is tracing: its tensors are wrappers with
+    no memory of their own for the kernel to read, and an autograd.Function needs extra methods to run there."""
+    return torch._C._are_functorch_transforms_active()
+
+
 def prelu(y: torch.Tensor, slope: torch.Tensor) -> torch.Tensor:
     """F.prelu, through the one-pass kernel on CPU tensors, outside torch.compile (which fuses the whole
     model itself); training and evaluation alike (F.prelu's bf16 channels_last forward is slow either way)."""
-    if not _enabled or y.device.type != "cpu" or torch.compiler.is_compiling():
+    if not _enabled or y.device.type != "cpu" or torch.compiler.is_compiling() or _under_torch_func():
         return F.prelu(y, slope)
     y = _autocast_input(y)
     if torch.is_grad_enabled() and (y.requires_grad or slope.requires_grad):
