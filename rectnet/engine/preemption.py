@@ -13,6 +13,13 @@ instead of dying in a KeyboardInterrupt traceback with nothing saved. A second C
 saving (the first one says so): the checkpoint files are only ever replaced by renames of complete files, so
 an exit in the middle of a save leaves the previous checkpoint (or a complete `.last.pt.new`, which the next
 start makes last.pt). A SIGINT that the process inherited as ignored (`nohup ... &`) stays ignored.
+
+The signals are meant for the training process, but Slurm sends them to every process of the job step and a
+terminal's Ctrl-C to the whole process group: DataLoader workers too. A worker dies of SIGTERM, SIGUSR1 or
+SIGUSR2 by default, and the training process, which needs batches until its next log interval, then fails
+with "DataLoader worker exited unexpectedly" instead of writing its checkpoint. `shield_worker` (every
+worker's `worker_init_fn`) makes the workers deaf to the signals that others send; they end when their
+training process ends them.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 from pathlib import Path
 from types import FrameType
 from typing import NamedTuple, NoReturn
@@ -141,3 +149,24 @@ class StopSignals:
             path, where = self.saved
             self._say(f"stopped on {name} at {where}: {path} holds it; the same command resumes")
         raise SystemExit(128 + signum)
+
+
+def shield_worker(worker_id: int) -> None:
+    """A DataLoader worker's `worker_init_fn`: SIGINT, SIGUSR1 and SIGUSR2 are ignored (module docstring).
+    SIGTERM is also how the training process ends its workers (DataLoader's shutdown, multiprocessing's exit,
+    which waits for them), so a thread takes it, with its sender: from the parent, the worker exits (as PyTorch's
+    own worker handler does); from anyone else, it is ignored. Without sigwaitinfo (macOS), SIGTERM is left to
+    PyTorch."""
+    for sig in SIGNALS:
+        if sig != signal.SIGTERM:
+            signal.signal(sig, signal.SIG_IGN)
+    if hasattr(signal, "sigwaitinfo"):
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # threads started from here on inherit it
+        parent = os.getppid()
+        threading.Thread(target=_exit_on_parents_sigterm, args=(parent,), name="rectnet-sigterm", daemon=True).start()
+
+
+def _exit_on_parents_sigterm(parent: int) -> None:
+    while True:
+        if signal.sigwaitinfo({signal.SIGTERM}).si_pid == parent:
+            os._exit(0)

@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from rectnet.data.batches import check_start, generator, shard_bounds
 from rectnet.data.imagenet.datasets import TrainBatch, TrainCollate, TrainDataset, ViewDataset, collate_views
 from rectnet.data.imagenet.decode import CorruptImageError
+from rectnet.engine.preemption import shield_worker
 
 
 class GlobalBatchSampler(Sampler[list[tuple[int, int]]]):
@@ -127,11 +128,12 @@ class Loader(DataLoader):
 
 
 def loader_options(workers: int, prefetch_factor: int = 2, persistent: bool = True) -> dict:
-    """DataLoader keywords: `workers` processes (kept alive across epochs when `persistent`); pinned memory
-    only with CUDA."""
+    """DataLoader keywords: `workers` processes (kept alive across epochs when `persistent`), deaf to the stop
+    signals a scheduler sends the whole job (rectnet.engine.preemption); pinned memory only with CUDA."""
     options: dict = {"num_workers": workers, "pin_memory": torch.cuda.is_available()}
     if workers > 0:
         options |= {"persistent_workers": persistent, "prefetch_factor": prefetch_factor}
+        options["worker_init_fn"] = shield_worker
     return options
 
 

@@ -1,0 +1,156 @@
+"""Stop signals sent to a whole job (Slurm signals every process of a job step; a terminal's Ctrl-C, the
+process group) reach the DataLoader's decoding workers too. They must outlive them until the training process,
+which still needs batches until its next log interval, has written its checkpoint; and they must still end
+when their training process ends them, or its exit would wait for them forever."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from helpers import ROOT, TINY, make_image_folder, run_cli
+from torch.utils.data import DataLoader, Dataset
+
+from rectnet.data.imagenet import loader_options
+from rectnet.engine import checkpoint as ckpt
+
+pytestmark = pytest.mark.skipif(not hasattr(signal, "sigwaitinfo"), reason="POSIX signals with sigwaitinfo")
+
+STOP_SIGNALS = ["SIGTERM", "SIGUSR1", "SIGUSR2", "SIGINT"]
+
+
+class _Pids(Dataset):
+    """Item i: the pid of the process that made it."""
+
+    def __len__(self) -> int:
+        return 10**6
+
+    def __getitem__(self, index: int) -> int:
+        return os.getpid()
+
+
+def _alive(pid: int) -> bool:
+    """Running, not exited (a zombie the parent has not reaped counts as exited)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state not in ("Z", "X")
+
+
+def _wait_gone(pid: int, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return not _alive(pid)
+
+
+def test_a_worker_outlives_stop_signals_from_others_and_ends_on_its_parents_sigterm():
+    loader = DataLoader(_Pids(), batch_size=2, **loader_options(workers=1, prefetch_factor=1))
+    batches = iter(loader)
+    worker = int(next(batches)[0])
+    assert worker != os.getpid()
+    for name in STOP_SIGNALS:  # sent by another process (`kill`), as slurmstepd or a shell would
+        subprocess.run(["kill", f"-{name.removeprefix('SIG')}", str(worker)], check=True)
+        time.sleep(0.3)
+        assert _alive(worker), f"the worker died of {name}"
+        assert int(next(batches)[0]) == worker  # and still decodes
+    os.kill(worker, signal.SIGTERM)  # from its parent: how DataLoader and multiprocessing end a worker
+    assert _wait_gone(worker, 10), "the worker ignored its parent's SIGTERM"
+    del batches
+
+
+def test_a_process_exiting_with_live_workers_ends_them_and_does_not_hang(tmp_path):
+    script = tmp_path / "exit_with_workers.py"
+    script.write_text(
+        textwrap.dedent(
+            f"""
+            import sys
+            sys.path.insert(0, {str(ROOT / "tests")!r})
+            from torch.utils.data import DataLoader
+            from rectnet.data.imagenet import loader_options
+            from test_worker_signals import _Pids
+            batches = iter(DataLoader(_Pids(), batch_size=2, **loader_options(workers=2, prefetch_factor=1)))
+            print(int(next(batches)[0]), flush=True)
+            sys.exit(3)  # the iterator, its workers alive, is left to the interpreter's exit
+            """
+        )
+    )
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert done.returncode == 3, done.stderr[-2000:]
+    assert _wait_gone(int(done.stdout.split()[0]), 10)
+
+
+# 80 images in batches of 4: 20 steps an epoch, a log interval (where a stop is saved) every 2
+WORKERS = [
+    *TINY,
+    "dataset=imagenet",
+    "dataset.num_classes=2",
+    "dataset.image_size=32",
+    "dataset.scale_min=36",
+    "dataset.scale_max=40",
+    "dataset.stats_images=16",
+    "dataset.workers=1",
+    "eval.size=36",
+    "trainer.batch_size=4",
+    "trainer.log_every_steps=2",
+    "trainer.epochs=40",
+    "trainer.threads=1",
+]
+
+
+def _group(pgid: int) -> list[int]:
+    """The live processes of process group `pgid`."""
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+            members.append(int(stat.parent.name))
+    return members
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["SIGTERM", "SIGUSR2", "SIGINT"])
+def test_a_signal_to_the_whole_job_saves_a_checkpoint_with_decoding_workers(tmp_path, name):
+    root = make_image_folder(tmp_path / "tree", classes=2, train=40, val=4)
+    run_dir, args = tmp_path / "run", [*WORKERS, f"dataset.root={root}"]
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "train.py"), *args, f"hydra.run.dir={run_dir}"],
+        cwd=ROOT,
+        env={**os.environ, "HYDRA_FULL_ERROR": "0", "PYTHONUNBUFFERED": "1"},
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group, as a job step is
+    )
+    metrics, deadline = run_dir / "metrics.jsonl", time.monotonic() + 240
+    while proc.poll() is None and time.monotonic() < deadline and not (metrics.exists() and metrics.read_text()):
+        time.sleep(0.05)
+    assert len(_group(proc.pid)) >= 2, "no decoding worker to signal"
+    os.killpg(proc.pid, getattr(signal, name))  # every process of the job, workers included
+    err = proc.communicate(timeout=120)[1]
+    signum = getattr(signal, name)
+    if proc.returncode == 0:
+        pytest.skip("the run finished before the signal arrived")
+    assert proc.returncode == 128 + signum, err[-3000:]
+    last = run_dir / "checkpoints" / "last.pt"
+    said = re.search(rf"stopped on {name} at epoch (\d+), step (\d+): {re.escape(str(last))} holds it", err)
+    assert said, err[-3000:]
+    assert "exited unexpectedly" not in err and "Traceback" not in err
+    assert err.count("press Ctrl-C again") == (name == "SIGINT")  # said by the training process, not its workers
+    saved = ckpt.load(last)
+    assert (saved["epoch"] + 1, saved["step"]) == (int(said[1]), int(said[2]))
+    assert _wait_gone(proc.pid, 1) and not _group(proc.pid), "processes of the run outlived it"
+    resumed = run_cli([*args, f"trainer.epochs={said[1]}", f"hydra.run.dir={run_dir}"])  # to the epoch's end
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
