@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from helpers import ROOT, TINY, make_image_folder, run_cli
 from torch.utils.data import DataLoader, Dataset
 
@@ -106,17 +107,70 @@ WORKERS = [
 ]
 
 
-def _group(pgid: int) -> list[int]:
-    """The live processes of process group `pgid`."""
-    members = []
+def _processes() -> dict[int, tuple[int, int]]:
+    """Every live process: pid -> (parent pid, process group)."""
+    table = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = stat.read_text().rsplit(")", 1)[1].split()
         except (FileNotFoundError, ProcessLookupError):
             continue
-        if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
-            members.append(int(stat.parent.name))
-    return members
+        if fields[0] not in ("Z", "X"):
+            table[int(stat.parent.name)] = (int(fields[1]), int(fields[2]))
+    return table
+
+
+def _group(pgid: int) -> list[int]:
+    """The live processes of process group `pgid`."""
+    return [pid for pid, (_, group) in _processes().items() if group == pgid]
+
+
+def _tree(root: int) -> list[int]:
+    """`root` and its live descendants: the processes Slurm signals in a job step (its cgroup)."""
+    table, tree = _processes(), [root]
+    for pid in tree:
+        tree += [child for child, (parent, _) in table.items() if parent == pid]
+    return tree
+
+
+def _four_cores(tmp_path: Path) -> dict[str, str]:
+    """Environment under which Python processes see 4 usable CPUs, so that two ranks keep a decoding worker
+    each (rectnet.data.imagenet.resources leaves a rank's own core to training) on a 2-core machine."""
+    folder = tmp_path / "four_cores"
+    folder.mkdir()
+    (folder / "sitecustomize.py").write_text("import os\nos.sched_getaffinity = lambda pid: set(range(4))\n")
+    return {"PYTHONPATH": os.pathsep.join(filter(None, [str(folder), os.environ.get("PYTHONPATH")]))}
+
+
+def _start(command: list[str], run_dir: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """`command` in its own process group (as a job step is), until its first epoch is logged."""
+    proc = subprocess.Popen(
+        [*command, f"hydra.run.dir={run_dir}"],
+        cwd=ROOT,
+        env={**os.environ, "HYDRA_FULL_ERROR": "0", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", **(env or {})},
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    metrics, deadline = run_dir / "metrics.jsonl", time.monotonic() + 240
+    while proc.poll() is None and time.monotonic() < deadline and not (metrics.exists() and metrics.read_text()):
+        time.sleep(0.05)
+    return proc
+
+
+def _check_stopped_and_resume(err: str, name: str, run_dir: Path, args: list[str]) -> None:
+    """The run said where it stopped, saved exactly there, left no worker behind, and the same command resumes."""
+    last = run_dir / "checkpoints" / "last.pt"
+    said = re.search(rf"stopped on {name} at epoch (\d+), step (\d+): {re.escape(str(last))} holds it", err)
+    assert said, err[-3000:]
+    assert "DataLoader worker" not in err and "exited unexpectedly" not in err
+    assert err.count("press Ctrl-C again") == (name == "SIGINT")  # said by the training process, not its workers
+    saved = ckpt.load(last)
+    assert (saved["epoch"] + 1, saved["step"]) == (int(said[1]), int(said[2]))
+    resumed = run_cli([*args, f"trainer.epochs={said[1]}", f"hydra.run.dir={run_dir}"])  # to the epoch's end
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
 
 
 @pytest.mark.slow
@@ -124,33 +178,31 @@ def _group(pgid: int) -> list[int]:
 def test_a_signal_to_the_whole_job_saves_a_checkpoint_with_decoding_workers(tmp_path, name):
     root = make_image_folder(tmp_path / "tree", classes=2, train=40, val=4)
     run_dir, args = tmp_path / "run", [*WORKERS, f"dataset.root={root}"]
-    proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "train.py"), *args, f"hydra.run.dir={run_dir}"],
-        cwd=ROOT,
-        env={**os.environ, "HYDRA_FULL_ERROR": "0", "PYTHONUNBUFFERED": "1"},
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,  # its own process group, as a job step is
-    )
-    metrics, deadline = run_dir / "metrics.jsonl", time.monotonic() + 240
-    while proc.poll() is None and time.monotonic() < deadline and not (metrics.exists() and metrics.read_text()):
-        time.sleep(0.05)
+    proc = _start([sys.executable, str(ROOT / "train.py"), *args], run_dir)
     assert len(_group(proc.pid)) >= 2, "no decoding worker to signal"
     os.killpg(proc.pid, getattr(signal, name))  # every process of the job, workers included
     err = proc.communicate(timeout=120)[1]
-    signum = getattr(signal, name)
     if proc.returncode == 0:
         pytest.skip("the run finished before the signal arrived")
-    assert proc.returncode == 128 + signum, err[-3000:]
-    last = run_dir / "checkpoints" / "last.pt"
-    said = re.search(rf"stopped on {name} at epoch (\d+), step (\d+): {re.escape(str(last))} holds it", err)
-    assert said, err[-3000:]
-    assert "exited unexpectedly" not in err and "Traceback" not in err
-    assert err.count("press Ctrl-C again") == (name == "SIGINT")  # said by the training process, not its workers
-    saved = ckpt.load(last)
-    assert (saved["epoch"] + 1, saved["step"]) == (int(said[1]), int(said[2]))
+    assert proc.returncode == 128 + getattr(signal, name) and "Traceback" not in err, err[-3000:]
     assert _wait_gone(proc.pid, 1) and not _group(proc.pid), "processes of the run outlived it"
-    resumed = run_cli([*args, f"trainer.epochs={said[1]}", f"hydra.run.dir={run_dir}"])  # to the epoch's end
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    _check_stopped_and_resume(err, name, run_dir, args)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not built in")
+def test_torchrun_stopped_with_sigterm_saves_a_checkpoint_with_decoding_workers(tmp_path):
+    # under srun every process of the step gets it: torchrun's agent, the ranks, their decoding workers
+    root = make_image_folder(tmp_path / "tree", classes=2, train=40, val=4)
+    run_dir, args = tmp_path / "run", [*WORKERS, f"dataset.root={root}"]
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    proc = _start([*launch, str(ROOT / "train.py"), *args], run_dir, _four_cores(tmp_path))
+    tree = _tree(proc.pid)
+    assert len(tree) >= 5, "torchrun, 2 ranks and their decoding workers"
+    for pid in tree:
+        os.kill(pid, signal.SIGTERM)
+    err = proc.communicate(timeout=120)[1]
+    if proc.returncode == 0:
+        pytest.skip("the run finished before the signal arrived")
+    assert "SignalException: Process" in err  # torchrun's own way to say it was stopped
+    _check_stopped_and_resume(err, "SIGTERM", run_dir, args)
