@@ -15,11 +15,12 @@ an exit in the middle of a save leaves the previous checkpoint (or a complete `.
 start makes last.pt). A SIGINT that the process inherited as ignored (`nohup ... &`) stays ignored.
 
 The signals are meant for the training process, but Slurm sends them to every process of the job step and a
-terminal's Ctrl-C to the whole process group: DataLoader workers too. A worker dies of SIGTERM, SIGUSR1 or
-SIGUSR2 by default, and the training process, which needs batches until its next log interval, then fails
-with "DataLoader worker exited unexpectedly" instead of writing its checkpoint. `shield_worker` (every
-worker's `worker_init_fn`) makes the workers deaf to the signals that others send; they end when their
-training process ends them.
+terminal's Ctrl-C to the whole process group: DataLoader workers too. A worker dies of a SIGTERM from anyone
+but its parent (PyTorch's worker handler), and the training process, which needs batches until its next log
+interval, then fails with "DataLoader worker exited unexpectedly" instead of writing its checkpoint; a forked
+worker also inherits our handlers, and announced each Ctrl-C once more. `shield_worker` (every worker's
+`worker_init_fn`) and `workers_start_deaf_to_sigterm` (around their start) make the workers deaf to the
+signals that others send; they end when their training process ends them.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
 from typing import NamedTuple, NoReturn
@@ -151,17 +153,33 @@ class StopSignals:
         raise SystemExit(128 + signum)
 
 
+@contextlib.contextmanager
+def workers_start_deaf_to_sigterm() -> Iterator[None]:
+    """Processes started inside the block (DataLoader workers) start with SIGTERM blocked: a signal mask is
+    inherited by fork and kept by exec, so every thread a worker will have blocks it, even native ones started
+    before its `worker_init_fn` (`shield_worker` then takes SIGTERM on one thread of its own). This thread's
+    mask is back as it was after the block; a SIGTERM that came meanwhile is delivered then."""
+    if not hasattr(signal, "sigwaitinfo"):
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
 def shield_worker(worker_id: int) -> None:
     """A DataLoader worker's `worker_init_fn`: SIGINT, SIGUSR1 and SIGUSR2 are ignored (module docstring).
     SIGTERM is also how the training process ends its workers (DataLoader's shutdown, multiprocessing's exit,
-    which waits for them), so a thread takes it, with its sender: from the parent, the worker exits (as PyTorch's
-    own worker handler does); from anyone else, it is ignored. Without sigwaitinfo (macOS), SIGTERM is left to
-    PyTorch."""
+    which waits for them), so one thread takes it, with its sender: from the parent, the worker exits (as
+    PyTorch's own worker handler does); from anyone else, it is ignored. That needs SIGTERM blocked in every
+    other thread (`workers_start_deaf_to_sigterm`); without sigwaitinfo (macOS) SIGTERM is left to PyTorch."""
     for sig in SIGNALS:
         if sig != signal.SIGTERM:
             signal.signal(sig, signal.SIG_IGN)
     if hasattr(signal, "sigwaitinfo"):
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # threads started from here on inherit it
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
         parent = os.getppid()
         threading.Thread(target=_exit_on_parents_sigterm, args=(parent,), name="rectnet-sigterm", daemon=True).start()
 

@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from rectnet.data.batches import check_start, generator, shard_bounds
 from rectnet.data.imagenet.datasets import TrainBatch, TrainCollate, TrainDataset, ViewDataset, collate_views
 from rectnet.data.imagenet.decode import CorruptImageError
-from rectnet.engine.preemption import shield_worker
+from rectnet.engine.preemption import shield_worker, workers_start_deaf_to_sigterm
 
 
 class GlobalBatchSampler(Sampler[list[tuple[int, int]]]):
@@ -102,17 +102,19 @@ class _CollateOrUndecodable:
 
 
 class Loader(DataLoader):
-    """A DataLoader whose corrupt files raise CorruptImageError in the process that draws the batches, with or
-    without workers: the one-line "cannot decode <file>: <reason>" that train.py and eval.py report. Raised in a
-    worker it would reach the main process as torch's RuntimeError("Caught CorruptImageError in DataLoader worker
-    process 0") holding the worker's traceback (torch rebuilds a worker's exception from its message alone, which
-    CorruptImageError's signature does not take)."""
+    """A DataLoader whose workers outlive the stop signals a scheduler sends the whole job (with loader_options'
+    shield_worker: rectnet.engine.preemption), and whose corrupt files raise CorruptImageError in the process that
+    draws the batches, with or without workers: the one-line "cannot decode <file>: <reason>" that train.py and
+    eval.py report. Raised in a worker it would reach the main process as torch's RuntimeError("Caught
+    CorruptImageError in DataLoader worker process 0") holding the worker's traceback (torch rebuilds a worker's
+    exception from its message alone, which CorruptImageError's signature does not take)."""
 
     def __init__(self, dataset: Dataset, collate_fn: Callable[[Sequence[Any]], Any], **options: Any) -> None:
         super().__init__(_CatchCorrupt(dataset), collate_fn=_CollateOrUndecodable(collate_fn), **options)
 
     def __iter__(self) -> Iterator[Any]:
-        batches = super().__iter__()
+        with workers_start_deaf_to_sigterm():  # where the workers start (the first time, if persistent)
+            batches = super().__iter__()
         for batch in batches:
             if isinstance(batch, _Undecodable):
                 self._stop(batches)
