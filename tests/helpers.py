@@ -32,6 +32,17 @@ TINY = [
     "trainer.precision=fp32",  # the exact numbers tests compare; precision=auto is bf16 on CPUs with avx512_bf16
 ]
 
+# the dataset keys of a run on make_image_folder's two classes: 32 px crops from shorter sides 36..40
+TINY_IMAGE_FOLDER = [
+    "dataset=imagenet",
+    "dataset.num_classes=2",
+    "dataset.image_size=32",
+    "dataset.scale_min=36",
+    "dataset.scale_max=40",
+    "dataset.stats_images=16",
+    "eval.size=36",
+]
+
 
 def compose_train(overrides: list[str], run_dir: Path | str = ".") -> DictConfig:
     with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):

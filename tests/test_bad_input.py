@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import TINY, compose_train, make_image_folder, run_cli
+from helpers import TINY, TINY_IMAGE_FOLDER, compose_train, make_image_folder, run_cli
 
 from rectnet.config import ConfigError, to_settings
 from rectnet.data.cifar import CIFAR10, DatasetError, load_cifar
@@ -191,13 +191,7 @@ def test_a_corrupt_file_read_by_workers_raises_its_own_error_naming_the_file(tmp
 
 
 IMAGENET = [
-    "dataset=imagenet",
-    "dataset.num_classes=2",
-    "dataset.image_size=32",
-    "dataset.scale_min=36",
-    "dataset.scale_max=40",
-    "dataset.stats_images=16",
-    "eval.size=36",
+    *TINY_IMAGE_FOLDER,
     "model.width=0.125",
     "model.dropout=0",
     "schedule=constant",
