@@ -102,15 +102,17 @@ class _CollateOrUndecodable:
 
 
 class Loader(DataLoader):
-    """A DataLoader whose workers outlive the stop signals a scheduler sends the whole job (with loader_options'
-    shield_worker: rectnet.engine.preemption), and whose corrupt files raise CorruptImageError in the process that
-    draws the batches, with or without workers: the one-line "cannot decode <file>: <reason>" that train.py and
-    eval.py report. Raised in a worker it would reach the main process as torch's RuntimeError("Caught
-    CorruptImageError in DataLoader worker process 0") holding the worker's traceback (torch rebuilds a worker's
-    exception from its message alone, which CorruptImageError's signature does not take)."""
+    """A DataLoader whose workers outlive the stop signals a scheduler sends the whole job (shield_worker and
+    workers_start_deaf_to_sigterm: rectnet.engine.preemption), and whose corrupt files raise CorruptImageError
+    in the process that draws the batches, with or without workers: the one-line "cannot decode <file>:
+    <reason>" that train.py and eval.py report. Raised in a worker it would reach the main process as torch's
+    RuntimeError("Caught CorruptImageError in DataLoader worker process 0") holding the worker's traceback
+    (torch rebuilds a worker's exception from its message alone, which CorruptImageError's signature does not
+    take)."""
 
     def __init__(self, dataset: Dataset, collate_fn: Callable[[Sequence[Any]], Any], **options: Any) -> None:
-        super().__init__(_CatchCorrupt(dataset), collate_fn=_CollateOrUndecodable(collate_fn), **options)
+        collate = _CollateOrUndecodable(collate_fn)
+        super().__init__(_CatchCorrupt(dataset), collate_fn=collate, worker_init_fn=shield_worker, **options)
 
     def __iter__(self) -> Iterator[Any]:
         with workers_start_deaf_to_sigterm():  # where the workers start (the first time, if persistent)
@@ -130,12 +132,11 @@ class Loader(DataLoader):
 
 
 def loader_options(workers: int, prefetch_factor: int = 2, persistent: bool = True) -> dict:
-    """DataLoader keywords: `workers` processes (kept alive across epochs when `persistent`), deaf to the stop
-    signals a scheduler sends the whole job (rectnet.engine.preemption); pinned memory only with CUDA."""
+    """DataLoader keywords: `workers` processes (kept alive across epochs when `persistent`); pinned memory
+    only with CUDA."""
     options: dict = {"num_workers": workers, "pin_memory": torch.cuda.is_available()}
     if workers > 0:
         options |= {"persistent_workers": persistent, "prefetch_factor": prefetch_factor}
-        options["worker_init_fn"] = shield_worker
     return options
 
 
