@@ -8,13 +8,14 @@ import pytest
 from test_tables import MINI_RUNS, make_miniature_sweep, make_run
 
 from rectnet.results.cli import main
-from rectnet.results.page import cpu_hours, cpu_model, run_seconds, this_machine, train_commands
-from rectnet.results.runs import read_run, read_runs
+from rectnet.results.page import cpu_hours, cpu_model, run_precision, run_seconds, this_machine, train_commands
+from rectnet.results.runs import Run, read_run, read_runs
 
 # What train.py records in results.json, as far as the page reads it: 25 minutes on one thread, one process.
 RECORDED = {
     "wall_time_s": 1500.0,
     "world_size": 1,
+    "precision": "fp32",
     "hardware": {"platform": "Linux-6.1-x86_64", "processor": "x86_64", "cpu_count": 2, "torch_threads": 1},
     "versions": {"python": "3.11.7", "torch": "2.14.1"},
     "git": {"sha": "3413352", "dirty": False},
@@ -44,6 +45,20 @@ def test_cpu_hours_count_every_attempt_of_a_resumed_run(tmp_path):
     assert [run_seconds(read_run(p)) for p in (a, b, c)] == [1800.0, 300.0, 165.0]
     hours, unknown = cpu_hours(read_runs([tmp_path]))
     assert (hours, unknown) == (pytest.approx(2730 / 3600), 1)
+
+
+@pytest.mark.parametrize(
+    ("configured", "recorded", "expected"),
+    [
+        ("auto", "bf16", "bf16"),  # what auto chose on that machine
+        ("fp32", None, "fp32"),  # a run from before the record: a pinned precision is what it ran in
+        ("auto", None, "not recorded (trainer.precision=auto)"),  # ...auto is not: it depended on the CPU
+    ],
+)
+def test_the_precision_as_run_is_the_record_else_a_pinned_setting(tmp_path, configured, recorded, expected):
+    results = {"status": "completed"} | ({"precision": recorded} if recorded else {})
+    run = Run(tmp_path, "completed", config={"trainer": {"precision": configured}}, results=results)
+    assert run_precision(run) == expected
 
 
 def test_train_commands_merge_the_seeds_of_otherwise_equal_runs(tmp_path):
@@ -76,7 +91,12 @@ def test_the_page_says_how_it_was_made_and_holds_the_tables_with_runs(tmp_path):
     assert "WIDTH_SCALE=0.25 EPOCHS=10 scripts/reproduce/crelu_table1_mini.sh  # t\n" in text
     assert "python train.py -m experiment=convpool_baseline model.width=0.25 dataset=cifar10 " in text
     assert f"python -m rectnet.tables {' '.join(argv)} --curves {curves}\n" in text
-    for line in ("- torch threads per process: 1 (14)", "- torch: 2.14.1 (14)", "- rectnet commit: 3413352 (14)"):
+    for line in (
+        "- torch threads per process: 1 (14)",
+        "- precision as run: fp32 (14)",
+        "- torch: 2.14.1 (14)",
+        "- rectnet commit: 3413352 (14)",
+    ):
         assert line in text
     assert "native bf16 flags:" in text
     # 14 runs x 1500 s x 1 thread = 21000 CPU-s = 5.83 CPU-hours; 3 baseline runs 1.25, 25.0 minutes each

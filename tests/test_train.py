@@ -172,6 +172,19 @@ def test_nan_loss_stops_naming_epoch_and_step_and_keeps_the_last_checkpoint(tmp_
     assert [m["epoch"] for m in _metrics(tmp_path)] == [1]
 
 
+@pytest.mark.parametrize(("cpu_flags", "expected"), [([], "fp32"), (["avx512_bf16"], "bf16")])
+def test_results_record_the_precision_auto_chose(tmp_path, monkeypatch, cpu_flags, expected):
+    # trainer.precision=auto: bf16 autocast on a CPU with native bf16, else fp32 (configs/trainer/default.yaml).
+    # A page that quotes the config alone would say "auto"; results.json must say what the numbers came from.
+    from rectnet.engine import runtime
+
+    monkeypatch.setattr(runtime, "native_bf16_flags", lambda: cpu_flags)
+    overrides = [o for o in TINY if not o.startswith("trainer.precision")]
+    results = run(compose_train([*overrides, "trainer.precision=auto", "trainer.epochs=1"], tmp_path))
+    assert results["precision"] == expected
+    assert json.loads((tmp_path / "results.json").read_text())["precision"] == expected
+
+
 def test_fp16_on_cpu_fails_clearly(tmp_path):
     from rectnet.config import ConfigError
 

@@ -92,6 +92,7 @@ def run_results(job: Job, last: dict, n_params: int, seconds: float) -> dict:
         "wall_time_s": round(seconds, 3),
         "params": n_params,
         "world_size": job.ranks.world_size,
+        "precision": job.runtime.precision,  # as run: what trainer.precision=auto chose on this machine
         "run_dir": str(job.run_dir.resolve()),
         "hparams": hparams(job.settings, job.ranks.world_size),
         "config": job.config,

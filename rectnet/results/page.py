@@ -102,17 +102,29 @@ def recorded_machine(runs: Sequence[Run]) -> list[tuple[str, str]]:
     hardware = [res.get("hardware") or {} for res in results]
     versions = [res.get("versions") or {} for res in results]
     commits = [_commit(res.get("git") or {}) for res in results]
-    precision = [(r.config.get("trainer") or {}).get("precision") for r in runs if r.results and r.config]
+    completed = [r for r in runs if r.results]
+    precision = [(r.config.get("trainer") or {}).get("precision") for r in completed if r.config]
     return [
         ("platform", _counted(h.get("platform") for h in hardware)),
         ("processor", _counted(h.get("processor") for h in hardware)),
         ("cores (os.cpu_count)", _counted(h.get("cpu_count") for h in hardware)),
         ("torch threads per process", _counted(h.get("torch_threads") for h in hardware)),
         ("trainer.precision", _counted(precision)),
+        ("precision as run", _counted(run_precision(r) for r in completed)),
         ("python", _counted(v.get("python") for v in versions)),
         ("torch", _counted(v.get("torch") for v in versions)),
         ("rectnet commit", _counted(commits)),
     ]
+
+
+def run_precision(run: Run) -> str:
+    """The precision a completed run computed in: results.json's record, else a trainer.precision other than
+    `auto` (runs from before the record; `auto` depended on their CPU, which is all one knows then)."""
+    recorded = (run.results or {}).get("precision")
+    configured = ((run.config or {}).get("trainer") or {}).get("precision")
+    if recorded:
+        return str(recorded)
+    return str(configured) if configured and configured != "auto" else "not recorded (trainer.precision=auto)"
 
 
 # ---------------------------------------------------------------------------------------------------------
