@@ -457,3 +457,6 @@ def test_relaunching_a_sweep_with_another_lr_leaves_each_jobs_record_byte_identi
     assert proc.returncode == 1
     assert proc.stderr.count("ResumeMismatchError") >= 2 and "(optim.lr: 0.01 -> 0.5)" in proc.stderr
     assert {path: path.read_bytes() for path in record} == before
+    # the launch ended on its failed jobs, past on_multirun_end: the copy is gone and the folder let go all the same
+    assert not (tmp_path / ".hydra_kept").exists()
+    assert json.loads((tmp_path / ".lock").read_text())["released"] is True

@@ -22,6 +22,7 @@ while an uncaught SystemExit prints its message as the process's last line (exit
 
 from __future__ import annotations
 
+import atexit
 import copy
 import logging
 import os
@@ -94,10 +95,16 @@ class OwnRunDir(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         self._own(config, "hydra.sweep.dir")
+        sweep_dir = Path(_folder(config, "hydra.sweep.dir"))
+        # A launch that ends on a failed job never reaches on_multirun_end (Hydra's sweeper raises that job's
+        # error once its batch is done, when no job needs the copy any more): end it when this process exits.
+        atexit.register(self._end_launch, sweep_dir)
+        if not env_ranks().is_main:  # the rank that owns the folder keeps, restores and drops the copy
+            return
         try:
-            keep_job_records(Path(_folder(config, "hydra.sweep.dir")))
+            keep_job_records(sweep_dir)
         except OSError as err:
-            self._release()
+            self._end_launch(sweep_dir)
             raise SystemExit(f"cannot keep a copy of the sweep's job records: {one_line_reason(err)}") from None
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
@@ -109,8 +116,13 @@ class OwnRunDir(Callback):
             restore_job_record(Path(str(config.hydra.sweep.dir)), Path(str(config.hydra.runtime.output_dir)))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        shutil.rmtree(Path(_folder(config, "hydra.sweep.dir")) / KEPT_RECORDS, ignore_errors=True)
-        self._release()
+        self._end_launch(Path(_folder(config, "hydra.sweep.dir")))
+
+    def _end_launch(self, sweep_dir: Path) -> None:
+        """The folder's owner (the main rank) drops the copy of the job records and lets the folder go; once."""
+        if self.lock is not None:
+            drop_job_records(sweep_dir)
+            self._release()
 
 
 KEPT_RECORDS = ".hydra_kept"  # in a sweep directory, while a launch on it runs: its jobs' .hydra/ from before
@@ -128,6 +140,11 @@ def keep_job_records(sweep_dir: Path) -> None:
             subfolders.clear()  # a job's own folders (checkpoints, tb) hold no other job
         else:  # nor do bookkeeping folders (.submitit, this copy)
             subfolders[:] = [name for name in subfolders if not name.startswith(".")]
+
+
+def drop_job_records(sweep_dir: Path) -> None:
+    """Remove the copy `keep_job_records` made (the launch is over)."""
+    shutil.rmtree(sweep_dir / KEPT_RECORDS, ignore_errors=True)
 
 
 def restore_job_record(sweep_dir: Path, job_dir: Path) -> None:
