@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from helpers import SHARED
+
+
+@pytest.fixture(autouse=True, scope="session")
+def ctrl_c_reaches_the_processes_tests_start():
+    """Tests press Ctrl-C on the processes they start (SIGINT, as a terminal sends it to its foreground job).
+    Started in the background of a non-interactive shell (`pytest &`, `nohup ... &`), pytest inherits SIGINT
+    ignored, every child would inherit that too, and train.py keeps an inherited-ignored SIGINT ignored by design:
+    those tests would see nothing happen. A handled SIGINT is reset to the default in a child at exec."""
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
 
 
 @pytest.fixture(autouse=True)

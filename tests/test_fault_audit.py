@@ -255,6 +255,25 @@ CTRL_C = [
 ]
 
 
+def test_a_sigint_inherited_as_ignored_stays_ignored_and_the_other_stop_signals_are_taken():
+    """`cmd &` in a script or `nohup ... &`: the shell starts it with SIGINT ignored; a Ctrl-C in that terminal is
+    meant for the foreground job, not for it (README, Reliability)."""
+    from rectnet.engine.preemption import StopSignals
+
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        stops = StopSignals(announce=False).install()
+        assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+        assert signal.getsignal(signal.SIGTERM) == stops._record
+        stops.uninstall()
+        assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+        assert signal.getsignal(signal.SIGTERM) == before[signal.SIGTERM]
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+
+
 @pytest.mark.slow
 def test_ctrl_c_saves_says_how_to_resume_and_the_resumed_run_is_exact(tmp_path):
     straight, stopped = tmp_path / "straight", tmp_path / "stopped"
