@@ -147,6 +147,21 @@ def test_a_hessian_through_the_fused_prelu_is_the_hand_written_prelus(hessian):
             assert reference.abs().max() > 1.0 and torch.allclose(block, reference, rtol=1e-10, atol=1e-10)
 
 
+def test_a_torch_without_the_private_tracing_probe_gets_f_prelu_and_one_warning(monkeypatch, caplog):
+    """`torch._C._are_functorch_transforms_active` is private: where a torch release drops it, torch.func's
+    hessian and plain training both still get PReLU's values (through F.prelu, the kernel never called)."""
+    monkeypatch.setattr(fused, "_transforms_active", None)
+    monkeypatch.setattr(fused, "_warned_no_probe", False)
+    monkeypatch.setattr(fused, "_kernels", lambda: pytest.fail("the kernel ran without the tracing probe"))
+    test_a_hessian_through_the_fused_prelu_is_the_hand_written_prelus("torch_func")
+    y = torch.randn(2, 3, 4, 4, requires_grad=True)
+    slope = torch.full((3,), 0.25, requires_grad=True)
+    fused.prelu(y, slope).sum().backward()
+    assert torch.equal(y.grad, torch.where(y > 0, 1.0, 0.25))
+    assert torch.allclose(slope.grad, y.detach().clamp(max=0).sum(dim=(0, 2, 3)))
+    assert sum("cannot tell whether torch.func is tracing" in r.message for r in caplog.records) == 1
+
+
 @pytest.mark.slow
 def test_the_kernel_builds_into_an_empty_cache_once(tmp_path, monkeypatch):
     monkeypatch.setenv("RECTNET_CACHE_DIR", str(tmp_path))

@@ -279,10 +279,26 @@ def _autocast_input(y: torch.Tensor) -> torch.Tensor:
     return y.to(torch.get_autocast_dtype("cpu"))
 
 
+# torch has no public test for "a torch.func transform is tracing"; this private one is read once, so a torch
+# release without it costs the kernel's speed (a warning, then F.prelu throughout), never a wrong answer.
+_transforms_active = getattr(torch._C, "_are_functorch_transforms_active", None)
+_warned_no_probe = False
+
+
 def _under_torch_func() -> bool:
     """Whether a torch.func transform (grad, vmap, jacrev, hessian) is tracing: its tensors are wrappers with
-    no memory of their own for the kernel to read, and an autograd.Function needs extra methods to run there."""
-    return torch._C._are_functorch_transforms_active()
+    no memory of their own for the kernel to read, and an autograd.Function needs extra methods to run there.
+    Where this torch cannot tell, the answer is yes (F.prelu is right either way)."""
+    global _warned_no_probe
+    if _transforms_active is not None:
+        return _transforms_active()
+    if not _warned_no_probe:
+        _warned_no_probe = True
+        log.warning(
+            "PReLU: torch %s cannot tell whether torch.func is tracing; using F.prelu, which is slower",
+            torch.__version__,
+        )
+    return True
 
 
 def prelu(y: torch.Tensor, slope: torch.Tensor) -> torch.Tensor:
