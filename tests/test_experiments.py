@@ -533,6 +533,8 @@ def test_single_protocol_runs_both_stages_once(tmp_path):
     (stage2,) = [r for name, r in results.items() if "holdout_in_train=True" in name]
     assert stage2["config"]["trainer"]["stop_at_val_loss"] == stage1["train_loss_at_best"]
     assert stage1["config"]["dataset"]["num_folds"] == stage2["config"]["dataset"]["num_folds"] == 5
+    # one stage 2 for the one stage-1 run, not one look per cell the overrides merged into it
+    assert first.stderr.count("every run of this grid has finished") == 0, first.stderr[-3000:]
 
     second = _script("crelu_table1.sh", "--sweep-dir", str(sweep), *tiny, env=env)
     assert second.returncode == 0, second.stderr[-3000:]

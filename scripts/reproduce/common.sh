@@ -301,6 +301,7 @@ evaluate() {
 # every image until the held-out loss reaches that value. rectnet.tables reads stage 2 as "Single".
 single_protocol() {
     local stage1=("dataset.num_folds=${SINGLE_FOLDS:-5}" dataset.fold=0) experiment dataset seed target
+    local -A staged=()  # stage-1 runs already given their stage 2: pass-through overrides can merge cells
     train_grid "experiment=$1" "dataset=$2" "seed=$3" "${stage1[@]}" trainer.record_train_loss_at_best=true
     for experiment in ${1//,/ }; do
         for dataset in ${2//,/ }; do
@@ -311,6 +312,8 @@ single_protocol() {
                     echo "Single: stage 1 of ${cell[*]} has not finished; no stage 2" >&2
                     continue
                 fi
+                [[ -n ${staged[${GRID_OUT[0]}]:-} ]] && continue
+                staged[${GRID_OUT[0]}]=1
                 target=0.0  # a dry run shows 0.0 where stage 1's recorded loss goes
                 if [[ $DRY_RUN == 0 ]]; then
                     target=$("$PYTHON" -c 'import json, sys; print(json.load(open(sys.argv[1]))["train_loss_at_best"])' \
