@@ -8,7 +8,15 @@ import pytest
 from test_tables import MINI_RUNS, make_miniature_sweep, make_run
 
 from rectnet.results.cli import main
-from rectnet.results.page import cpu_hours, cpu_model, run_precision, run_seconds, this_machine, train_commands
+from rectnet.results.page import (
+    cpu_hours,
+    cpu_model,
+    recorded_machine,
+    run_precision,
+    run_seconds,
+    this_machine,
+    train_commands,
+)
 from rectnet.results.runs import Run, read_run, read_runs
 
 # What train.py records in results.json, as far as the page reads it: 25 minutes on one thread, one process.
@@ -16,7 +24,14 @@ RECORDED = {
     "wall_time_s": 1500.0,
     "world_size": 1,
     "precision": "fp32",
-    "hardware": {"platform": "Linux-6.1-x86_64", "processor": "x86_64", "cpu_count": 2, "torch_threads": 1},
+    "hardware": {
+        "platform": "Linux-6.1-x86_64",
+        "processor": "x86_64",
+        "cpu_model": "AMD EPYC 7B13",
+        "cpu_native_bf16": [],
+        "cpu_count": 2,
+        "torch_threads": 1,
+    },
     "versions": {"python": "3.11.7", "torch": "2.14.1"},
     "git": {"sha": "3413352", "dirty": False},
 }
@@ -61,6 +76,17 @@ def test_the_precision_as_run_is_the_record_else_a_pinned_setting(tmp_path, conf
     assert run_precision(run) == expected
 
 
+def test_each_runs_cpu_and_bf16_flags_are_counted_and_older_runs_say_not_recorded(tmp_path):
+    intel = {"cpu_model": "Intel Xeon", "cpu_native_bf16": ["avx512_bf16", "amx_bf16"]}
+    runs = [
+        Run(tmp_path, "completed", config={}, results={"hardware": hardware})
+        for hardware in (intel, intel, {"cpu_model": "AMD EPYC", "cpu_native_bf16": []}, {"processor": "x86_64"})
+    ]
+    machine = dict(recorded_machine(runs))
+    assert machine["CPU model"] == "Intel Xeon (2), AMD EPYC (1), not recorded (1)"
+    assert machine["native bf16 flags"] == "avx512_bf16 and amx_bf16 (2), none (1), not recorded (1)"
+
+
 def test_train_commands_merge_the_seeds_of_otherwise_equal_runs(tmp_path):
     make_miniature_sweep(tmp_path)
     for seed in (10, 2):  # numeric order, not text order
@@ -92,6 +118,8 @@ def test_the_page_says_how_it_was_made_and_holds_the_tables_with_runs(tmp_path):
     assert "python train.py -m experiment=convpool_baseline model.width=0.25 dataset=cifar10 " in text
     assert f"python -m rectnet.tables {' '.join(argv)} --curves {curves}\n" in text
     for line in (
+        "- CPU model: AMD EPYC 7B13 (14)",
+        "- native bf16 flags: none (14)",
         "- torch threads per process: 1 (14)",
         "- precision as run: fp32 (14)",
         "- torch: 2.14.1 (14)",

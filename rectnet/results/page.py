@@ -7,10 +7,10 @@ header that says how they were made. The page holds, in order:
   invocation: scripts/reproduce/crelu_table1_mini.sh writes it; a resumed sweep shows every attempt), every
   run's train.py overrides (`.hydra/overrides.yaml`) with the seeds of otherwise identical runs merged into
   one `train.py -m ... seed=0,1,2` line, and the command that wrote the page;
-* the machine: what the runs recorded in results.json (platform, processor, cores, torch threads, Python and
-  torch versions, rectnet commit) and the trainer.precision they ran, then the CPU model, core count and
-  native bf16 flags (avx512_bf16, amx_bf16) of the machine that generated the page (results.json does not
-  record them: the page is meant to be generated where the sweep ran, and says so);
+* the machine: what the runs recorded in results.json (platform, processor, CPU model and its native bf16
+  flags, cores, torch threads, Python and torch versions, rectnet commit: a resumed run's are those of its
+  last attempt) and the trainer.precision they ran, then the CPU model, core count and native bf16 flags of
+  the machine that generated the page;
 * the compute: CPU-hours per table row and in all, per run wall time x torch threads x processes. A run's
   results.json wall_time_s covers only its last attempt; the earlier attempts of a resumed run are added from
   metrics.jsonl (the time_s of the last epoch each attempt logged before the next resume), so a resumed run's
@@ -107,6 +107,8 @@ def recorded_machine(runs: Sequence[Run]) -> list[tuple[str, str]]:
     return [
         ("platform", _counted(h.get("platform") for h in hardware)),
         ("processor", _counted(h.get("processor") for h in hardware)),
+        ("CPU model", _counted(h.get("cpu_model", "not recorded") for h in hardware)),
+        ("native bf16 flags", _counted(_bf16_flags(h) for h in hardware)),
         ("cores (os.cpu_count)", _counted(h.get("cpu_count") for h in hardware)),
         ("torch threads per process", _counted(h.get("torch_threads") for h in hardware)),
         ("trainer.precision", _counted(precision)),
@@ -115,6 +117,13 @@ def recorded_machine(runs: Sequence[Run]) -> list[tuple[str, str]]:
         ("torch", _counted(v.get("torch") for v in versions)),
         ("rectnet commit", _counted(commits)),
     ]
+
+
+def _bf16_flags(hardware: dict) -> str:
+    """A run's native bf16 flags as one value ("avx512_bf16 and amx_bf16"; "none": bf16 emulated there)."""
+    if "cpu_native_bf16" not in hardware:  # runs from before the record
+        return "not recorded"
+    return " and ".join(hardware["cpu_native_bf16"]) or "none"
 
 
 def run_precision(run: Run) -> str:
@@ -229,10 +238,10 @@ def commands_section(runs: Sequence[Run], dirs: Sequence[Path], command: str) ->
 
 def machine_section(runs: Sequence[Run]) -> list[str]:
     """What the runs recorded, and the machine generating the page."""
-    out = ["## Machine", "", "As the runs recorded it (results.json; values with their number of runs):", ""]
+    intro = "As the runs recorded it (results.json, a resumed run's last attempt; values with their number of runs):"
+    out = ["## Machine", "", intro, ""]
     out += [f"- {what}: {values}" for what, values in recorded_machine(runs)]
-    out += ["", "The machine that generated this page (results.json records neither its CPU model nor its bf16 flags:"]
-    return [*out, f"generate the page where the runs trained): {this_machine()}.", ""]
+    return [*out, "", f"The machine that generated this page: {this_machine()}.", ""]
 
 
 def compute_section(lines: Sequence[TableRow]) -> list[str]:
