@@ -556,6 +556,19 @@ def test_thread_default_is_this_ranks_share_of_the_usable_cores(monkeypatch, tmp
     assert rt.cgroup_cpu_quota(str(tmp_path / "absent")) is None
 
 
+def test_more_threads_than_the_ranks_cores_is_said_fewer_or_as_many_are_not(monkeypatch, caplog):
+    for name in ("OMP_NUM_THREADS", "SLURM_CPUS_PER_TASK", "TORCHELASTIC_RUN_ID"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(rt, "usable_cores", lambda: (4, "CPU affinity"))
+    for threads, ranks in ((4, 1), (2, 2), (1, 4)):  # the 4 cores exactly taken
+        rt.warn_oversubscribed(threads, ranks)
+    assert not caplog.records
+    rt.warn_oversubscribed(3, 2)  # 2 ranks x 3 threads on 4 cores
+    (record,) = caplog.records
+    assert record.levelname == "WARNING" and "3 intra-op threads for 2 core(s)" in record.message
+    assert "trainer.threads=2 or fewer" in record.message
+
+
 def test_usable_cores_do_not_exceed_the_affinity():
     assert 1 <= rt.usable_cores()[0] <= len(os.sched_getaffinity(0))
 

@@ -123,6 +123,14 @@ def test_the_environment_sets_scale_epochs_seeds_and_the_double_row(tmp_path):
     assert tables[tables.index("--width-scale") + 1] == "0.5" and "--page" not in tables
 
 
+def test_more_threads_than_cores_is_said_and_a_full_share_is_not(tmp_path):
+    cores = len(os.sched_getaffinity(0))  # what nproc counts
+    for jobs, threads, said in ((cores, 1, False), (2, cores, True)):  # at the limit; JOBS x THREADS over it
+        done = _dry_run(tmp_path / "sweep", {"JOBS": str(jobs), "THREADS": str(threads)})
+        assert done.returncode == 0, done.stderr
+        assert ("OpenMP threads will wait on each other" in done.stderr) == said, (jobs, threads)
+
+
 @pytest.mark.parametrize(
     ("name", "value"),
     [

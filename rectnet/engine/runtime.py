@@ -199,6 +199,24 @@ def choose_threads(cfg_threads: int | None, local_world_size: int = 1) -> tuple[
     return rank_cores(local_world_size)
 
 
+def warn_oversubscribed(threads: int, local_world_size: int = 1) -> None:
+    """Say so when a run asks for more intra-op threads than the cores it may count on (`rank_cores`).
+
+    An OpenMP thread that ends its share of a parallel region first waits, spinning, for the others; a partner
+    without a core of its own holds every region up until the scheduler runs it, and a CPU training step runs
+    hundreds of regions (scripts/bench/threads.py measures it)."""
+    cores, source = rank_cores(local_world_size)
+    if threads > cores:
+        log.warning(
+            "%d intra-op threads for %d core(s) (%s): OpenMP threads will wait on each other, and steps may "
+            "take several times longer; set trainer.threads=%d or fewer",
+            threads,
+            cores,
+            source,
+            cores,
+        )
+
+
 M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # mallopt parameters, glibc <malloc.h>
 
 
@@ -229,6 +247,7 @@ def make_runtime(cfg: TrainerConfig, local_rank: int = 0, local_world_size: int 
     threads, why = choose_threads(cfg.threads, local_world_size)
     torch.set_num_threads(threads)
     log.info("%d intra-op thread(s) (%s; trainer.threads overrides)", threads, why)
+    warn_oversubscribed(threads, local_world_size)
     if device.type == "cpu" and cfg.keep_freed_memory and not keep_freed_memory():
         log.info("trainer.keep_freed_memory: not glibc, left the allocator as it is")
     fused.set_enabled(cfg.fused_prelu)

@@ -57,6 +57,14 @@ for name in SEEDS OTHER_SEEDS DOUBLE_SEEDS; do
         { echo "$name must be comma-separated seeds (0,1,2), got '${!name}'" >&2; exit 2; }
 done
 
+# more threads than cores: each run's OpenMP threads would wait on the others' (scripts/bench/threads.py).
+# The cores this process may use (nproc counts OMP_NUM_THREADS instead where it is set).
+cores=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)
+if ((THREADS * ${JOBS:-1} > cores)); then
+    echo "warning: JOBS=${JOBS:-1} x THREADS=$THREADS intra-op threads on $cores core(s): OpenMP threads will wait" \
+        "on each other and every run slows down several times; THREADS x JOBS = the cores runs at full speed" >&2
+fi
+
 # relative PATH: PATH relative to the current directory when it lies under it (as the commands quoted on the page
 # should read: sweeps/crelu_table1_mini, not the machine's absolute path), else absolute
 relative() {
