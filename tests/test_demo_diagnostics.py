@@ -110,3 +110,17 @@ def test_first_step_a_zero_classifier_moves_alone_and_linearly_in_the_input_scal
     assert one["layers"][-1]["step"] > 0 and one["layers"][-1]["relative"] is None
     assert two["layers"][-1]["step"] == pytest.approx(2 * one["layers"][-1]["step"], rel=1e-5)
     assert one["loss"] == pytest.approx(2.302585, abs=1e-6)  # ln 10: the zero classifier's uniform start
+
+
+def test_bf16_gradients_err_as_much_as_rounding_the_operands_and_fp32_does_not():
+    """scripts/demo/bf16_gradients.py. Theory: autocast computes each convolution from bf16-rounded operands
+    (8-bit significand, relative rounding up to 2^-9) and accumulates in fp32, so its gradient error is that of
+    exact arithmetic on the rounded operands (within the few roundings of its bf16 outputs), and fp32's is
+    orders of magnitude smaller."""
+    errors = _demo("bf16_gradients").errors
+    overrides = [o for o in TINY if not o.startswith("trainer.progress")] + ["trainer.threads=1"]
+    found = errors(overrides, steps=2)
+    assert [row["layer"] for row in found["layers"]][:2] == ["conv1", "conv2"]
+    for row in found["layers"]:
+        assert row["fp32"] < 1e-4 and row["bf16_autocast"] > 1e-3, row
+        assert 0.5 < row["bf16_autocast"] / row["bf16_operands"] < 2.0, row
