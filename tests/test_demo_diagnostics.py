@@ -1,5 +1,5 @@
-"""Diagnostic demo scripts: spread.py (the spread statistics by hand, a resumable two-run grid end to end) and
-first_step.py (against theory)."""
+"""Diagnostic demo scripts: spread.py (the spread statistics by hand, a resumable two-run grid end to end),
+first_step.py and bf16_gradients.py (against theory)."""
 
 from __future__ import annotations
 
