@@ -112,14 +112,13 @@ def test_first_step_a_zero_classifier_moves_alone_and_linearly_in_the_input_scal
     assert one["loss"] == pytest.approx(2.302585, abs=1e-6)  # ln 10: the zero classifier's uniform start
 
 
-def test_bf16_gradients_err_as_much_as_rounding_the_operands_and_fp32_does_not():
+def test_bf16_gradients_err_as_much_as_rounding_the_operands_and_fp32_does_not(one_thread):
     """scripts/demo/bf16_gradients.py. Theory: autocast computes each convolution from bf16-rounded operands
     (8-bit significand, relative rounding up to 2^-9) and accumulates in fp32, so its gradient error is that of
     exact arithmetic on the rounded operands (within the few roundings of its bf16 outputs), and fp32's is
     orders of magnitude smaller."""
     errors = _demo("bf16_gradients").errors
-    overrides = [o for o in TINY if not o.startswith("trainer.progress")] + ["trainer.threads=1"]
-    found = errors(overrides, steps=2)
+    found = errors([o for o in TINY if not o.startswith("trainer.progress")], steps=2)
     assert [row["layer"] for row in found["layers"]][:2] == ["conv1", "conv2"]
     for row in found["layers"]:
         assert row["fp32"] < 1e-4 and row["bf16_autocast"] > 1e-3, row
