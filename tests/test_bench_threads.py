@@ -28,7 +28,7 @@ def test_the_cases_and_ratios_from_the_printed_rates(bench, monkeypatch, capsys)
         launched.append((net, threads, copies, passive))
         return rates[threads, copies, passive]
 
-    monkeypatch.setattr(bench, "run_side_by_side", fake)
+    monkeypatch.setattr(bench, "run_processes", fake)
     result = bench.main(["--threads", "2", "--nets", "plain30", "convpool"])
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == json.loads(json.dumps(result))
     assert sorted(launched) == sorted((net, *spec) for net in ("plain30", "convpool") for spec in rates)

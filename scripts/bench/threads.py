@@ -68,8 +68,8 @@ def measure(net: str, threads: int, seconds: float, batch: int) -> float:
     return 1.0 / statistics.median(times)
 
 
-def run_side_by_side(net: str, threads: int, copies: int, passive: bool, args: argparse.Namespace) -> list[float]:
-    """steps/s of each of `copies` processes started together."""
+def run_processes(net: str, threads: int, copies: int, passive: bool, args: argparse.Namespace) -> list[float]:
+    """steps/s of each of `copies` processes started together (one: the process alone)."""
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     env.pop("OMP_WAIT_POLICY", None)
     if passive:
@@ -95,7 +95,7 @@ def bench_net(net: str, args: argparse.Namespace) -> dict:
         f"alone_passive_{n}t": (n, 1, True),
         f"side_by_side_passive_{n}t": (n, 2, True),
     }
-    steps = {case: run_side_by_side(net, *spec, args) for case, spec in cases.items()}
+    steps = {case: run_processes(net, *spec, args) for case, spec in cases.items()}
     mean = {case: statistics.fmean(rates) for case, rates in steps.items()}
     ratios = {
         f"side_by_side_over_alone_{n}t": mean[f"side_by_side_{n}t"] / mean[f"alone_{n}t"],
