@@ -10,6 +10,7 @@ import json
 import os
 import pickle
 import shlex
+import shutil
 import signal
 import subprocess
 import time
@@ -249,3 +250,27 @@ def test_a_stop_signal_stops_every_worker_at_a_checkpoint_and_a_rerun_finishes_t
 
 def _read(path) -> str:
     return path.read_text() if path.is_file() else ""
+
+
+@pytest.mark.slow
+def test_an_archive_outlives_the_sweep_directory(tmp_path):
+    """ARCHIVE (common.sh): every completed run's records are archived as it ends; a fresh clone, whose sweep
+    directory is gone, trains nothing and tables the same runs."""
+    _tiny_cifar(tmp_path / "data")
+    sweep, kept = tmp_path / "sweep", tmp_path / "kept"
+    runs = [_name(e, 0) for e in ("convpool_baseline", "convpool_crelu")]
+    args, env = _mini(tmp_path, jobs=2)
+    env |= {"ARCHIVE": str(kept), "SEEDS": "0"}
+    done = subprocess.run(args, capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert all(_completed(kept / r) and not (kept / r / "checkpoints").exists() for r in runs)
+    results = {r: (kept / r / "results.json").read_text() for r in runs}
+    tables = (sweep / "tables" / "runs.csv").read_text()
+
+    shutil.rmtree(sweep)  # a fresh clone: the git-ignored sweep directory is gone, the committed archive is not
+    again = subprocess.run(args, capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "2 run(s) copied" in again.stderr  # restored into the new sweep directory
+    assert [c for c in _commands(again.stdout) if c[0] == "env"] == []  # nothing trained
+    assert results == {r: (sweep / r / "results.json").read_text() for r in runs}
+    assert (sweep / "tables" / "runs.csv").read_text() == tables

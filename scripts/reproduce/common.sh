@@ -20,6 +20,11 @@
 #               (trainer.batch_size=128, batch_scope=global): each process takes 128/GPUS; a GPUS that does not divide it
 #               is refused. A sweep directory may be continued with another GPUS: run directory names do not
 #               depend on it, and a run resumes exactly on any number of processes.
+#   ARCHIVE     a folder that keeps the record files of the sweep's completed runs (results.json, metrics.jsonl,
+#               .hydra/, eval_*.json; no checkpoints) where a git-ignored sweep directory would be lost, e.g.
+#               docs/results/<page>/runs, committed: restored into the sweep before it trains, so that a fresh
+#               clone skips those runs, and brought up to date after every run that completes
+#               (python -m rectnet.results.archive). Default: none
 #   PYTHON      the interpreter (default: .venv/bin/python of the repository if present, else python)
 #   EVAL_CMD    how eval.py is started (default: "$PYTHON <repo>/eval.py"; e.g. "srun --gres=gpu:1 python eval.py")
 #   EVAL_ARGS   extra overrides for eval.py, space-separated (dataset.root=... is passed on from OVERRIDEs)
@@ -60,6 +65,8 @@ reproduce_setup() {
     [[ $DRY_RUN == 0 || $DRY_RUN == 1 ]] || { echo "DRY_RUN must be 0 or 1" >&2; exit 2; }
     [[ ${JOBS:-1} =~ ^[1-9][0-9]*$ ]] || { echo "JOBS must be a whole number > 0, got '$JOBS'" >&2; exit 2; }
     SWEEP_DIR=$("$PYTHON" -c 'import os, sys; print(os.path.abspath(sys.argv[1]))' "$SWEEP_DIR")
+    ARCHIVE=${ARCHIVE:-}
+    [[ -z $ARCHIVE ]] || ARCHIVE=$("$PYTHON" -c 'import os, sys; print(os.path.abspath(sys.argv[1]))' "$ARCHIVE")
 
     local gpus=${GPUS:-1} launcher=${LAUNCHER:-basic}
     LAUNCH=(
@@ -109,9 +116,22 @@ grid_py() {
     rm -f "$answer"
 }
 
+# archive_restore / archive_save: with ARCHIVE set, the completed runs it holds into the sweep directory (those the
+# sweep lacks), and the sweep's completed runs into it; a failed save warns and training goes on.
+archive_restore() {
+    [[ -n $ARCHIVE && -d $ARCHIVE ]] || return 0
+    show_or_run "$PYTHON" -m rectnet.results.archive "$ARCHIVE" "$SWEEP_DIR" >&2
+}
+archive_save() {
+    [[ -n $ARCHIVE ]] || return 0
+    show_or_run "$PYTHON" -m rectnet.results.archive "$SWEEP_DIR" "$ARCHIVE" >&2 ||
+        echo "warning: could not update the archive $ARCHIVE (the sweep directory keeps the runs)" >&2
+}
+
 # train_grid OVERRIDE...: `train.py -m` over the grid (plus the pass-through overrides), launching only the
 # smallest sub-grid that covers the runs not yet finished; nothing when every run is.
 train_grid() {
+    archive_restore
     grid_py pending --sweep-dir "$SWEEP_DIR" -- "$@"
     if ((${#GRID_OUT[@]} == 0)); then
         echo "every run of this grid has finished: nothing to train" >&2
@@ -119,6 +139,7 @@ train_grid() {
     fi
     local status=0
     show_or_run "$PYTHON" "$REPO/train.py" -m "${GRID_OUT[@]}" || status=$?
+    archive_save
     if ((status == 130 || status == 143)); then  # a run stopped at a checkpoint by Ctrl-C or SIGTERM: so does the sweep
         echo "stopped by a signal: re-run this script to continue (finished runs are kept)" >&2
         exit $status
@@ -148,6 +169,7 @@ run_queue() {
     local jobs=${JOBS:-1} failed n code status=0 claims=1
     [[ ${LAUNCHER:-basic} == basic ]] ||
         { echo "this script trains its runs one by one on this machine: it needs LAUNCHER=basic" >&2; exit 2; }
+    archive_restore
     if [[ $DRY_RUN == 1 ]]; then
         _queue_worker "" "" 0
         return
@@ -229,6 +251,8 @@ _queue_worker() {
             echo "failed: $dir (see its FAILED)" >&2
             : >"$failed/$name"
             failures=1 status=0
+        else
+            archive_save
         fi
     done
     return $failures

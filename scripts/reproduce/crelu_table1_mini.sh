@@ -21,6 +21,9 @@
 #                     core, so an interruption loses minutes)
 #   PAGE              the results page written at the end (default docs/results/crelu_table1_mini.md of this
 #                     checkout; PAGE= writes none)
+#   ARCHIVE           where the completed runs' records are kept beyond the git-ignored sweep directory (common.sh;
+#                     default none): ARCHIVE=docs/results/crelu_table1_mini/runs, committed, is what the page is
+#                     made from, and what a fresh clone restores so that it trains only the runs still missing
 #
 # Every run: dataset=cifar10 (whole splits), trainer.precision=fp32 (the same numbers on CPUs with and without
 # native bf16), model.width set per row (the experiment files set 0.5 and 2.0 for half and double: each row is
@@ -34,6 +37,7 @@
 #   scripts/reproduce/crelu_table1_mini.sh --dry-run
 #   EPOCHS=30 scripts/reproduce/crelu_table1_mini.sh dataset.root=data
 #   EPOCHS=30 JOBS=2 scripts/reproduce/crelu_table1_mini.sh dataset.root=data
+#   EPOCHS=30 JOBS=2 ARCHIVE=docs/results/crelu_table1_mini/runs scripts/reproduce/crelu_table1_mini.sh dataset.root=data
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 reproduce_setup crelu_table1_mini "$@"
@@ -99,7 +103,9 @@ ROWS=(
 if [[ $DRY_RUN == 0 ]]; then
     mkdir -p "$SWEEP_DIR"
     invocation="WIDTH_SCALE=$WIDTH_SCALE EPOCHS=$EPOCHS SEEDS=$SEEDS OTHER_SEEDS=$OTHER_SEEDS DOUBLE_SEEDS=$DOUBLE_SEEDS"
-    invocation+=" THREADS=$THREADS CHECKPOINT_EVERY=$CHECKPOINT_EVERY JOBS=${JOBS:-1} scripts/reproduce/crelu_table1_mini.sh"
+    invocation+=" THREADS=$THREADS CHECKPOINT_EVERY=$CHECKPOINT_EVERY JOBS=${JOBS:-1}"
+    [[ -z $ARCHIVE ]] || invocation+=" ARCHIVE=$(relative "$ARCHIVE")"
+    invocation+=" scripts/reproduce/crelu_table1_mini.sh"
     for arg in "$@"; do invocation+=" $(quote "$arg")"; done
     echo "$invocation  # $(date -u +%Y-%m-%dT%H:%M:%SZ)" >>"$SWEEP_DIR/commands.txt"
 fi
@@ -113,9 +119,11 @@ for seed in $(printf '%s\n' ${SEEDS//,/ } ${OTHER_SEEDS//,/ } ${DOUBLE_SEEDS//,/
 done
 run_queue
 
-sweep=$(relative "$SWEEP_DIR")
-show_or_run "$PYTHON" -m rectnet.analysis.curves "$sweep" --out "$sweep/curves" || echo "no curves written" >&2
-tables=("$sweep" --width-scale "$WIDTH_SCALE" --out "$sweep/tables")
+# the curves, tables and page from the archive where there is one (common.sh: ARCHIVE), the committed record that a
+# fresh clone regenerates them from; it holds the completed runs only
+sweep=$(relative "$SWEEP_DIR") runs=$(relative "${ARCHIVE:-$SWEEP_DIR}")
+show_or_run "$PYTHON" -m rectnet.analysis.curves "$runs" --out "$sweep/curves" || echo "no curves written" >&2
+tables=("$runs" --width-scale "$WIDTH_SCALE" --out "$sweep/tables")
 [[ -n $PAGE ]] && tables+=(--page "$(relative "$PAGE")" --curves "$sweep/curves")
 show_or_run "$PYTHON" -m rectnet.tables "${tables[@]}"
 finish
