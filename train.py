@@ -5,11 +5,14 @@ Under torchrun every rank runs this file. Ranks other than 0 neither write Hydra
 owns the run directory (see rectnet/engine/distributed.py).
 """
 
+import sys
+
 import hydra
 from omegaconf import DictConfig
 
 import rectnet.config  # noqa: F401  (registers the typed schema and the run-directory resolver)
 from rectnet.engine.train import run
+from rectnet.hints import hint_on_failure
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")
@@ -18,4 +21,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with hint_on_failure(sys.argv[1:]):  # a mistyped key or option: "did you mean ..." under Hydra's error
+        main()

@@ -9,7 +9,9 @@ numeric key has a range; on top of them no float anywhere may be infinite or NaN
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -453,6 +455,13 @@ def register_resolvers() -> None:
     OmegaConf.register_new_resolver("activation_default", activation_default, replace=True)
 
 
+def close_match(word: str, candidates: Iterable[str]) -> str | None:
+    """The candidate closest to a mistyped `word` (difflib's ratio >= 0.6: "epoch" finds "epochs", "learning_rate"
+    does not find "lr"), or None."""
+    found = difflib.get_close_matches(word, sorted(candidates), n=1)
+    return found[0] if found else None
+
+
 def _reject_unknown_keys(cfg: DictConfig, schema: type, prefix: str = "") -> None:
     """`+key=value` can add keys that no dataclass field holds; they would be dropped silently."""
     names = {f.name for f in dataclasses.fields(schema)}
@@ -460,7 +469,9 @@ def _reject_unknown_keys(cfg: DictConfig, schema: type, prefix: str = "") -> Non
         if key == "hydra":
             continue
         if key not in names:
-            raise ConfigError(f"unknown config key {prefix}{key}; valid keys here: {', '.join(sorted(names))}")
+            match = close_match(key, names)
+            guess = f"did you mean {prefix}{match}? " if match else ""
+            raise ConfigError(f"unknown config key {prefix}{key}; {guess}valid keys here: {', '.join(sorted(names))}")
         field_type = next(f.type for f in dataclasses.fields(schema) if f.name == key)
         sub_schema = globals().get(field_type) if isinstance(field_type, str) else field_type
         if dataclasses.is_dataclass(sub_schema):

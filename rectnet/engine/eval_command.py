@@ -39,6 +39,7 @@ from rectnet.engine.provenance import versions
 from rectnet.engine.run_log import write_json
 from rectnet.engine.runtime import make_runtime
 from rectnet.engine.scoring import Evaluator
+from rectnet.hints import suggestions
 from rectnet.models.build import build_model
 
 log = logging.getLogger("rectnet")
@@ -73,7 +74,8 @@ def eval_settings(saved: dict, overrides: Sequence[str]) -> TrainConfig:
         merged = OmegaConf.merge(OmegaConf.create(saved), OmegaConf.from_dotlist(list(overrides)))
         return settings_from_dict(OmegaConf.to_container(merged))
     except OmegaConfBaseException as err:
-        raise ConfigError(str(err).splitlines()[0]) from None
+        hints = "".join(f"; {line.removeprefix('hint: ')}" for line in suggestions(overrides))
+        raise ConfigError(str(err).splitlines()[0] + hints) from None
 
 
 def evaluate_checkpoint(run_dir: Path, checkpoint: Path, overrides: Sequence[str]) -> dict:
