@@ -13,12 +13,16 @@ import difflib
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from rectnet.layers.init import DISTRIBUTIONS, InitSpec  # the layers import nothing from the config
+
+# The repository's configs/ next to the package (an editable install or a checkout on sys.path).
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 
 class ConfigError(ValueError):

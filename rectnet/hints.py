@@ -17,9 +17,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from rectnet.config import TrainConfig, close_match
-
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+from rectnet.config import CONFIG_DIR, TrainConfig, close_match
 
 
 def group_options(group: str, config_dir: Path = CONFIG_DIR) -> list[str] | None:

@@ -27,18 +27,14 @@ import math
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from hydra import compose, initialize_config_dir
 from torch import nn
 
-from rectnet.config import ConfigError, TrainConfig, to_settings
+from rectnet.config import CONFIG_DIR, ConfigError, TrainConfig, to_settings
 from rectnet.layers.facts import layer_facts
 from rectnet.models.build import build_model
-
-# The repository's configs/ next to the package (an editable install or a checkout on sys.path).
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 
 def compose_settings(overrides: Sequence[str]) -> TrainConfig:

@@ -19,12 +19,12 @@ import torch
 from torch import nn
 
 import rectnet  # noqa: F401  (registers the models with timm)
-from rectnet.config import TrainConfig
+from rectnet.config import CONFIG_DIR, TrainConfig
 from rectnet.layers.activations import Rectifier
 from rectnet.layers.spp import SPP, SpatialPyramidPool
 from rectnet.models import MODELS, SpecNet, create
 from rectnet.models.build import build_model, build_spec_net
-from rectnet.summary import CONFIG_DIR, compose_settings, layer_macs, layer_stats, main
+from rectnet.summary import compose_settings, layer_macs, layer_stats, main
 
 PAPER_MODELS = ["prelu_small14", "prelu_plain30", "prelu_a", "prelu_b", "prelu_c", "allcnn_b", "vgg_cifar"]
 VARIANTS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml") if p.stem != "quickstart")

@@ -40,9 +40,10 @@ import torch
 import torch.nn.functional as F
 
 from rectnet.analysis.sharpness import measure, prepare
+from rectnet.config import CONFIG_DIR
 from rectnet.engine.optim import make_optimizer, make_schedule
 from rectnet.engine.provenance import versions
-from rectnet.summary import CONFIG_DIR, compose_settings
+from rectnet.summary import compose_settings
 
 IMAGE_FOLDER = ("imagenet",)
 
