@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from helpers import TINY, compose_train, run_cli
 
+from rectnet.engine import job as job_module
 from rectnet.engine.agreement import NonFiniteLossError
 from rectnet.engine.checkpoint import CheckpointError
 from rectnet.engine.fingerprint import ResumeMismatchError
@@ -52,6 +53,15 @@ def test_run_directory_holds_everything(learned):
         assert key in saved["final"]
     assert saved["final"]["top1_err"] == pytest.approx(100 - saved["final"]["top1_acc"])
     assert set(saved["prelu_slopes_mean"]) and not (run_dir / "FAILED").exists()
+
+
+def test_results_record_the_commit_the_run_was_set_up_from(tmp_path, monkeypatch):
+    """A commit made while a run trains is not its code: results.json keeps the checkout's state at set-up."""
+    states = iter([{"sha": "at-set-up", "dirty": False}])
+    monkeypatch.setattr(job_module, "git_state", lambda: next(states, {"sha": "later", "dirty": True}))
+    results = run(compose_train([*TINY, "trainer.epochs=1"], tmp_path))
+    assert results["git"] == {"sha": "at-set-up", "dirty": False}
+    assert json.loads((tmp_path / "results.json").read_text())["git"] == results["git"]
 
 
 def test_tensorboard_has_scalars_slope_histograms_and_hparams(learned):

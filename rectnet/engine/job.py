@@ -20,6 +20,7 @@ from rectnet.engine import stopping
 from rectnet.engine.distributed import Dist
 from rectnet.engine.optim import Schedule, make_optimizer, make_schedule
 from rectnet.engine.preemption import StopSignals
+from rectnet.engine.provenance import git_state
 from rectnet.engine.run_log import RunLogger
 from rectnet.engine.runtime import Runtime, compile_model
 from rectnet.engine.scoring import Evaluator
@@ -47,6 +48,9 @@ class Job:
     fingerprint: dict  # what defines the run (engine/fingerprint.py): a resume must match it
     global_batch: int  # images per SGD step over all ranks
     steps_per_epoch: int
+    # the checkout's commit and dirtiness when the run was set up, as results.json records them: a commit made
+    # while it trains is not the code it runs
+    git: dict
     rules: list[StoppingRule] = field(default_factory=list)  # asked after every epoch (rectnet.engine.stopping)
     stop: StopSignals = field(default_factory=StopSignals)
     logger: RunLogger | None = None  # rank 0's metrics.jsonl and TensorBoard
@@ -102,6 +106,7 @@ def build_job(
         run_fingerprint,
         global_batch,
         steps_per_epoch,
+        git_state(),
         rules,
     )
 

@@ -15,7 +15,7 @@ from rectnet.config import TrainConfig
 from rectnet.engine import checkpoint as ckpt
 from rectnet.engine.data_init import lsuv_batch
 from rectnet.engine.job import Job
-from rectnet.engine.provenance import git_state, hardware, versions
+from rectnet.engine.provenance import hardware, versions
 from rectnet.engine.run_log import prelu_slopes, read_jsonl, write_json
 
 log = logging.getLogger("rectnet")
@@ -96,7 +96,7 @@ def run_results(job: Job, last: dict, n_params: int, seconds: float) -> dict:
         "run_dir": str(job.run_dir.resolve()),
         "hparams": hparams(job.settings, job.ranks.world_size),
         "config": job.config,
-        "git": git_state(),
+        "git": job.git,
         "versions": versions(),
         "hardware": hardware(job.runtime.device),
     }
