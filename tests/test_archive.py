@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import shutil
+import stat
 
 import pytest
 from helpers import ROOT
@@ -126,6 +128,20 @@ def test_an_interrupted_copy_leaves_nothing_that_reads_as_a_run(tmp_path, monkey
     assert list(kept.iterdir()) == []  # neither the run nor its staging folder
     monkeypatch.setattr(archive.shutil, "copy2", real_copy)
     assert archive.sync(sweep, kept).copied == ["r"]  # the next sync copies it whole
+
+
+def test_archived_run_folders_get_the_umasks_mode_not_a_private_one(tmp_path):
+    """A shared archive on disk must be readable by the group the umask lets in: with umask 022 every folder the
+    archive creates is 0755 (0777 & ~022), as os.makedirs would make it; a private 0700 folder would not be."""
+    sweep, kept = tmp_path / "sweep", tmp_path / "kept"
+    make_run(sweep / "grid" / "r", top1=30.0)
+    old = os.umask(0o022)
+    try:
+        archive.sync(sweep, kept)
+    finally:
+        os.umask(old)
+    folders = [kept / "grid", kept / "grid" / "r", kept / "grid" / "r" / ".hydra"]
+    assert [stat.S_IMODE(f.stat().st_mode) for f in folders] == [0o755] * 3
 
 
 def test_commands_are_merged_in_order_without_repeats(tmp_path):

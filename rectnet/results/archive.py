@@ -24,9 +24,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import secrets
 import shutil
 import sys
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,7 +70,10 @@ def _outcome_of(source: Path, target: Path) -> str | None:
 def _copy_run(source: Path, target: Path) -> None:
     """`source`'s record files into `target` (absent), whole or not at all."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name[:40]}.", dir=target.parent))
+    # mkdir, not tempfile.mkdtemp: mkdtemp makes the folder 0700, and the run would stay private to its writer in
+    # an archive shared on disk; mkdir gives the umask's mode, like every other folder the sweep writes
+    staging = target.with_name(f".{target.name[:40]}.{os.getpid()}.{secrets.token_hex(4)}")
+    staging.mkdir()
     try:
         for name in record_files(source):
             (staging / name).parent.mkdir(parents=True, exist_ok=True)
