@@ -152,6 +152,37 @@ def test_an_extended_run_records_what_it_resumed_from(tmp_path, one_thread):
     assert results["epochs"] == 3 and _results(tmp_path)["resumed_from"] == results["resumed_from"]
 
 
+def _head() -> str:
+    return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+
+
+def test_each_attempt_records_where_it_started_and_what_ran_it(tmp_path, one_thread):
+    """Resumed with another thread count (a resume may: the fingerprint leaves threads out), the record keeps
+    both attempts' machines; the top-level hardware is the last attempt's."""
+    run(compose_train([*TINY, "trainer.threads=1"], tmp_path))
+    results = run(compose_train([*TINY, "trainer.epochs=3", "trainer.threads=2"], tmp_path))
+    attempts = results["attempts"]
+    started = [(a["epoch"], a["step"], a["world_size"], a["hardware"]["torch_threads"]) for a in attempts]
+    assert started == [(0, 0, 1, 1), (2, 0, 1, 2)]
+    assert [a["git"]["sha"] for a in attempts] == [_head()] * 2
+    assert [a["precision"] for a in attempts] == ["fp32", "fp32"]
+    assert results["hardware"] == attempts[-1]["hardware"] and _results(tmp_path)["attempts"] == attempts
+    saved = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)
+    assert saved["attempts"] == attempts  # a third attempt will carry both
+
+
+def test_a_checkpoint_from_before_the_attempts_record_resumes_and_says_what_is_unknown(tmp_path, one_thread):
+    run(compose_train(TINY, tmp_path))
+    last = tmp_path / "checkpoints" / "last.pt"
+    saved = torch.load(last, weights_only=True)
+    del saved["attempts"]  # as written by rectnet before the record (the same checkpoint format)
+    torch.save(saved, last)
+    results = run(compose_train([*TINY, "trainer.epochs=3"], tmp_path))
+    assert results["epochs"] == 3
+    assert results["attempts"][0] == {"epoch": 0, "step": 0, "recorded": False}
+    assert [a["epoch"] for a in results["attempts"]] == [0, 2] and "hardware" in results["attempts"][1]
+
+
 def test_a_resume_allowed_to_change_the_seed_says_so(tmp_path, one_thread):
     run(compose_train(TINY, tmp_path))
     results = run(compose_train([*TINY, "trainer.epochs=3", "seed=5", "trainer.resume_allow=[seed]"], tmp_path))

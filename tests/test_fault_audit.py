@@ -376,6 +376,7 @@ DAMAGES = {
     "optimizer": {"state": [], "param_groups": 1},
     "epoch": "2",
     "resumes": [3],
+    "attempts": "x",
     "records": {"train_loss_at_best": "low"},
     "schedule": None,
 }

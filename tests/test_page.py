@@ -62,6 +62,54 @@ def test_cpu_hours_count_every_attempt_of_a_resumed_run(tmp_path):
     assert (hours, unknown) == (pytest.approx(2730 / 3600), 1)
 
 
+def _attempt(epoch: int, threads: int, world_size: int = 1, cpu: str = "AMD EPYC 7B13", sha: str = "3413352") -> dict:
+    """An entry of results.json's `attempts` as train.py writes it (record.attempt_record)."""
+    hardware = {**RECORDED["hardware"], "torch_threads": threads, "cpu_model": cpu}
+    return {
+        "epoch": epoch,
+        "step": 0,
+        "world_size": world_size,
+        "precision": "fp32",
+        "git": {"sha": sha},
+        "versions": RECORDED["versions"],
+        "hardware": hardware,
+    }
+
+
+def test_cpu_hours_count_each_attempt_at_its_own_threads_and_processes(tmp_path):
+    # E: 2 threads for its first attempt (logged 100 s, 200 s), resumed after epoch 2 on 1 thread x 2 processes
+    #    for 100 s (wall_time_s): 200 x 2 + 100 x 1 x 2 = 600 CPU-s. Counted with the last attempt's cores
+    #    throughout (what results.json's top level says) it would be 300 x 2 = 600 too: F tells them apart.
+    # F: 4 threads for 300 s, resumed after epoch 3 on 1 thread for 50 s: 300 x 4 + 50 x 1 = 1250 CPU-s.
+    # G: resumed twice from a checkpoint that predates the record (attempts: the stand-in, then the last one,
+    #    1 thread): every attempt counts the last one's thread, (50 + 80 + 35) x 1 = 165 CPU-s.
+    e_log = _attempts([(1, 100.0), (2, 200.0)], [(3, 90.0)])
+    e_results = {**RECORDED, "wall_time_s": 100.0, "world_size": 2, "resumed_from": [{"epoch": 2}]}
+    e_results["attempts"] = [_attempt(0, threads=2), _attempt(2, threads=1, world_size=2)]
+    make_run(tmp_path / "e", seed=4, results=e_results, epochs_log=e_log)
+    f_log = _attempts([(1, 100.0), (2, 200.0), (3, 300.0)], [(4, 45.0)])
+    f_results = {**RECORDED, "wall_time_s": 50.0, "resumed_from": [{"epoch": 3}]}
+    f_results["attempts"] = [_attempt(0, threads=4), _attempt(3, threads=1)]
+    make_run(tmp_path / "f", seed=5, results=f_results, epochs_log=f_log)
+    g_log = _attempts([(1, 50.0)], [(2, 40.0), (3, 80.0)], [(4, 30.0)])
+    g_results = {**RECORDED, "wall_time_s": 35.0, "resumed_from": [{"epoch": 1}, {"epoch": 3}]}
+    g_results["attempts"] = [{"epoch": 0, "step": 0, "recorded": False}, _attempt(3, threads=1)]
+    make_run(tmp_path / "g", seed=6, results=g_results, epochs_log=g_log)
+    hours, unknown = cpu_hours(read_runs([tmp_path]))
+    assert (hours, unknown) == (pytest.approx((600 + 1250 + 165) / 3600), 0)
+
+
+def test_a_run_resumed_on_another_machine_and_commit_shows_both_in_order(tmp_path):
+    moved = {**RECORDED, "attempts": [_attempt(0, 1, cpu="Intel Xeon", sha="aaa"), _attempt(5, 1, sha="bbb")]}
+    stayed = {**RECORDED, "attempts": [_attempt(0, 1), _attempt(5, 1)]}
+    old = dict(RECORDED)  # from before the record: its top level, the last attempt's
+    runs = [Run(tmp_path, "completed", config={}, results=r) for r in (moved, stayed, old)]
+    machine = dict(recorded_machine(runs))
+    assert machine["CPU model"] == "AMD EPYC 7B13 (2), Intel Xeon then AMD EPYC 7B13 (1)"
+    assert machine["rectnet commit"] == "3413352 (2), aaa then bbb (1)"
+    assert machine["torch threads per process"] == "1 (3)" and machine["precision as run"] == "fp32 (3)"
+
+
 @pytest.mark.parametrize(
     ("configured", "recorded", "expected"),
     [

@@ -31,10 +31,17 @@ def test_state_round_trips_through_its_dict():
         best_epoch=2,
         records={"train_loss_at_best": 0.25},
         resumes=[{"checkpoint": "last.pt", "world_size": [1, 2]}],
+        attempts=[{"epoch": 0, "step": 0, "git": {"sha": "a"}}, {"epoch": 3, "step": 5, "git": {"sha": "b"}}],
     )
     other_rank = Counts(9.0, 9, 9, 9).as_tensor()
     saved = state.to_dict([other_rank, state.partial.as_tensor()])
     assert State.from_dict(saved, rank=1, world_size=2) == state
+
+
+def test_a_checkpoint_from_before_the_attempts_record_stands_in_one_unrecorded_entry():
+    saved = State(epoch=2, resumes=[{"epoch": 1}]).to_dict([Counts().as_tensor()])
+    del saved["attempts"]  # as rectnet wrote it before State.attempts
+    assert State.from_dict(saved, rank=0, world_size=1).attempts == [{"epoch": 0, "step": 0, "recorded": False}]
 
 
 def test_on_another_number_of_ranks_rank_0_carries_the_epochs_counts_so_far():

@@ -126,6 +126,11 @@ STRUCTURE: dict[str, tuple[str, Any]] = {
     "fingerprint": ("a dict", _dict_of(str, _anything)),
     "data": ("None or a dict", _optional(_dict_of(str, _anything))),
 }
+# Entries added after CHECKPOINT_FORMAT 3's first checkpoints: checked where present (an older checkpoint, which
+# lacks them, still resumes: State.from_dict says what stands in for them)
+LATER_ENTRIES: dict[str, tuple[str, Any]] = {
+    "attempts": ("a list of dicts", _list_of(lambda r: isinstance(r, dict))),
+}
 
 
 def structure_fault(state: dict) -> str | None:
@@ -139,6 +144,9 @@ def structure_fault(state: dict) -> str | None:
         if key not in state:
             return f"{key} is missing"
         if not ok(state[key]):
+            return f"{key} is {_shown(state[key])}, not {what}"
+    for key, (what, ok) in LATER_ENTRIES.items():
+        if key in state and not ok(state[key]):
             return f"{key} is {_shown(state[key])}, not {what}"
     for index, rng in enumerate(state["rng"]):
         fault = _rng_fault(index, rng)

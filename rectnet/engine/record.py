@@ -86,6 +86,7 @@ def run_results(job: Job, last: dict, n_params: int, seconds: float) -> dict:
         **job.state.records,
         **({"stopped_at_epoch": job.state.stopped_at} if job.state.stopped_at else {}),
         "resumed_from": job.state.resumes,
+        "attempts": job.state.attempts,
         **_lsuv_record(job),
         "selected_on": "val" if job.settings.dataset.num_folds else "test",
         "train_images_per_s": last.get("train/images_per_s"),
@@ -104,6 +105,21 @@ def run_results(job: Job, last: dict, n_params: int, seconds: float) -> dict:
     if slopes:
         results["prelu_slopes_mean"] = {name: sum(v) / len(v) for name, v in slopes.items()}
     return results
+
+
+def attempt_record(job: Job) -> dict:
+    """This attempt's entry of State.attempts (results.json's `attempts`): where it started (epochs completed,
+    steps into the next) and what ran it. The top-level git, hardware, versions and precision are the last
+    attempt's; a run resumed elsewhere differs in an earlier entry."""
+    return {
+        "epoch": job.state.epoch,
+        "step": job.state.step,
+        "world_size": job.ranks.world_size,
+        "precision": job.runtime.precision,
+        "git": job.git,
+        "versions": versions(),
+        "hardware": hardware(job.runtime.device),
+    }
 
 
 def _lsuv_record(job: Job) -> dict:

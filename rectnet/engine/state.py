@@ -19,6 +19,10 @@ from rectnet.data.batches import derived_seed
 from rectnet.engine.metrics import Counts
 from rectnet.engine.runtime import seed_everything
 
+# What stands for the attempts before a resume from a checkpoint that predates State.attempts (their epochs and
+# times are in metrics.jsonl and resumed_from; their machine and commit were not kept)
+EARLIER_ATTEMPTS = {"epoch": 0, "step": 0, "recorded": False}
+
 
 @dataclass
 class State:
@@ -36,17 +40,21 @@ class State:
     records: dict[str, float] = field(default_factory=dict)  # what the stopping rules recorded (engine.stopping)
     # One entry per resume: the checkpoint, where it stood, the ranks before and after, the keys allowed to differ
     resumes: list[dict] = field(default_factory=list)
+    # One entry per attempt, the first included: where it started and what ran it (record.attempt_record), so
+    # that a run resumed on another machine, commit or thread count says so
+    attempts: list[dict] = field(default_factory=list)
 
     def to_dict(self, partial_by_rank: list[torch.Tensor]) -> dict:
         """The checkpoint's loop-state entries; `partial` holds every rank's counts (`Counts.as_tensor`)."""
         saved = {f.name: getattr(self, f.name) for f in fields(self)}
-        return saved | {"partial": partial_by_rank, "records": dict(self.records), "resumes": list(self.resumes)}
+        lists = {"resumes": list(self.resumes), "attempts": list(self.attempts)}
+        return saved | {"partial": partial_by_rank, "records": dict(self.records), **lists}
 
     @classmethod
     def from_dict(cls, saved: dict, rank: int, world_size: int) -> State:
         """The state `to_dict` wrote, with `rank`'s partial counts. Written by another number of ranks, the
         counts of all of them go to rank 0 (their sum is the epoch's so far) and the others start from zero."""
-        values = {f.name: saved[f.name] for f in fields(cls)}
+        values = {f.name: saved[f.name] for f in fields(cls) if f.name != "attempts"}
         partial = saved["partial"]
         if len(partial) == world_size:
             values["partial"] = Counts.from_tensor(partial[rank])
@@ -54,6 +62,7 @@ class State:
             values["partial"] = Counts.from_tensor(sum(partial)) if rank == 0 else Counts()
         values["records"] = dict(saved["records"])
         values["resumes"] = list(saved["resumes"])
+        values["attempts"] = list(saved.get("attempts", [EARLIER_ATTEMPTS]))
         return cls(**values)
 
     def where(self) -> str:

@@ -38,7 +38,7 @@ from rectnet.engine.job import Job, build_job
 from rectnet.engine.metrics import Counts
 from rectnet.engine.optim import step_schedule
 from rectnet.engine.preemption import StopSignals
-from rectnet.engine.record import announce_batch, announce_epoch, run_results, write_results
+from rectnet.engine.record import announce_batch, announce_epoch, attempt_record, run_results, write_results
 from rectnet.engine.run_log import Progress, RunLogger, elapsed
 from rectnet.engine.runtime import Runtime, make_runtime, seed_everything
 from rectnet.engine.state import State, restore_rng, rng_state
@@ -99,6 +99,7 @@ def _train(
     seed_everything(settings.seed + ranks.rank)  # dropout masks differ between ranks
     if resume is not None:
         _restore(*resume, changed, job)
+    job.state.attempts.append(attempt_record(job))
 
     n_params = sum(p.numel() for p in job.model.parameters())
     log.info(

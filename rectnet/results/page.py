@@ -8,13 +8,16 @@ header that says how they were made. The page holds, in order:
   run's train.py overrides (`.hydra/overrides.yaml`) with the seeds of otherwise identical runs merged into
   one `train.py -m ... seed=0,1,2` line, and the command that wrote the page;
 * the machine: what the runs recorded in results.json (platform, processor, CPU model and its native bf16
-  flags, cores, torch threads, Python and torch versions, rectnet commit: a resumed run's are those of its
-  last attempt) and the trainer.precision they ran, then the CPU model, core count and native bf16 flags of
-  the machine that generated the page;
-* the compute: CPU-hours per table row and in all, per run wall time x torch threads x processes. A run's
+  flags, cores, torch threads, Python and torch versions, rectnet commit, precision as run), each run counted
+  once: a run resumed on another machine, commit or thread count shows its attempts' values in order ("A then
+  B", from results.json's `attempts`; runs from before that record show their last attempt's), then the
+  trainer.precision they were given and the CPU model, core count and native bf16 flags of the machine that
+  generated the page;
+* the compute: CPU-hours per table row and in all, per attempt wall time x torch threads x processes. A run's
   results.json wall_time_s covers only its last attempt; the earlier attempts of a resumed run are added from
   metrics.jsonl (the time_s of the last epoch each attempt logged before the next resume), so a resumed run's
-  time is a lower bound (what an attempt trained after its last epoch end is not logged);
+  time is a lower bound (what an attempt trained after its last epoch end is not logged); each attempt counts
+  its own threads and processes where `attempts` recorded them, else the last attempt's;
 * the tables with runs, exactly as tables.md prints them (render.table_section), "Other runs" where there are
   any, and the legend;
 * with --curves DIR (python -m rectnet.analysis.curves' output): its curves.md, curves.csv and curves.png
@@ -96,27 +99,52 @@ def _commit(git: dict) -> str:
     return (git.get("sha") or "unknown") + (" (with uncommitted changes)" if git.get("dirty") else "")
 
 
+def recorded_attempts(results: dict) -> list[dict]:
+    """The attempts of a run whose machine results.json recorded, first to last: its `attempts` entries (each
+    with git, versions, hardware, precision, world_size), or for a run from before that record the results
+    themselves (the last attempt's, under the same keys)."""
+    recorded = [a for a in results.get("attempts") or [] if a.get("recorded", True)]
+    return recorded or [results]
+
+
+def _per_run(runs: Sequence[Run], value) -> list[str]:
+    """`value(attempt)` of each run's recorded attempts, distinct values in order: "A", or "A then B" for a run
+    resumed where it differed."""
+    return [" then ".join(dict.fromkeys(str(value(a)) for a in recorded_attempts(r.results))) for r in runs]
+
+
 def recorded_machine(runs: Sequence[Run]) -> list[tuple[str, str]]:
     """(what, distinct values with run counts) from the completed runs' results.json and configs."""
-    results = [r.results for r in runs if r.results]
-    hardware = [res.get("hardware") or {} for res in results]
-    versions = [res.get("versions") or {} for res in results]
-    commits = [_commit(res.get("git") or {}) for res in results]
     completed = [r for r in runs if r.results]
+
+    def hardware(key: str, missing: str | None = None):
+        return _counted(_per_run(completed, lambda a: (a.get("hardware") or {}).get(key, missing)))
+
+    def version(key: str):
+        return _counted(_per_run(completed, lambda a: (a.get("versions") or {}).get(key)))
+
     precision = [(r.config.get("trainer") or {}).get("precision") for r in completed if r.config]
     return [
-        ("platform", _counted(h.get("platform") for h in hardware)),
-        ("processor", _counted(h.get("processor") for h in hardware)),
-        ("CPU model", _counted(h.get("cpu_model", "not recorded") for h in hardware)),
-        ("native bf16 flags", _counted(_bf16_flags(h) for h in hardware)),
-        ("cores (os.cpu_count)", _counted(h.get("cpu_count") for h in hardware)),
-        ("torch threads per process", _counted(h.get("torch_threads") for h in hardware)),
+        ("platform", hardware("platform")),
+        ("processor", hardware("processor")),
+        ("CPU model", hardware("cpu_model", "not recorded")),
+        ("native bf16 flags", _counted(_per_run(completed, lambda a: _bf16_flags(a.get("hardware") or {})))),
+        ("cores (os.cpu_count)", hardware("cpu_count")),
+        ("torch threads per process", hardware("torch_threads")),
         ("trainer.precision", _counted(precision)),
-        ("precision as run", _counted(run_precision(r) for r in completed)),
-        ("python", _counted(v.get("python") for v in versions)),
-        ("torch", _counted(v.get("torch") for v in versions)),
-        ("rectnet commit", _counted(commits)),
+        ("precision as run", _counted(_precisions_as_run(r) for r in completed)),
+        ("python", version("python")),
+        ("torch", version("torch")),
+        ("rectnet commit", _counted(_per_run(completed, lambda a: _commit(a.get("git") or {})))),
     ]
+
+
+def _precisions_as_run(run: Run) -> str:
+    """The precision of each recorded attempt in order (run_precision for a run from before the record)."""
+    attempts = recorded_attempts(run.results)
+    if attempts == [run.results]:
+        return run_precision(run)
+    return " then ".join(dict.fromkeys(str(a.get("precision")) for a in attempts))
 
 
 def _bf16_flags(hardware: dict) -> str:
@@ -140,18 +168,25 @@ def run_precision(run: Run) -> str:
 # Compute
 
 
-def run_seconds(run: Run) -> float | None:
-    """Wall time of a completed run over all its attempts (module docstring); None without results.json."""
+def attempt_seconds(run: Run) -> list[float] | None:
+    """Wall time of each attempt of a completed run, first to last (module docstring); None without
+    results.json's wall time."""
     if not run.results or run.results.get("wall_time_s") is None:
         return None
     resumed_at = sorted(int(r.get("epoch", 0)) for r in run.results.get("resumed_from") or [])
     records = read_metrics(run.path)
     starts = [0, *resumed_at][: len(resumed_at)]  # attempt k started after resume k-1 (the first at epoch 0)
-    earlier = 0.0
+    seconds = []
     for start, end in zip(starts, resumed_at, strict=True):  # its epochs: after its start, to the next resume
         times = [r["time_s"] for r in records if "time_s" in r and start < r.get("epoch", 0) <= end]
-        earlier += max(times, default=0.0)
-    return earlier + float(run.results["wall_time_s"])
+        seconds.append(max(times, default=0.0))
+    return [*seconds, float(run.results["wall_time_s"])]
+
+
+def run_seconds(run: Run) -> float | None:
+    """Wall time of a completed run over all its attempts; None without results.json's wall time."""
+    seconds = attempt_seconds(run)
+    return None if seconds is None else sum(seconds)
 
 
 def run_threads(run: Run) -> int | None:
@@ -168,12 +203,25 @@ def cpu_hours(runs: Sequence[Run]) -> tuple[float, int]:
     for run in runs:
         if run.status != "completed":
             continue
-        seconds, threads = run_seconds(run), run_threads(run)
-        if seconds is None or threads is None:
+        seconds = attempt_seconds(run)
+        cores = attempt_cores(run, len(seconds)) if seconds else [None]
+        if seconds is None or None in cores:
             unknown += 1
             continue
-        hours += seconds * threads * int(run.results.get("world_size") or 1) / 3600.0
+        hours += sum(s * c for s, c in zip(seconds, cores, strict=True)) / 3600.0
     return hours, unknown
+
+
+def attempt_cores(run: Run, attempts: int) -> list[int | None]:
+    """Torch threads x processes of each of a completed run's `attempts` attempts, first to last: as each
+    attempt recorded them (results.json's `attempts`, matched from the last), else as the last attempt did."""
+    threads = run_threads(run)
+    last = None if threads is None else threads * int(run.results.get("world_size") or 1)
+    own = []
+    for attempt in [a for a in run.results.get("attempts") or [] if a.get("recorded", True)][-attempts:]:
+        recorded = (attempt.get("hardware") or {}).get("torch_threads")
+        own.append(last if recorded is None else int(recorded) * int(attempt.get("world_size") or 1))
+    return [last] * (attempts - len(own)) + own
 
 
 def _resumes(run: Run) -> int:
