@@ -30,6 +30,7 @@ MINI_ENV = (
     "CHECKPOINT_EVERY",
     "PAGE",
     "JOBS",
+    "ONLY",
 )
 
 
@@ -124,6 +125,38 @@ def test_the_environment_sets_scale_epochs_seeds_and_the_double_row(tmp_path):
     assert tables[tables.index("--width-scale") + 1] == "0.5" and "--page" not in tables
 
 
+def test_only_runs_the_rows_it_names_and_the_sweep_log_says_so(tmp_path):
+    env = {"ONLY": "crelu,avr", "SEEDS": "0,1", "OTHER_SEEDS": "0"}
+    done = _dry_run(tmp_path / "sweep", env)
+    assert done.returncode == 0, done.stderr
+    trains = _trains(_commands(done.stdout))
+    assert [(t["experiment"], t["seed"]) for t in trains] == [
+        ("convpool_crelu", "0"),
+        ("convpool_avr", "0"),
+        ("convpool_crelu", "1"),  # AVR has no seed 1 (OTHER_SEEDS=0); the baseline is not named
+    ]
+    # not a dry run (commands.txt, which the page quotes, must name the filter), on a sweep whose one run is
+    # finished already: nothing trains
+    sweep = tmp_path / "real"
+    name = "dataset=cifar10,experiment=convpool_crelu_half,model.width=0.125,schedule.milestones=[6,7,9],seed=0,"
+    finished = sweep / f"{name}trainer.epochs=10,trainer.precision=fp32"
+    finished.mkdir(parents=True)
+    record = {"status": "completed", "epochs": 10, "config": {"trainer": {"epochs": 10}}}
+    (finished / "results.json").write_text(json.dumps(record))
+    env = {**os.environ, "ONLY": "crelu_half", "SEEDS": "0", "OTHER_SEEDS": "0", "PAGE": "", "OMP_NUM_THREADS": "1"}
+    cmd = ["bash", str(SCRIPT), "--sweep-dir", str(sweep)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=ROOT, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "train.py" not in done.stdout
+    assert " ONLY=crelu_half scripts/reproduce/crelu_table1_mini.sh" in (sweep / "commands.txt").read_text()
+
+
+def test_a_filter_that_leaves_nothing_to_run_is_refused(tmp_path):
+    done = _dry_run(tmp_path / "sweep", {"ONLY": "double"})  # + (double) has no seeds by default
+    assert done.returncode == 2 and not _commands(done.stdout)
+    assert "nothing to run: no row of ONLY=double has a seed" in done.stderr
+
+
 def test_more_threads_than_cores_is_said_and_a_full_share_is_not(tmp_path):
     cores = len(os.sched_getaffinity(0))  # what nproc counts
     for jobs, threads, said in ((cores, 1, False), (2, cores, True)):  # at the limit; JOBS x THREADS over it
@@ -141,6 +174,8 @@ def test_more_threads_than_cores_is_said_and_a_full_share_is_not(tmp_path):
         ("EPOCHS", "ten"),
         ("SEEDS", "0 1"),
         ("JOBS", "0"),
+        ("ONLY", "relu"),  # the baseline's row is baseline; relu is no row's name
+        ("ONLY", "crelu avr"),
     ],
 )
 def test_a_malformed_setting_is_refused_before_anything_runs(tmp_path, name, value):

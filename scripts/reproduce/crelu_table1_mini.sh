@@ -15,6 +15,8 @@
 #   SEEDS             seeds of the baseline and CReLU (default 0,1,2,3,4: the claim CReLU < baseline needs them)
 #   OTHER_SEEDS       seeds of + (half), AVR and PReLU (default 0,1,2; OTHER_SEEDS= runs none)
 #   DOUBLE_SEEDS      seeds of + (double) (default none: a run costs about 4x a baseline run)
+#   ONLY              the rows to run, comma-separated, among baseline, crelu, crelu_half, avr, prelu, double
+#                     (default: every row with seeds), e.g. ONLY=crelu SEEDS=0 for CReLU's seed 0 alone
 #   THREADS           trainer.threads (default 1)
 #   JOBS              runs trained at once (default 1; common.sh): JOBS=2 THREADS=1 on a 2-core CPU
 #   CHECKPOINT_EVERY  trainer.checkpoint_every_steps (default 300: ~4 minutes of a quarter-width baseline on one
@@ -47,6 +49,7 @@ EPOCHS=${EPOCHS:-10}
 SEEDS=${SEEDS:-0,1,2,3,4}
 OTHER_SEEDS=${OTHER_SEEDS-0,1,2}
 DOUBLE_SEEDS=${DOUBLE_SEEDS:-}
+ONLY=${ONLY:-}
 THREADS=${THREADS:-1}
 CHECKPOINT_EVERY=${CHECKPOINT_EVERY:-300}
 PAGE=${PAGE-$REPO/docs/results/crelu_table1_mini.md}
@@ -99,24 +102,40 @@ ROWS=(
     "convpool_prelu 1 $OTHER_SEEDS"
     "convpool_double 2 $DOUBLE_SEEDS"
 )
+# a row's name in ONLY: its experiment without the convpool_ prefix
+row_names=$(for row in "${ROWS[@]}"; do read -r experiment _ <<<"$row" && echo "${experiment#convpool_}"; done)
+[[ -z $ONLY || $ONLY =~ ^[a-z_]+(,[a-z_]+)*$ ]] ||
+    { echo "ONLY must be comma-separated row names (crelu,avr), got '$ONLY'" >&2; exit 2; }
+for name in ${ONLY//,/ }; do
+    grep -qx -- "$name" <<<"$row_names" ||
+        { echo "ONLY must list rows among $(paste -s -d, <<<"$row_names"), got '$name'" >&2; exit 2; }
+done
+
+for seed in $(printf '%s\n' ${SEEDS//,/ } ${OTHER_SEEDS//,/ } ${DOUBLE_SEEDS//,/ } | sort -n -u); do
+    for row in "${ROWS[@]}"; do
+        read -r experiment factor seeds <<<"$row"
+        [[ ,${seeds:-}, == *,$seed,* ]] || continue
+        [[ -z $ONLY || ,$ONLY, == *,${experiment#convpool_},* ]] || continue
+        queue_run "experiment=$experiment" "model.width=$(row_width "$factor")" "seed=$seed" "${COMMON[@]}"
+    done
+done
+if ((${#QUEUE[@]} == 0)); then
+    echo "nothing to run: no row${ONLY:+ of ONLY=$ONLY} has a seed (SEEDS=$SEEDS OTHER_SEEDS=$OTHER_SEEDS" \
+        "DOUBLE_SEEDS=$DOUBLE_SEEDS)" >&2
+    exit 2
+fi
 
 if [[ $DRY_RUN == 0 ]]; then
     mkdir -p "$SWEEP_DIR"
     invocation="WIDTH_SCALE=$WIDTH_SCALE EPOCHS=$EPOCHS SEEDS=$SEEDS OTHER_SEEDS=$OTHER_SEEDS DOUBLE_SEEDS=$DOUBLE_SEEDS"
     invocation+=" THREADS=$THREADS CHECKPOINT_EVERY=$CHECKPOINT_EVERY JOBS=${JOBS:-1}"
+    [[ -z $ONLY ]] || invocation+=" ONLY=$ONLY"
     [[ -z $ARCHIVE ]] || invocation+=" ARCHIVE=$(relative "$ARCHIVE")"
     invocation+=" scripts/reproduce/crelu_table1_mini.sh"
     for arg in "$@"; do invocation+=" $(quote "$arg")"; done
     echo "$invocation  # $(date -u +%Y-%m-%dT%H:%M:%SZ)" >>"$SWEEP_DIR/commands.txt"
 fi
 
-for seed in $(printf '%s\n' ${SEEDS//,/ } ${OTHER_SEEDS//,/ } ${DOUBLE_SEEDS//,/ } | sort -n -u); do
-    for row in "${ROWS[@]}"; do
-        read -r experiment factor seeds <<<"$row"
-        [[ ,${seeds:-}, == *,$seed,* ]] || continue
-        queue_run "experiment=$experiment" "model.width=$(row_width "$factor")" "seed=$seed" "${COMMON[@]}"
-    done
-done
 run_queue
 
 # the curves, tables and page from the archive where there is one (common.sh: ARCHIVE), the committed record that a
