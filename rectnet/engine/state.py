@@ -62,7 +62,7 @@ class State:
             values["partial"] = Counts.from_tensor(sum(partial)) if rank == 0 else Counts()
         values["records"] = dict(saved["records"])
         values["resumes"] = list(saved["resumes"])
-        values["attempts"] = list(saved.get("attempts", [EARLIER_ATTEMPTS]))
+        values["attempts"] = list(saved.get("attempts", [dict(EARLIER_ATTEMPTS)]))
         return cls(**values)
 
     def where(self) -> str:
