@@ -323,3 +323,8 @@ def test_one_rank_then_two_then_one_across_two_preemptions_is_the_uninterrupted_
     resumes = _results(chain)["resumed_from"]
     assert [r["world_size"] for r in resumes] == [[1, 2], [2, 1]]
     assert all(r["position"] == r["step"] * 16 > 0 for r in resumes)
+    attempts = _results(chain)["attempts"]  # rank 0's record of each attempt, kept across the 2-rank segment
+    assert [(a["epoch"], a["step"], a["world_size"]) for a in attempts] == [
+        (0, 0, 1),
+        *((r["epoch"], r["step"], r["world_size"][1]) for r in resumes),
+    ]
