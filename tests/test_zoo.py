@@ -112,6 +112,25 @@ def test_every_paper_model_is_registered_with_timm():
         assert timm.is_model(name)
 
 
+@pytest.mark.parametrize("first", ["rectnet", "timm"])
+def test_timm_knows_rectnets_models_whichever_is_imported_first_and_rectnet_alone_imports_neither(first):
+    """rectnet registers its models with timm when timm is imported (rectnet/models/zoo.py), so that a process
+    that only imports rectnet or train.py (every run, every rank) does not import timm and torchvision."""
+    code = f"""
+import sys
+import {first}
+import rectnet, train
+print(sorted(name for name in ("timm", "torchvision") if name in sys.modules))
+import timm
+print(timm.is_model("convpool_cnn_c"), type(timm.create_model("convpool_cnn_c", width=0.125)).__name__)
+"""
+    repo = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, check=True)
+    imported, registered = out.stdout.splitlines()
+    assert imported == ("[]" if first == "rectnet" else "['timm', 'torchvision']")
+    assert registered == "True SpecNet"
+
+
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_variant_sizes_match_the_papers(variant):
     settings = compose_settings([f"experiment={variant}"])

@@ -10,7 +10,6 @@ from __future__ import annotations
 import difflib
 from typing import Any
 
-import timm
 from torch import nn
 
 from rectnet.convert import stem
@@ -22,6 +21,8 @@ def check_name(name: str) -> None:
     """Refuse a name timm does not know, listing the closest ones (a pretrained tag, `.a1_in1k`, is allowed)."""
     if name == "timm":  # configs/model/timm.yaml names itself; the architecture is the user's choice
         raise ConversionError("model=timm needs an architecture: add model.name=<a timm model>, e.g. resnet18")
+    import timm  # here, not at module level: `import rectnet` does not import timm (rectnet/models/zoo.py)
+
     known = timm.list_models()
     if name.split(".")[0] in known:
         return
@@ -45,6 +46,8 @@ def create_timm(
     `kwargs` go to `timm.create_model` (e.g. resnet's `channels`, `stem_width`, `act_layer`, `drop_rate`);
     `convert_args` to `rectnet.convert.convert` (activation, init: a `rectnet.layers.init.InitSpec`, act_at, ...).
     """
+    import timm
+
     check_name(name)
     try:
         model = timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_chans, **(kwargs or {}))

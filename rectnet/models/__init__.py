@@ -1,4 +1,5 @@
-"""Architectures. Importing this package registers every model (rectnet config and timm.create_model)."""
+"""Architectures. Importing this package registers every model with rectnet's config and, once timm is imported,
+with timm.create_model."""
 
 from rectnet.models import allcnn, convpool, prelu_nets, vgg_cifar  # noqa: F401  (registers their models)
 from rectnet.models.spec import SpecNet

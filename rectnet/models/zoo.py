@@ -8,7 +8,7 @@ from functools import cache
 from typing import Any
 
 import torch
-from timm.models import register_model
+import wrapt
 
 from rectnet.layers.activations import ActivationFactory, make_activation
 from rectnet.layers.facts import LayerFacts
@@ -83,7 +83,9 @@ def register(name: str) -> Callable[[SpecFn], SpecFn]:
         entrypoint.__qualname__ = name
         entrypoint.__module__ = spec_fn.__module__
         entrypoint.__doc__ = spec_fn.__doc__
-        register_model(entrypoint)
+        # timm learns the name when it is imported (at once if it already is): `import rectnet` alone does not
+        # pay for importing timm (and the torchvision models it imports), about 1.5 s of every process start.
+        wrapt.register_post_import_hook(lambda timm: timm.models.register_model(entrypoint), "timm")
         return spec_fn
 
     return add

@@ -6,19 +6,35 @@ from __future__ import annotations
 import io
 import math
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cache
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-try:  # deprecated in torchvision 0.29 in favour of TorchCodec; PIL decodes the same JPEGs where it is gone
-    from torchvision.io import ImageReadMode
-    from torchvision.io import decode_jpeg as _decode_jpeg
-except ImportError:
-    _decode_jpeg = None
-
 Size = tuple[float, float]
+
+
+@cache
+def jpeg_decoder() -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """torchvision's libjpeg-turbo decoder (uint8 bytes -> RGB (3, h, w)), or None where torchvision has none.
+
+    Imported on first use, not with this module: torchvision's package import loads all its models (about
+    1.5 s), which a CIFAR run, or any process that only imports rectnet, should not pay. Loader calls it in the
+    main process, so that forked DataLoader workers inherit it instead of each importing torchvision."""
+    try:  # deprecated in torchvision 0.29 in favour of TorchCodec; PIL decodes the same JPEGs where it is gone
+        from torchvision.io import ImageReadMode, decode_jpeg
+    except ImportError:
+        return None
+
+    def decode_rgb(data: torch.Tensor) -> torch.Tensor:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # each call warns; PIL takes over once removed
+            return decode_jpeg(data, mode=ImageReadMode.RGB)
+
+    return decode_rgb
 
 
 class CorruptImageError(RuntimeError):
@@ -69,7 +85,7 @@ class EncodedImage:
                 drafted = image.draft("RGB", request)
                 content = drafted[1][2:] if drafted is not None else content
             if (
-                _decode_jpeg is not None
+                jpeg_decoder() is not None
                 and image.format == "JPEG"
                 and image.mode in ("RGB", "L")
                 and content == self.size
@@ -83,9 +99,7 @@ class EncodedImage:
     def _decode_full_jpeg(self) -> torch.Tensor:
         """libjpeg-turbo through torchvision: the same pixels as PIL's decode, straight into a tensor (faster)."""
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", DeprecationWarning)  # each call warns; PIL takes over once removed
-                return _decode_jpeg(torch.frombuffer(self.data, dtype=torch.uint8), mode=ImageReadMode.RGB)
+            return jpeg_decoder()(torch.frombuffer(self.data, dtype=torch.uint8))
         except RuntimeError as exc:
             raise CorruptImageError(self.path, exc) from exc
 

@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from rectnet.data.batches import check_start, generator, shard_bounds
 from rectnet.data.imagenet.datasets import TrainBatch, TrainCollate, TrainDataset, ViewDataset, collate_views
-from rectnet.data.imagenet.decode import CorruptImageError
+from rectnet.data.imagenet.decode import CorruptImageError, jpeg_decoder
 from rectnet.engine.preemption import shield_worker, workers_start_deaf_to_sigterm
 
 
@@ -112,6 +112,7 @@ class Loader(DataLoader):
 
     def __init__(self, dataset: Dataset, collate_fn: Callable[[Sequence[Any]], Any], **options: Any) -> None:
         collate = _CollateOrUndecodable(collate_fn)
+        jpeg_decoder()  # imported here, before the workers fork, not once in each of them
         super().__init__(_CatchCorrupt(dataset), collate_fn=collate, worker_init_fn=shield_worker, **options)
 
     def __iter__(self) -> Iterator[Any]:
