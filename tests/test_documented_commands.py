@@ -2,10 +2,12 @@
 
 Where the commands come from:
 
-* README.md and docs/*.md: each line of a fenced shell block (continuation lines joined, `# comments` dropped)
-  and each line of an untagged block that starts with a program, each inline `python ...` / `bash ...` /
-  `torchrun ...` / `pip ...` span, and each ```python block. A python block that a document introduces as a file
-  for the reader to write ("`mypkg/acts.py`:") is written to a folder on sys.path for that document's commands;
+* README.md and docs/**/*.md (the results pages included): each line of a fenced shell block (continuation
+  lines joined, `# comments` dropped; a line that only assigns shell variables, `COMMON="..."`, is no command:
+  its values replace `$COMMON` in the block's later lines) and each line of an untagged block that starts with a
+  program, each inline `python ...` / `bash ...` / `torchrun ...` / `pip ...` span, and each ```python block. A
+  python block that a document introduces as a file for the reader to write ("`mypkg/acts.py`:") is written to a
+  folder on sys.path for that document's commands. A command shown in several places is checked once;
 * configs/**/*.yaml: each comment line that starts with a command (`#   python train.py ...`); what follows two
   or more spaces is its explanation, a trailing backslash continues it on the next comment line. A command
   written inside a sentence would escape this, so such comments are refused (`test_config_comments_...`).
@@ -40,6 +42,7 @@ import os
 import re
 import runpy
 import shlex
+import string
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -54,7 +57,7 @@ from rectnet.engine import eval_command, preflight
 from rectnet.engine.train import run
 from rectnet.summary import compose_settings
 
-DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 YAMLS = sorted(CONFIGS.rglob("*.yaml"))
 
 FENCE = re.compile(r"^```([\w-]*)\n(.*?)^```", re.S | re.M)
@@ -64,15 +67,21 @@ COMMENT_COMMAND = re.compile(r"^\s*#\s+((?:python|bash|torchrun)\s.*)$")
 # a command, or a quoted override to add to one, in the prose of a comment, where the extraction cannot see it
 COMMAND_IN_PROSE = re.compile(r"\b(python (?:train\.py|eval\.py|-m )|torchrun )|'[+~]*[a-z_]+\.[a-z_.]+=")
 EXPLANATION = re.compile(r"\s{2,}")  # a comment command ends where two or more spaces begin its explanation
-ENVIRONMENT = re.compile(r"[A-Z_]+=\S*")
+ENVIRONMENT = re.compile(r"[A-Z_][A-Z0-9_]*=.*", re.S)  # a shell word: `SEEDS="0 1 2"` is one
 
 # Commands not run here, each with its reason (the whole command as shown, or its start).
 SKIPPED = {
     "tensorboard --logdir": "starts a web server; the package is a dependency in pyproject.toml",
 }
 
-# What a placeholder stands for in a command that is run (eval.py); `run` is the tiny ImageNet-style run.
+# What a placeholder stands for in a command that is checked: `run` is the tiny ImageNet-style run (eval.py);
+# a template's slot (a results page's "one command per activation <a>") is checked with one example value.
 PLACEHOLDERS = {
+    "activation=<a>": "activation=prelu",
+    "init.mode=<m>": "init.mode=fan_out",
+    "experiment=convpool_<row>": "experiment=convpool_crelu",
+    "model.width=W": "model.width=0.25",
+    "seed=S": "seed=0",
     "<run directory>": "{run}",
     "<run dir>": "{run}",
     "<run>": "{run}",
@@ -134,6 +143,14 @@ def _is_command(line: str) -> bool:
     return bool(words) and (words[0] in PROGRAMS or re.fullmatch(r"scripts/\S+\.(sh|py)", words[0]) is not None)
 
 
+def _assignments(command: str) -> dict[str, str] | None:
+    """The variables a line that only assigns shell variables sets (`COMMON="a=1 b=2"`), else None."""
+    words = shlex.split(command, comments=True)
+    if not words or not all(ENVIRONMENT.fullmatch(w) for w in words):
+        return None
+    return dict(w.split("=", 1) for w in words)
+
+
 def block_commands(path: Path) -> list[Shown]:
     text, name = path.read_text(), path.relative_to(ROOT)
     shown = []
@@ -141,9 +158,13 @@ def block_commands(path: Path) -> list[Shown]:
         language = fence.group(1)
         if language not in SHELL and language != "":
             continue
-        first = _line(text, fence.start(2))
+        first, variables = _line(text, fence.start(2)), {}
         for index, command in _joined(fence.group(2).splitlines()):
-            if language or _is_command(command):
+            assigned = _assignments(command) if language else None
+            if assigned is not None:
+                variables |= assigned
+            elif language or _is_command(command):
+                command = string.Template(command).safe_substitute(variables)
                 shown.append(Shown(f"{name}:{first + index}", command))
     return shown
 
@@ -229,8 +250,13 @@ def _comment_commands(path: Path) -> list[tuple[range, str]]:
 
 
 def all_shown() -> list[Shown]:
+    """Each distinct command once, where it is first shown (a results page logs the same command per session)."""
     shown = [c for path in DOCS for c in (*block_commands(path), *inline_commands(path))]
-    return shown + [c for path in YAMLS for c in comment_commands(path)]
+    shown += [c for path in YAMLS for c in comment_commands(path)]
+    distinct: dict[tuple[str, ...], Shown] = {}
+    for command in shown:
+        distinct.setdefault(tuple(command.words()), command)
+    return list(distinct.values())
 
 
 SHOWN = all_shown()
