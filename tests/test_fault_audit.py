@@ -329,6 +329,43 @@ def test_a_second_ctrl_c_stops_at_once_without_saving_and_corrupts_nothing(tmp_p
     assert _epochs(tmp_path) == [1, 2]
 
 
+# eval.py with scoring held up until the test sends its signal: a real SIGINT, delivered mid-evaluation
+SLOW_EVAL = """
+import sys, time
+from rectnet.engine import eval_command, scoring
+def held(self, *args, **kwargs):
+    print("scoring", flush=True)
+    time.sleep(120)
+scoring.Evaluator.__call__ = held
+sys.exit(eval_command.main(sys.argv[1:]))
+"""
+
+
+def test_ctrl_c_during_eval_py_says_so_in_one_line_and_leaves_an_earlier_result_as_it_was(tmp_path, two_epochs):
+    run_dir = _copy(two_epochs, tmp_path / "run")
+    earlier = run_dir / "eval_center.json"
+    earlier.write_text('{"top1_err": 12.5}\n')  # what an earlier evaluation left
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SLOW_EVAL, f"run_dir={run_dir}"],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+    )
+    assert proc.stdout.readline().strip() == "scoring", proc.stderr.read()[-2000:]
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err[-2000:]
+    assert err.strip().splitlines()[-1] == (
+        "eval.py: interrupted before every image was scored; no result file was written"
+    )
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err
+    assert earlier.read_text() == '{"top1_err": 12.5}\n'
+    assert sorted(p.name for p in run_dir.glob("*eval*")) == ["eval_center.json"]  # no temporary file either
+
+
 # ---------------------------------------------------------------------------------------------------------
 # 3. Damaged state
 

@@ -14,7 +14,8 @@ checkpoint=<run_dir>/checkpoints/last.pt (scripts/reproduce/ does).
 Every other `key=value` overrides the saved training config with the same keys and checks as train.py:
 dataset.root=..., eval.scales=[256,384,480], eval.dense_stride=2, trainer.device=cpu,
 trainer.eval_batch_size=..., dataset.workers=..., dataset.num_test=... Preprocessing (mean/std or mean image)
-is the checkpoint's own. Under torchrun the ranks split the images.
+is the checkpoint's own. Under torchrun the ranks split the images. Ctrl-C exits 130 and writes nothing (the result
+files are written whole, at the end).
 """
 
 from __future__ import annotations
@@ -162,4 +163,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except USER_ERRORS as err:
         print(f"eval.py: error: {err.args[0] if isinstance(err, KeyError) else err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: the result files are written whole at the end, so none was touched
+        print("eval.py: interrupted before every image was scored; no result file was written", file=sys.stderr)
+        return 130  # 128 + SIGINT, the shell's convention and train.py's
     return 0
