@@ -158,8 +158,9 @@ class Untraceable(nn.Module):
 
 
 def test_untraceable_model_falls_back_to_module_replacement_naming_the_module():
-    with pytest.warns(UserWarning, match="tracing stopped in module 'gate'"):
+    with pytest.warns(UserWarning, match="tracing stopped in module 'gate'") as caught:
         model, report = rectnet.convert(Untraceable(), "prelu", input_size=(3, 8, 8))
+    assert {w.filename for w in caught.list} == {__file__}
     assert isinstance(model.relu, PReLU) and not report.traced and report.stopped_at == "gate"
     with pytest.raises(ConversionError, match="CReLU needs the data flow.*'gate'"):
         rectnet.convert(Untraceable(), "crelu", input_size=(3, 8, 8))
@@ -196,8 +197,15 @@ def test_torchvision_resnet_shared_relu_is_not_halved_and_its_slopes_are_shared(
     # torchvision's BasicBlock calls one `relu` module after bn1 and after the sum: only the stem's converts
     assert [s.where for s in report.halved] == ["relu"]
     assert all("called at 2 places" in s.note for s in report.sites[1:])
-    with pytest.warns(UserWarning, match="share one set of prelu parameters"):
+    with pytest.warns(UserWarning, match="share one set of prelu parameters") as caught:
         rectnet.convert(torchvision.models.resnet18(num_classes=10), "prelu", input_size=(3, 32, 32))
+    # one warning for the conversion, a line for each of the 8 blocks' shared `relu` (the stem's is called once)
+    (warning,) = caught.list
+    assert warning.filename == __file__  # at the caller's line, not inside rectnet.convert
+    lines = str(warning.message).splitlines()
+    assert lines[0] == "converting ResNet to prelu:"
+    expected = [f"layer{i}.{j}.relu" for i in range(1, 5) for j in range(2)]
+    assert [line.split()[0] for line in lines[1:]] == expected
 
 
 def test_timm_resnet_cifar_stem_and_crelu():

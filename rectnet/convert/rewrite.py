@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import sys
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -108,13 +109,23 @@ def convert(
     if graph is not None:
         report.layers = layer_reports(model, graph, used)
     report.params_after = _count(model)
-    for note in dict.fromkeys(s.note for s in report.sites if s.note and not s.note.startswith("not CReLU")):
-        warnings.warn(note, stacklevel=2)
-        report.notes.append(note)
+    notes = list(dict.fromkeys(s.note for s in report.sites if s.note and not s.note.startswith("not CReLU")))
+    if notes:  # one warning for the whole conversion (torchvision's resnet18 has 8 shared modules), a line each
+        _warn("\n  ".join([f"converting {type(model).__name__} to {act.name}:", *notes]))
+        report.notes.extend(notes)
     shape_after = _output_shape(model, example)
     if shape_after != shape_before:
         raise ConversionError(f"conversion changed the output shape {shape_before} -> {shape_after}")
     return model, report
+
+
+def _warn(message: str) -> None:
+    """A warning at the caller's line: the first frame outside rectnet.convert (`rectnet.convert(...)` reaches
+    `convert` through the package's __call__, `from rectnet.convert import convert` directly)."""
+    level, frame = 2, sys._getframe(1)
+    while frame is not None and frame.f_globals.get("__name__", "").startswith("rectnet.convert"):
+        level, frame = level + 1, frame.f_back
+    warnings.warn(message, stacklevel=level)
 
 
 def _count(model: nn.Module) -> int:
@@ -152,10 +163,9 @@ def _trace(model: nn.Module, act: ActivationFactory) -> tuple[Graph | None, str 
                 f"CReLU needs the data flow (which conv feeds which rectifier), and torch.fx cannot trace "
                 f"{type(model).__name__}: {failure}"
             ) from None
-        warnings.warn(
+        _warn(
             f"{failure}; falling back to replacing rectifier modules in registration order (init paired in "
-            "registration order, functional rectifiers untouched)",
-            stacklevel=3,
+            "registration order, functional rectifiers untouched)"
         )
         return None, failure.module
 
