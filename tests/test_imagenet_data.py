@@ -262,7 +262,7 @@ def test_both_jpeg_decoders_give_the_same_pixels(folder):
     assert jpeg_decoder() is not None, "torchvision's JPEG decoder is gone: only PIL's path is tested here"
     for name in ["a/wide.JPEG", "b/gray.JPEG"]:
         pixels, _ = EncodedImage.read(str(folder / name)).decode()
-        direct = jpeg_decoder()(torch.from_numpy(np.frombuffer((folder / name).read_bytes(), dtype=np.uint8)))
+        direct = jpeg_decoder()(torch.frombuffer(bytearray((folder / name).read_bytes()), dtype=torch.uint8))
         reference = np.array(Image.open(folder / name).convert("RGB"))
         assert torch.equal(pixels.permute(1, 2, 0), torch.from_numpy(reference))
         assert torch.equal(direct, pixels)
