@@ -69,7 +69,7 @@ def write_json(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
-def _format_duration(seconds: float) -> str:
+def format_duration(seconds: float) -> str:
     seconds = int(max(0, seconds))
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
@@ -103,7 +103,7 @@ class Progress:
         text = (
             f"epoch {epoch}/{epochs} step {step}/{steps} loss {self.recent_loss:.4f} "
             f"(last {len(self.recent)} steps; epoch mean {epoch_loss:.4f}) "
-            f"{images_per_s:.0f} img/s ETA {_format_duration(eta_s)}"
+            f"{images_per_s:.0f} img/s ETA {format_duration(eta_s)}"
         )
         if self.mode == "bar":
             filled = int(20 * step / max(steps, 1))

@@ -205,6 +205,20 @@ def _read_record(path: Path) -> dict | None:
     return None
 
 
+def holder(run_dir: Path) -> str | None:
+    """Who holds `run_dir` now, read from its lock record without touching the lock (a probe of the flock
+    could make a claim that lands at the same moment fail): "pid N" for a live process on this host, "host H"
+    for a claim from another machine that was not released (whether that owner is alive only its heartbeat
+    tells, over STALE_BEATS periods); None when nobody does (released, owner dead, never claimed)."""
+    record = _read_record(run_dir / LOCK_NAME)
+    if not record or record.get("released"):
+        return None
+    if record.get("host") != socket.gethostname():
+        return f"host {record.get('host')}"
+    pid = record.get("pid")
+    return f"pid {pid}" if isinstance(pid, int) and _pid_alive(pid, record.get("started")) else None
+
+
 def _describe(record: dict) -> str:
     since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record.get("started_at", 0)))
     return f"process {record.get('pid')} on host {record.get('host')} (since {since})"

@@ -1,0 +1,163 @@
+"""How far a sweep has got: every run directory under the given folders, one line each, and the time left.
+
+    python -m rectnet.results.progress <sweep or run dir>...
+
+A reproduce script's grid trains for hours or days, several runs at a time (JOBS) or on a cluster; this reads
+the run directories only (it writes nothing and takes no lock), so it can be run at any time, beside the
+training. Per run:
+
+* state: `completed` (results.json); `failed` (a FAILED file: a re-run of the script retries it); `training`
+  (its lock record names a live process on this host, or a claim from another host that was not released);
+  `stopped` (nobody holds it and it has a checkpoint: the same command resumes it); `started` (nobody holds
+  it and it has no checkpoint: it starts over).
+* epochs: those logged in metrics.jsonl / the config's trainer.epochs.
+* test top-1: the last logged epoch's error (%).
+* s/epoch: wall seconds per epoch of the latest attempt, from metrics.jsonl's time_s (seconds since the
+  attempt started; an attempt begins where time_s falls back). With two or more epochs in the attempt, the
+  mean of their differences, so start-up and a resumed first epoch do not count; with one, its time_s.
+* left: epochs still to train x s/epoch, less the time since the last epoch ended for a run in training.
+
+The last lines count the runs per state and sum the time left: a sum over runs, so runs that train at the same
+time finish sooner than it says. Then one JSON line with the same numbers. A run a sweep has not started has no
+directory yet: a reproduce script's --dry-run lists its whole grid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from rectnet.engine.run_log import format_duration
+from rectnet.engine.rundir import holder
+from rectnet.results.runs import find_run_dirs, read_metrics, read_run
+
+STATES = ("training", "stopped", "started", "failed", "completed")
+CHECKPOINTS = ("last.pt", "prev.pt", ".last.pt.new")  # what trainer.resume=auto resumes from
+
+
+@dataclass
+class RunProgress:
+    run: str  # the run directory, relative to the folder it was found under
+    state: str
+    epochs_done: int
+    epochs: int | None  # the config's trainer.epochs; None when no config is readable
+    top1_err: float | None
+    seconds_per_epoch: float | None
+    left_s: float | None  # None: unknown (no pace yet, no epoch count) or not to be trained as it is (failed)
+    holder: str | None  # "pid N" or "host H" for a run in training
+
+
+def epoch_seconds(records: Sequence[dict]) -> float | None:
+    """Wall seconds per epoch of the latest attempt (module docstring); None before its first epoch."""
+    times = [float(r["time_s"]) for r in records if "time_s" in r]
+    start = max((i for i in range(1, len(times)) if times[i] < times[i - 1]), default=0)
+    latest = times[start:]
+    if len(latest) >= 2:
+        return (latest[-1] - latest[0]) / (len(latest) - 1)
+    return latest[0] if latest else None
+
+
+def run_state(path: Path, status: str) -> tuple[str, str | None]:
+    """(state, holder) of a run directory whose runs.py status is `status`."""
+    if status in ("completed", "failed"):
+        return status, None
+    owner = holder(path)
+    if owner is not None:
+        return "training", owner
+    resumable = any((path / "checkpoints" / name).is_file() for name in CHECKPOINTS)
+    return ("stopped" if resumable else "started"), None
+
+
+def run_progress(path: Path, root: Path, now: float) -> RunProgress:
+    run = read_run(path)
+    state, owner = run_state(path, run.status)
+    records = [r for r in read_metrics(path) if "epoch" in r]
+    done = max((int(r["epoch"]) for r in records), default=0)
+    epochs = ((run.config or {}).get("trainer") or {}).get("epochs")
+    epochs = int(epochs) if isinstance(epochs, int) else None
+    pace = epoch_seconds(records)
+    left = None
+    if state == "completed":
+        left = 0.0
+    elif state != "failed" and epochs is not None and pace is not None:
+        left = max(0, epochs - done) * pace
+        if state == "training":  # the epoch under way has run since metrics.jsonl was last written
+            left = max(0.0, left - (now - (path / "metrics.jsonl").stat().st_mtime))
+    top1 = records[-1].get("test/top1_err") if records else None
+    name = "." if path == root else str(path.relative_to(root))
+    return RunProgress(name, state, done, epochs, top1, pace, left, owner)
+
+
+def collect(roots: Sequence[Path]) -> list[RunProgress]:
+    now = time.time()
+    found = []
+    for root in roots:
+        found += [run_progress(path, root, now) for path in find_run_dirs([root])]
+    return found
+
+
+def _cell(value: float | None, text) -> str:
+    return "—" if value is None else text(value)
+
+
+def render(progress: Sequence[RunProgress]) -> str:
+    header = f"{'state':<10} {'epochs':>7} {'test top-1':>10} {'s/epoch':>8} {'left':>9}  run"
+    lines = [header]
+    for p in progress:
+        epochs = f"{p.epochs_done}/{p.epochs if p.epochs is not None else '?'}"
+        top1 = _cell(p.top1_err, lambda v: f"{v:.2f}")
+        pace = _cell(p.seconds_per_epoch, lambda v: f"{v:.0f}")
+        left = _cell(p.left_s, format_duration)
+        where = f"  ({p.holder})" if p.holder else ""
+        lines.append(f"{p.state:<10} {epochs:>7} {top1:>10} {pace:>8} {left:>9}  {p.run}{where}")
+    lines.append(summary(progress))
+    return "\n".join(lines)
+
+
+def count_states(progress: Sequence[RunProgress]) -> dict[str, int]:
+    return {state: sum(p.state == state for p in progress) for state in STATES}
+
+
+def summary(progress: Sequence[RunProgress]) -> str:
+    counts = count_states(progress)
+    unfinished = [p for p in progress if p.state not in ("completed", "failed")]
+    unknown = sum(p.left_s is None for p in unfinished)
+    left = sum(p.left_s for p in unfinished if p.left_s is not None)
+    text = f"{len(progress)} runs: " + ", ".join(f"{n} {state}" for state, n in counts.items())
+    if unfinished:
+        text += f"; {format_duration(left)} of training left, summed over the unfinished runs"
+        if unknown:
+            text += f" with a known pace ({unknown} without one: no epoch logged or no readable config)"
+    if counts["failed"]:
+        text += "; failed runs are retried by a re-run of the script (their FAILED file says why)"
+    return text
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m rectnet.results.progress",
+        description="Each run's state, epochs, last test error and time left, under sweep or run directories.",
+        epilog=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("dirs", nargs="+", type=Path, help="sweep or run directories (searched recursively)")
+    args = parser.parse_args(argv)
+    missing = [str(d) for d in args.dirs if not d.is_dir()]
+    if missing:
+        parser.error(f"not a directory: {', '.join(missing)}")
+    progress = collect(args.dirs)
+    if not progress:
+        print(f"no run directories under {', '.join(map(str, args.dirs))}", file=sys.stderr)
+        return 1
+    print(render(progress))
+    print(json.dumps({"counts": count_states(progress), "runs": [asdict(p) for p in progress]}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

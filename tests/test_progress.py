@@ -1,0 +1,162 @@
+"""python -m rectnet.results.progress: each run's state, epochs, pace and time left, read from the run directories.
+
+Expected values are worked out by hand from the metrics.jsonl lines the tests write (time_s: seconds since the
+attempt started), and the states from lock records of live and dead processes made here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from helpers import ROOT, TINY, compose_train
+from omegaconf import OmegaConf
+
+from rectnet.engine import rundir
+from rectnet.engine.train import run
+from rectnet.results import progress
+from rectnet.results.runs import read_json
+
+CONFIG = "dataset: {name: synthetic}\nmodel: {name: convpool_cnn_c}\nactivation: {name: relu}\ntrainer: {epochs: 10}\n"
+
+
+def _run_dir(root: Path, name: str, times: list[float] = (), config: str = CONFIG) -> Path:
+    path = root / name
+    (path / ".hydra").mkdir(parents=True)
+    (path / ".hydra" / "config.yaml").write_text(config)
+    lines = [{"epoch": i + 1, "time_s": t, "test/top1_err": 90.0 - i} for i, t in enumerate(times)]
+    if lines:
+        (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    return path
+
+
+def _lock(path: Path, pid: int, host: str | None = None, released: bool = False) -> None:
+    started = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19] if pid == os.getpid() else "1"
+    record = {"host": host or socket.gethostname(), "pid": pid, "started": started, "beat": 3, "released": released}
+    (path / ".lock").write_text(json.dumps(record) + "\n")
+
+
+def _checkpoint(path: Path) -> None:
+    (path / "checkpoints").mkdir()
+    (path / "checkpoints" / "last.pt").write_bytes(b"checkpoint")
+
+
+def _dead_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", ""])
+    child.wait()
+    return child.pid
+
+
+@pytest.mark.parametrize(
+    ("times", "expected"),
+    [
+        ([], None),
+        ([70.0], 70.0),  # one epoch in the attempt: its time, start-up included
+        ([100.0, 205.0, 310.0], 105.0),  # differences only: the first epoch's start-up is left out
+        ([100.0, 200.0, 300.0, 50.0, 150.0, 262.0], 106.0),  # the latest attempt, from where time_s falls back
+        ([100.0, 200.0, 30.0], 30.0),  # a resumed attempt with one (partial) epoch so far
+    ],
+)
+def test_epoch_seconds_is_the_latest_attempts_pace(times, expected):
+    assert progress.epoch_seconds([{"epoch": i + 1, "time_s": t} for i, t in enumerate(times)]) == expected
+
+
+def test_each_state_with_its_epochs_pace_and_time_left(tmp_path):
+    sweep = tmp_path / "sweep"
+    training = _run_dir(sweep, "a_training", [100.0, 200.0, 300.0, 400.0])  # 4 of 10 epochs, 100 s each
+    _lock(training, os.getpid())  # this process: alive, on this host
+    os.utime(training / "metrics.jsonl", (time.time() - 30, time.time() - 30))  # epoch 5 under way for 30 s
+    stopped = _run_dir(sweep, "b_stopped", [100.0, 200.0, 300.0, 400.0, 50.0, 170.0, 290.0])  # 7 done, 120 s each
+    _lock(stopped, _dead_pid())  # killed (never released), its process gone
+    _checkpoint(stopped)
+    started = _run_dir(sweep, "c_started")  # claimed and killed before any checkpoint
+    _lock(started, _dead_pid())
+    elsewhere = _run_dir(sweep, "d_elsewhere", [60.0])
+    _lock(elsewhere, 12345, host="another-node")
+    failed = _run_dir(sweep, "e_failed", [100.0, 200.0])
+    (failed / "FAILED").write_text("RuntimeError: boom\n")
+    released = _run_dir(sweep, "f_released", [100.0, 200.0])
+    _lock(released, os.getpid(), released=True)
+    _checkpoint(released)
+
+    found = {p.run: p for p in progress.collect([sweep])}
+    assert {name: p.state for name, p in found.items()} == {
+        "a_training": "training",
+        "b_stopped": "stopped",
+        "c_started": "started",
+        "d_elsewhere": "training",
+        "e_failed": "failed",
+        "f_released": "stopped",
+    }
+    assert found["a_training"].holder == f"pid {os.getpid()}" and found["d_elsewhere"].holder == "host another-node"
+    assert (found["a_training"].epochs_done, found["a_training"].epochs) == (4, 10)
+    assert found["a_training"].left_s == pytest.approx(6 * 100 - 30, abs=2)
+    assert (found["b_stopped"].seconds_per_epoch, found["b_stopped"].left_s) == (120.0, 3 * 120.0)
+    assert found["b_stopped"].top1_err == 90.0 - 6
+    assert found["c_started"].left_s is None and found["c_started"].epochs_done == 0
+    assert found["d_elsewhere"].left_s == pytest.approx(
+        9 * 60.0 - (time.time() - (elsewhere / "metrics.jsonl").stat().st_mtime), abs=2
+    )
+    assert found["e_failed"].left_s is None  # not trained on as it is: a re-run retries it
+
+    text = progress.render(list(found.values())).splitlines()
+    assert text[1].split()[:4] == ["training", "4/10", "87.00", "100"]
+    assert text[1].split()[4] in ("0:09:29", "0:09:30")  # 570 s, less the moments since the mtime was set
+    assert text[1].endswith(f"a_training  (pid {os.getpid()})")
+    assert text[3].split() == ["started", "0/10", "—", "—", "—", "c_started"]
+    assert text[-1].startswith("6 runs: 2 training, 2 stopped, 1 started, 1 failed, 0 completed; ")
+    assert "(1 without one: no epoch logged or no readable config)" in text[-1]
+
+
+def test_a_real_run_completed_then_one_interrupted_after_its_last_checkpoint(tmp_path):
+    done = tmp_path / "sweep" / "done"
+    run(compose_train(TINY, done))
+    interrupted = tmp_path / "sweep" / "interrupted"
+    shutil.copytree(done, interrupted)
+    # killed between its last checkpoint and results.json: train.py's run directory then holds Hydra's config
+    (interrupted / ".hydra").mkdir()
+    OmegaConf.save(read_json(done / "results.json")["config"], interrupted / ".hydra" / "config.yaml")
+    (interrupted / "results.json").unlink()
+    found = {p.run: p for p in progress.collect([tmp_path / "sweep"])}
+    final = read_json(done / "results.json")["final"]["top1_err"]
+    assert (found["done"].state, found["done"].epochs_done, found["done"].epochs, found["done"].left_s) == (
+        "completed",
+        2,
+        2,
+        0.0,
+    )
+    assert found["done"].top1_err == final
+    assert (found["interrupted"].state, found["interrupted"].left_s) == ("stopped", 0.0)
+
+
+def test_the_holder_of_a_claimed_run_directory_is_this_process_until_it_lets_go(tmp_path):
+    lock, took = rundir.claim(tmp_path / "run")
+    try:
+        assert took and rundir.holder(tmp_path / "run") == f"pid {os.getpid()}"
+    finally:
+        lock.release()
+    assert rundir.holder(tmp_path / "run") is None
+
+
+def test_the_command_prints_the_table_and_a_json_line_and_refuses_what_it_cannot_read(tmp_path):
+    sweep = tmp_path / "sweep"
+    _checkpoint(_run_dir(sweep, "run", [100.0, 200.0]))
+    command = [sys.executable, "-m", "rectnet.results.progress"]
+    proc = subprocess.run([*command, str(sweep)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    *table, last = proc.stdout.strip().splitlines()
+    assert table[1].split() == ["stopped", "2/10", "89.00", "100", "0:13:20", "run"]
+    assert json.loads(last)["counts"] == {"training": 0, "stopped": 1, "started": 0, "failed": 0, "completed": 0}
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    proc = subprocess.run([*command, str(empty)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and proc.stderr.strip() == f"no run directories under {empty}"
+    proc = subprocess.run([*command, str(tmp_path / "nope")], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and f"not a directory: {tmp_path / 'nope'}" in proc.stderr
