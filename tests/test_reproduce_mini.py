@@ -19,6 +19,8 @@ import numpy as np
 import pytest
 from helpers import ROOT
 
+from rectnet.results import progress
+
 SCRIPT = ROOT / "scripts" / "reproduce" / "crelu_table1_mini.sh"
 MINI_ENV = (
     "WIDTH_SCALE",
@@ -263,6 +265,8 @@ def test_a_stop_signal_stops_every_worker_at_a_checkpoint_and_a_rerun_finishes_t
     while not all("epoch 2/30" in _read(run / "train.log") for run in first):
         assert script.poll() is None and time.monotonic() < deadline, script.communicate()[1][-3000:]
         time.sleep(0.2)
+    live = {p.run: p for p in progress.collect([sweep])}  # what the sweep's progress line says, as it trains
+    assert [(live[r.name].state, live[r.name].holder[:4]) for r in first] == [("training", "pid ")] * 2
     if ctrl_c:
         os.killpg(script.pid, signal.SIGINT)
     else:
@@ -275,12 +279,15 @@ def test_a_stop_signal_stops_every_worker_at_a_checkpoint_and_a_rerun_finishes_t
         with open(sweep / ".claims" / run.name, "w") as claim:  # released: its train.py has ended
             fcntl.flock(claim, fcntl.LOCK_EX | fcntl.LOCK_NB)
     assert not (sweep / "tables").exists()  # stopped before the tables
+    assert f"how far it has got, at any time: python -m rectnet.results.progress {sweep}" in stderr
+    assert [p.state for p in progress.collect([sweep]) if p.run in {r.name for r in first}] == ["stopped"] * 2
     done = subprocess.run(args, capture_output=True, text=True, timeout=600, env=env, cwd=ROOT, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     for run in first:
         assert _completed(run)
         epochs = [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()]
         assert epochs == list(range(1, 31))  # resumed, no epoch twice
+    assert {p.state for p in progress.collect([sweep])} == {"completed"}
 
 
 def _read(path) -> str:

@@ -81,7 +81,7 @@ reproduce_setup() {
             ;;
         *) echo "LAUNCHER must be basic, local or slurm, got $launcher" >&2; exit 2 ;;
     esac
-    echo "sweep directory: $SWEEP_DIR" >&2
+    echo "sweep directory: $SWEEP_DIR (how far it has got, at any time: python -m rectnet.results.progress $(quote "$SWEEP_DIR"))" >&2
 }
 
 # quote ARG: ARG as the shell reads it back: unchanged when it is plain, else in single quotes.
