@@ -15,7 +15,8 @@ training. Per run:
 * s/epoch: wall seconds per epoch of the latest attempt, from metrics.jsonl's time_s (seconds since the
   attempt started; an attempt begins where time_s falls back). With two or more epochs in the attempt, the
   mean of their differences, so start-up and a resumed first epoch do not count; with one, its time_s.
-* left: epochs still to train x s/epoch, less the time since the last epoch ended for a run in training.
+* left: epochs still to train x s/epoch, less the time since the last epoch ended for a run in training; an
+  upper bound for a run with a stopping rule (trainer.stop_at_val_loss, the "Single" protocol's stage 2).
 
 The last lines count the runs per state and sum the time left: a sum over runs, so runs that train at the same
 time finish sooner than it says. Then one JSON line with the same numbers. A run a sweep has not started has no
