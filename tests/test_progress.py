@@ -62,6 +62,7 @@ def _dead_pid() -> int:
         ([100.0, 205.0, 310.0], 105.0),  # differences only: the first epoch's start-up is left out
         ([100.0, 200.0, 300.0, 50.0, 150.0, 262.0], 106.0),  # the latest attempt, from where time_s falls back
         ([100.0, 200.0, 30.0], 30.0),  # a resumed attempt with one (partial) epoch so far
+        ([100.0, 200.0, 1300.0, 1400.0, 1500.0], 100.0),  # epoch 3 paused for 1000 s: not the pace
     ],
 )
 def test_epoch_seconds_is_the_latest_attempts_pace(times, expected):

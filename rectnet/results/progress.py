@@ -14,7 +14,8 @@ training. Per run:
 * test top-1: the last logged epoch's error (%).
 * s/epoch: wall seconds per epoch of the latest attempt, from metrics.jsonl's time_s (seconds since the
   attempt started; an attempt begins where time_s falls back). With two or more epochs in the attempt, the
-  mean of their differences, so start-up and a resumed first epoch do not count; with one, its time_s.
+  median of their differences: start-up and a resumed first epoch do not count, and an epoch that was paused
+  (SIGSTOP, a suspended job) or shared the machine with other work does not set the pace; with one, its time_s.
 * left: epochs still to train x s/epoch, less the time since the last epoch ended for a run in training; an
   upper bound for a run with a stopping rule (trainer.stop_at_val_loss, the "Single" protocol's stage 2).
 
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import time
 from collections.abc import Sequence
@@ -59,7 +61,7 @@ def epoch_seconds(records: Sequence[dict]) -> float | None:
     start = max((i for i in range(1, len(times)) if times[i] < times[i - 1]), default=0)
     latest = times[start:]
     if len(latest) >= 2:
-        return (latest[-1] - latest[0]) / (len(latest) - 1)
+        return statistics.median(b - a for a, b in zip(latest[:-1], latest[1:], strict=True))
     return latest[0] if latest else None
 
 
