@@ -504,6 +504,7 @@ def test_rerun_skips_finished_runs_and_resumes_the_rest(tmp_path):
     runs = sorted(p.parent for p in sweep.glob("*/results.json"))
     assert [re.search(r"experiment=(\w+)", p.name)[1] for p in runs] == ["convpool_avr", "convpool_baseline"]
     assert (sweep / "tables" / "tables.md").is_file()
+    assert sorted((sweep / "queue.txt").read_text().splitlines()) == [p.name for p in runs]  # for progress.py
 
     second = _script("crelu_table1.sh", "--sweep-dir", str(sweep), *tiny, env=env)
     assert second.returncode == 0, second.stderr[-3000:]
@@ -516,6 +517,7 @@ def test_rerun_skips_finished_runs_and_resumes_the_rest(tmp_path):
     assert train["experiment"] == "convpool_avr"  # only the unfinished run
     assert "resumed at epoch 1" in (runs[0] / "train.log").read_text()
     assert json.loads((runs[0] / "results.json").read_text())["status"] == "completed"
+    assert sorted((sweep / "queue.txt").read_text().splitlines()) == [p.name for p in runs]  # each run once
 
 
 @pytest.mark.slow

@@ -112,8 +112,67 @@ def test_each_state_with_its_epochs_pace_and_time_left(tmp_path):
     assert text[1].split()[4] in ("0:09:29", "0:09:30")  # 570 s, less the moments since the mtime was set
     assert text[1].endswith(f"a_training  (pid {os.getpid()})")
     assert text[3].split() == ["started", "0/10", "—", "—", "—", "c_started"]
-    assert text[-1].startswith("6 runs: 2 training, 2 stopped, 1 started, 1 failed, 0 completed; ")
-    assert "(1 without one: no epoch logged or no readable config)" in text[-1]
+    assert text[-1].startswith("6 runs: 2 training, 2 stopped, 1 started, 0 queued, 1 failed, 0 completed; ")
+    assert "(1 without one: no epoch logged by it or its other seeds, or no readable config)" in text[-1]
+
+
+@pytest.mark.parametrize(
+    ("name", "key"),
+    [
+        ("a=1,seed=3,schedule.milestones=[17,21,26]", "a=1,schedule.milestones=[17,21,26]"),
+        ("seed=12,a=1", ",a=1"),
+        ("a=1,seed=0", "a=1"),
+        ("a=1,model.seed=3", "a=1,model.seed=3"),  # another key ending in seed: not the run's seed
+        ("sweep/seed=3,a=1", "sweep/,a=1"),  # the folder is kept; only the last component loses its seed
+        ("a=1", "a=1"),
+    ],
+)
+def test_the_other_seeds_of_a_run_share_its_name_without_the_seed(name, key):
+    assert progress.other_seeds_key(name) == key
+
+
+def test_queued_runs_and_runs_without_an_epoch_take_the_pace_of_their_other_seeds(tmp_path):
+    sweep = tmp_path / "sweep"
+    _checkpoint(_run_dir(sweep, "lr=0.1,seed=0", [100.0, 200.0, 300.0]))  # 100 s per epoch
+    _checkpoint(_run_dir(sweep, "lr=0.1,seed=1", [50.0, 170.0, 290.0, 410.0]))  # 120 s per epoch
+    _lock(_run_dir(sweep, "lr=0.1,seed=3"), _dead_pid())  # started, killed before its first epoch
+    queue = ["lr=0.1,seed=0", "lr=0.1,seed=2", "lr=0.2,seed=0", "lr=0.1,seed=3", "lr=0.1,seed=2"]
+    (sweep / "queue.txt").write_text("".join(f"{name}\n" for name in queue))
+    found = {p.run: p for p in progress.collect([tmp_path])}  # a folder above the sweep: queue.txt is found
+    assert {name: (p.state, p.estimated) for name, p in found.items()} == {
+        "sweep/lr=0.1,seed=0": ("stopped", False),
+        "sweep/lr=0.1,seed=1": ("stopped", False),
+        "sweep/lr=0.1,seed=3": ("started", True),
+        "sweep/lr=0.1,seed=2": ("queued", True),  # listed twice, shown once
+        "sweep/lr=0.2,seed=0": ("queued", False),  # no other seed to learn from
+    }
+    queued = found["sweep/lr=0.1,seed=2"]
+    assert (queued.epochs_done, queued.epochs, queued.seconds_per_epoch, queued.left_s) == (0, 10, 110.0, 1100.0)
+    started = found["sweep/lr=0.1,seed=3"]
+    assert (started.epochs, started.seconds_per_epoch, started.left_s) == (10, 110.0, 1100.0)  # its own epochs
+    alone = found["sweep/lr=0.2,seed=0"]
+    assert (alone.epochs, alone.seconds_per_epoch, alone.left_s) == (None, None, None)
+    text = progress.render(list(found.values())).splitlines()
+    assert [line.split()[:5] for line in text if "seed=2" in line] == [["queued", "0/10", "—", "~110", "0:18:20"]]
+    # 7 + 6 epochs left at 100 and 120 s, and two runs at 110 s x 10: 700 + 720 + 2200 s
+    assert text[-1].startswith("5 runs: 0 training, 2 stopped, 1 started, 2 queued, 0 failed, 0 completed; 1:00:20")
+    assert "(2 at the pace of their other seeds, ~) with a known pace (1 without one" in text[-1]
+
+
+def test_grid_py_queue_adds_each_run_name_once_in_the_order_queued(tmp_path):
+    grid = [sys.executable, str(ROOT / "scripts" / "reproduce" / "grid.py"), "queue", "--sweep-dir", str(tmp_path)]
+    jobs = tmp_path / "jobs"
+    jobs.write_text("experiment=convpool_crelu\x1fseed=3\nexperiment=convpool_baseline\x1fseed=3\n")
+    extra = ["hydra.sweep.dir=x", "dataset.root=/data", "trainer.epochs=2"]  # a hydra key and a path: not in names
+    subprocess.run([*grid, "--jobs", str(jobs), "--", *extra], check=True, cwd=ROOT, timeout=120)
+    subprocess.run([*grid, "--", "experiment=convpool_crelu", "seed=3,4", *extra], check=True, cwd=ROOT, timeout=120)
+    # Hydra's override_dirname, written out by hand: the keys sorted, dataset.root left out
+    assert (tmp_path / "queue.txt").read_text().splitlines() == [
+        "experiment=convpool_crelu,seed=3,trainer.epochs=2",
+        "experiment=convpool_baseline,seed=3,trainer.epochs=2",
+        "experiment=convpool_crelu,seed=4,trainer.epochs=2",
+    ]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".queue.txt.lock", "jobs", "queue.txt"]
 
 
 def test_a_real_run_completed_then_one_interrupted_after_its_last_checkpoint(tmp_path):
@@ -154,7 +213,8 @@ def test_the_command_prints_the_table_and_a_json_line_and_refuses_what_it_cannot
     assert proc.returncode == 0, proc.stderr
     *table, last = proc.stdout.strip().splitlines()
     assert table[1].split() == ["stopped", "2/10", "89.00", "100", "0:13:20", "run"]
-    assert json.loads(last)["counts"] == {"training": 0, "stopped": 1, "started": 0, "failed": 0, "completed": 0}
+    counts = {"training": 0, "stopped": 1, "started": 0, "queued": 0, "failed": 0, "completed": 0}
+    assert json.loads(last)["counts"] == counts
     empty = tmp_path / "empty"
     empty.mkdir()
     proc = subprocess.run([*command, str(empty)], cwd=ROOT, capture_output=True, text=True, timeout=120)

@@ -267,6 +267,10 @@ def test_a_stop_signal_stops_every_worker_at_a_checkpoint_and_a_rerun_finishes_t
         time.sleep(0.2)
     live = {p.run: p for p in progress.collect([sweep])}  # what the sweep's progress line says, as it trains
     assert [(live[r.name].state, live[r.name].holder[:4]) for r in first] == [("training", "pid ")] * 2
+    # seed 1 has no directory yet: queued (queue.txt), at the pace of its seed-0 run over all 30 epochs
+    later = [_name("convpool_baseline", 1, 30), _name("convpool_crelu", 1, 30)]
+    assert [(live[r].state, live[r].estimated, live[r].epochs) for r in later] == [("queued", True, 30)] * 2
+    assert [live[r].left_s for r in later] == [30 * live[r.name].seconds_per_epoch for r in first]
     if ctrl_c:
         os.killpg(script.pid, signal.SIGINT)
     else:
@@ -280,7 +284,8 @@ def test_a_stop_signal_stops_every_worker_at_a_checkpoint_and_a_rerun_finishes_t
             fcntl.flock(claim, fcntl.LOCK_EX | fcntl.LOCK_NB)
     assert not (sweep / "tables").exists()  # stopped before the tables
     assert f"how far it has got, at any time: python -m rectnet.results.progress {sweep}" in stderr
-    assert [p.state for p in progress.collect([sweep]) if p.run in {r.name for r in first}] == ["stopped"] * 2
+    after = {p.run: p.state for p in progress.collect([sweep])}
+    assert [after[run] for run in [*(r.name for r in first), *later]] == ["stopped"] * 2 + ["queued"] * 2
     done = subprocess.run(args, capture_output=True, text=True, timeout=600, env=env, cwd=ROOT, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     for run in first:

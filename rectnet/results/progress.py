@@ -9,28 +9,34 @@ training. Per run:
 * state: `completed` (results.json); `failed` (a FAILED file: a re-run of the script retries it); `training`
   (its lock record names a live process on this host, or a claim from another host that was not released);
   `stopped` (nobody holds it and it has a checkpoint: the same command resumes it); `started` (nobody holds
-  it and it has no checkpoint: it starts over).
+  it and it has no checkpoint: it starts over); `queued` (no directory yet: a reproduce script queued it, as
+  the sweep folder's queue.txt records, and has not reached it).
 * epochs: those logged in metrics.jsonl / the config's trainer.epochs.
 * test top-1: the last logged epoch's error (%).
 * s/epoch: wall seconds per epoch of the latest attempt, from metrics.jsonl's time_s (seconds since the
   attempt started; an attempt begins where time_s falls back). With two or more epochs in the attempt, the
   median of their differences: start-up and a resumed first epoch do not count, and an epoch that was paused
   (SIGSTOP, a suspended job) or shared the machine with other work does not set the pace; with one, its time_s.
+  A run with no epoch of its own yet (queued, started) takes the median pace and the epochs of its other seeds
+  (the runs whose directory name differs only in `seed=`), marked `~`; none: unknown.
 * left: epochs still to train x s/epoch, less the time since the last epoch ended for a run in training; an
   upper bound for a run with a stopping rule (trainer.stop_at_val_loss, the "Single" protocol's stage 2).
 
 The last lines count the runs per state and sum the time left: a sum over runs, so runs that train at the same
-time finish sooner than it says. Then one JSON line with the same numbers. A run a sweep has not started has no
-directory yet: a reproduce script's --dry-run lists its whole grid.
+time finish sooner than it says. Then one JSON line with the same numbers. The queued runs come from queue.txt
+in each given folder and in each folder that holds run directories: scripts/reproduce/ adds every run it queues
+(grid.py queue) before training, and a script that trains several grids in turn adds each as it reaches it.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import sys
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -39,7 +45,8 @@ from rectnet.engine.run_log import format_duration
 from rectnet.engine.rundir import holder
 from rectnet.results.runs import find_run_dirs, read_metrics, read_run
 
-STATES = ("training", "stopped", "started", "failed", "completed")
+STATES = ("training", "stopped", "started", "queued", "failed", "completed")
+QUEUE_FILE = "queue.txt"  # written by scripts/reproduce/grid.py queue
 CHECKPOINTS = ("last.pt", "prev.pt", ".last.pt.new")  # what trainer.resume=auto resumes from
 
 
@@ -53,6 +60,7 @@ class RunProgress:
     seconds_per_epoch: float | None
     left_s: float | None  # None: unknown (no pace yet, no epoch count) or not to be trained as it is (failed)
     holder: str | None  # "pid N" or "host H" for a run in training
+    estimated: bool = False  # pace and epochs taken from the run's other seeds (it has no epoch of its own)
 
 
 def epoch_seconds(records: Sequence[dict]) -> float | None:
@@ -96,11 +104,52 @@ def run_progress(path: Path, root: Path, now: float) -> RunProgress:
     return RunProgress(name, state, done, epochs, top1, pace, left, owner)
 
 
+def queued(root: Path, run_dirs: Sequence[Path]) -> list[str]:
+    """The runs named in queue.txt of `root` or of a folder holding run directories, relative to `root`, that have
+    no directory yet."""
+    names = []
+    for folder in sorted({root, *(path.parent for path in run_dirs if path != root)}):
+        listed = folder / QUEUE_FILE
+        if listed.is_file():
+            names += [str((folder / name).relative_to(root)) for name in listed.read_text().splitlines() if name]
+    return [name for name in dict.fromkeys(names) if not (root / name).is_dir()]
+
+
+def other_seeds_key(run: str) -> str:
+    """The run's path with its directory name's `seed=` item left out: equal for the runs that differ only in the
+    seed (a key that merely ends in "seed", model.seed=, is kept)."""
+    folder, slash, name = run.rpartition("/")
+    return folder + slash + re.sub(r"(^|,)seed=[^,]*(?=,|$)", "", name)
+
+
+def estimate_from_other_seeds(progress: Sequence[RunProgress]) -> None:
+    """Gives each unfinished run without a pace of its own (or without an epoch count) the median pace and the
+    most common epoch count of its other seeds, and the time left that follows."""
+    by_key: dict[str, list[RunProgress]] = {}
+    for p in progress:
+        by_key.setdefault(other_seeds_key(p.run), []).append(p)
+    for p in progress:
+        if p.state in ("completed", "failed") or (p.seconds_per_epoch is not None and p.epochs is not None):
+            continue
+        others = [o for o in by_key[other_seeds_key(p.run)] if o is not p]
+        paces = [o.seconds_per_epoch for o in others if o.seconds_per_epoch is not None]
+        epochs = [o.epochs for o in others if o.epochs is not None]
+        if p.epochs is None and epochs:
+            p.epochs, p.estimated = Counter(epochs).most_common(1)[0][0], True
+        if p.seconds_per_epoch is None and paces:
+            p.seconds_per_epoch, p.estimated = statistics.median(paces), True
+        if p.epochs is not None and p.seconds_per_epoch is not None and p.estimated:
+            p.left_s = max(0, p.epochs - p.epochs_done) * p.seconds_per_epoch
+
+
 def collect(roots: Sequence[Path]) -> list[RunProgress]:
     now = time.time()
     found = []
     for root in roots:
-        found += [run_progress(path, root, now) for path in find_run_dirs([root])]
+        run_dirs = find_run_dirs([root])
+        found += [run_progress(path, root, now) for path in run_dirs]
+        found += [RunProgress(name, "queued", 0, None, None, None, None, None) for name in queued(root, run_dirs)]
+    estimate_from_other_seeds(found)
     return found
 
 
@@ -115,6 +164,7 @@ def render(progress: Sequence[RunProgress]) -> str:
         epochs = f"{p.epochs_done}/{p.epochs if p.epochs is not None else '?'}"
         top1 = _cell(p.top1_err, lambda v: f"{v:.2f}")
         pace = _cell(p.seconds_per_epoch, lambda v: f"{v:.0f}")
+        pace = f"~{pace}" if p.estimated and p.seconds_per_epoch is not None else pace
         left = _cell(p.left_s, format_duration)
         where = f"  ({p.holder})" if p.holder else ""
         lines.append(f"{p.state:<10} {epochs:>7} {top1:>10} {pace:>8} {left:>9}  {p.run}{where}")
@@ -130,12 +180,18 @@ def summary(progress: Sequence[RunProgress]) -> str:
     counts = count_states(progress)
     unfinished = [p for p in progress if p.state not in ("completed", "failed")]
     unknown = sum(p.left_s is None for p in unfinished)
+    estimated = sum(p.estimated and p.left_s is not None for p in unfinished)
     left = sum(p.left_s for p in unfinished if p.left_s is not None)
     text = f"{len(progress)} runs: " + ", ".join(f"{n} {state}" for state, n in counts.items())
     if unfinished:
         text += f"; {format_duration(left)} of training left, summed over the unfinished runs"
+        if estimated:
+            text += f" ({estimated} at the pace of their other seeds, ~)"
         if unknown:
-            text += f" with a known pace ({unknown} without one: no epoch logged or no readable config)"
+            text += (
+                f" with a known pace ({unknown} without one: no epoch logged by it or its other seeds,"
+                " or no readable config)"
+            )
     if counts["failed"]:
         text += "; failed runs are retried by a re-run of the script (their FAILED file says why)"
     return text

@@ -132,7 +132,8 @@ archive_save() {
 # smallest sub-grid that covers the runs not yet finished; nothing when every run is.
 train_grid() {
     archive_restore
-    grid_py pending --sweep-dir "$SWEEP_DIR" -- "$@"
+    [[ $DRY_RUN == 1 ]] || grid_py queue --sweep-dir "$SWEEP_DIR" -- "$@"  # progress.py lists the runs not started yet
+    grid_py pending --sweep-dir "$SWEEP_DIR" -- "$@"  # GRID_OUT: what train.py -m launches
     if ((${#GRID_OUT[@]} == 0)); then
         echo "every run of this grid has finished: nothing to train" >&2
         return 0
@@ -174,6 +175,11 @@ run_queue() {
         _queue_worker "" "" 0
         return
     fi
+    local listed
+    listed=$(mktemp)
+    printf '%s\n' "${QUEUE[@]}" >"$listed"
+    grid_py queue --sweep-dir "$SWEEP_DIR" --jobs "$listed" --  # progress.py lists the runs not started yet
+    rm -f "$listed"
     if ! command -v flock >/dev/null; then
         ((jobs == 1)) || { echo "JOBS=$jobs needs flock(1) (util-linux) to share the runs out; use JOBS=1" >&2; exit 2; }
         claims=0

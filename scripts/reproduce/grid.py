@@ -3,6 +3,7 @@
     python scripts/reproduce/grid.py pending --sweep-dir DIR -- OVERRIDE...   what to launch (NUL-separated)
     python scripts/reproduce/grid.py runs --sweep-dir DIR [--completed] -- OVERRIDE...   run directories (NUL-separated)
     python scripts/reproduce/grid.py state --sweep-dir DIR -- OVERRIDE...    each run's state and directory
+    python scripts/reproduce/grid.py queue --sweep-dir DIR [--jobs FILE] -- OVERRIDE...   note the runs in DIR/queue.txt
     python scripts/reproduce/grid.py exclude-keys                             the keys left out of the names
 
 Used by scripts/reproduce/*.sh (common.sh), which launch every sweep with
@@ -20,7 +21,9 @@ get_overrides_dirname, hydra-core 1.3), so they match what `train.py -m` creates
 or nothing when all are: finished jobs that share a value list with unfinished ones are launched again and
 cost one resume each (load last.pt, no epoch to train, results.json rewritten). `state` prints, per job, its
 status (completed, failed, partial or new) and its run directory (common.sh's queue trains one run at a time in
-its directory). A job is finished when its
+its directory). `queue` adds the grid's run directory names (with --jobs FILE: those of each line of FILE, one job's
+overrides separated by \x1f, with OVERRIDE... added) to DIR/queue.txt, so that `python -m rectnet.results.progress`
+can list the runs that have no directory yet. A job is finished when its
 results.json says "completed" with the configured trainer.epochs (or stopped early by trainer.stop_at_val_loss)
 and no FAILED file is there.
 """
@@ -28,7 +31,9 @@ and no FAILED file is there.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -61,6 +66,7 @@ EXCLUDE_KEYS = (
     "trainer.stop_at_val_loss",  # "Single" stage 2: fixed by its stage-1 run, which the other keys name
 )
 MAX_NAME = 255  # bytes in one path component on common file systems
+QUEUE_FILE = "queue.txt"  # rectnet.results.progress reads it (progress.QUEUE_FILE)
 
 
 def _parse(overrides: Sequence[str]) -> list[Override]:
@@ -108,6 +114,29 @@ def status(run_dir: Path) -> str:
     return "partial" if (run_dir / "checkpoints" / "last.pt").is_file() else "new"
 
 
+def record_queue(sweep_dir: Path, names: Sequence[str]) -> None:
+    """Adds to <sweep dir>/queue.txt the `names` it lacks, in order: every run some invocation on this sweep
+    queued, one directory name per line. Several invocations may start at once: under an flock, written whole."""
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    path = sweep_dir / QUEUE_FILE
+    with open(sweep_dir / f".{QUEUE_FILE}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        known = path.read_text().splitlines() if path.is_file() else []
+        new = [name for name in dict.fromkeys(names) if name not in set(known)]
+        if new:
+            partial = path.with_name(f".{QUEUE_FILE}.{os.getpid()}")
+            partial.write_text("".join(f"{name}\n" for name in [*known, *new]))
+            os.replace(partial, path)
+
+
+def queued_jobs(jobs_file: Path | None, overrides: Sequence[str]) -> list[list[str]]:
+    """The jobs of `queue`: the grid of `overrides`, or each line of `jobs_file` (\x1f-separated) with them."""
+    if jobs_file is None:
+        return expand(overrides)
+    lines = [line for line in jobs_file.read_text().splitlines() if line]
+    return [job for line in lines for job in expand([*line.split("\x1f"), *overrides])]
+
+
 def _key(job_override: str) -> str:
     return _parse([job_override])[0].get_key_element()
 
@@ -136,9 +165,10 @@ def _emit(items: Sequence[str]) -> None:
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("command", choices=("pending", "runs", "state", "exclude-keys"))
+    parser.add_argument("command", choices=("pending", "runs", "state", "queue", "exclude-keys"))
     parser.add_argument("--sweep-dir", type=Path)
     parser.add_argument("--completed", action="store_true", help="runs: only finished runs")
+    parser.add_argument("--jobs", type=Path, help="queue: a file of jobs, one per line (overrides \\x1f-separated)")
     argv = list(sys.argv[1:] if argv is None else argv)
     cut = argv.index("--") if "--" in argv else len(argv)
     args = parser.parse_args(argv[:cut])
@@ -148,6 +178,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
     if args.sweep_dir is None:
         parser.error("--sweep-dir is required")
+    if args.command == "queue":
+        record_queue(args.sweep_dir, [run_name(job) for job in queued_jobs(args.jobs, args.overrides)])
+        return
     jobs = expand(args.overrides)
     dirs = [args.sweep_dir / run_name(job) for job in jobs]
     states = [status(d) for d in dirs]
