@@ -11,6 +11,7 @@ from rectnet.results.cli import main
 from rectnet.results.page import (
     cpu_hours,
     cpu_model,
+    paced_cpu_minutes,
     recorded_machine,
     run_precision,
     run_seconds,
@@ -60,6 +61,24 @@ def test_cpu_hours_count_every_attempt_of_a_resumed_run(tmp_path):
     assert [run_seconds(read_run(p)) for p in (a, b, c)] == [1800.0, 300.0, 165.0]
     hours, unknown = cpu_hours(read_runs([tmp_path]))
     assert (hours, unknown) == (pytest.approx(2730 / 3600), 1)
+
+
+def test_cpu_minutes_at_the_median_epoch_time_leave_out_a_pause_and_the_start_up(tmp_path):
+    # H: epochs end at 100, 200, 1300 (paused 1000 s), 1400 s; resumed, ending epochs 5 and 6 at 30 and 130 s.
+    #    Between epoch ends: 100, 1100, 100 and 100 s: median 100 s x 6 epochs x 2 threads = 1200 CPU-s = 20 min.
+    #    Its wall time: 1400 + 130 s x 2 threads = 3060 CPU-s = 51 min.
+    # I: 1 thread x 2 processes, one attempt ending epochs at 70, 130, 200 s: median of 60 and 70 = 65 s x 3 x 2
+    #    = 390 CPU-s = 6.5 min. J: one epoch in each attempt: no time between two epoch ends.
+    h_log = _attempts([(1, 100.0), (2, 200.0), (3, 1300.0), (4, 1400.0)], [(5, 30.0), (6, 130.0)])
+    h_results = {**RECORDED, "wall_time_s": 130.0, "resumed_from": [{"epoch": 4}]}
+    h_results["hardware"] = {**RECORDED["hardware"], "torch_threads": 2}
+    h = read_run(make_run(tmp_path / "h", results=h_results, epochs_log=h_log))
+    i_log = _attempts([(1, 70.0), (2, 130.0), (3, 200.0)])
+    i = read_run(make_run(tmp_path / "i", seed=1, results={**RECORDED, "world_size": 2}, epochs_log=i_log))
+    j_log = _attempts([(1, 70.0)], [(2, 60.0)])
+    j = read_run(make_run(tmp_path / "j", seed=2, results=RECORDED, epochs_log=j_log))
+    assert [paced_cpu_minutes(run) for run in (h, i, j)] == [20.0, 6.5, None]
+    assert cpu_hours([h]) == (pytest.approx(3060 / 3600), 0)
 
 
 def _attempt(epoch: int, threads: int, world_size: int = 1, cpu: str = "AMD EPYC 7B13", sha: str = "3413352") -> dict:
@@ -175,9 +194,10 @@ def test_the_page_says_how_it_was_made_and_holds_the_tables_with_runs(tmp_path):
     ):
         assert line in text
     assert "native bf16 flags:" in text
-    # 14 runs x 1500 s x 1 thread = 21000 CPU-s = 5.83 CPU-hours; 3 baseline runs 1.25, 25.0 minutes each
-    assert "| Baseline | `convpool_cnn_c relu width=0.25` | 3 | 1.25 | 25.0 | 0 |" in text
-    assert "| all | | 14 | 5.83 | | 0 |" in text
+    # 14 runs x 1500 s x 1 thread = 21000 CPU-s = 5.83 CPU-hours; 3 baseline runs 1.25, 25.0 minutes each; no
+    # run logged two epoch times in one attempt: no median epoch time
+    assert "| Baseline | `convpool_cnn_c relu width=0.25` | 3 | 1.25 | 25.0 | — | 0 |" in text
+    assert "| all | | 14 | 5.83 | | | 0 |" in text
     # Table 1 exactly as tables.md prints it; the tables without runs are left out
     tables = (tmp_path / "tables" / "tables.md").read_text()
     start = tables.index("## Shang et al. 2016, Table 1")

@@ -17,7 +17,10 @@ header that says how they were made. The page holds, in order:
   results.json wall_time_s covers only its last attempt; the earlier attempts of a resumed run are added from
   metrics.jsonl (the time_s of the last epoch each attempt logged before the next resume), so a resumed run's
   time is a lower bound (what an attempt trained after its last epoch end is not logged); each attempt counts
-  its own threads and processes where `attempts` recorded them, else the last attempt's;
+  its own threads and processes where `attempts` recorded them, else the last attempt's. Wall time counts what
+  a run spent paused (SIGSTOP) or slowed by other work on the machine; the column "at the median epoch time"
+  does not: median seconds between two epoch ends (metrics.jsonl's time_s, over all attempts) x epochs x the
+  last attempt's threads x processes, the run's own pace without its start-up;
 * the tables with runs, exactly as tables.md prints them (render.table_section), "Other runs" where there are
   any, and the legend;
 * with --curves DIR (python -m rectnet.analysis.curves' output): its curves.md, curves.csv and curves.png
@@ -29,6 +32,7 @@ from __future__ import annotations
 import os
 import shlex
 import shutil
+import statistics
 import sys
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -36,7 +40,7 @@ from pathlib import Path
 
 from rectnet.engine.runtime import NATIVE_BF16_FLAGS, cpu_model, native_bf16_flags
 from rectnet.results.render import LEGEND, FilledTable, other_runs_section, runs_text, table_section
-from rectnet.results.runs import Run, count_statuses, read_metrics
+from rectnet.results.runs import Run, count_statuses, epoch_durations, epoch_times_by_attempt, read_metrics
 from rectnet.results.table import TableRow
 
 COMMANDS_FILE = "commands.txt"  # in a sweep directory: the sweep script's invocations, one per line
@@ -228,10 +232,27 @@ def _resumes(run: Run) -> int:
     return len((run.results or {}).get("resumed_from") or [])
 
 
+def paced_cpu_minutes(run: Run) -> float | None:
+    """A completed run's CPU-minutes at its median epoch time: median seconds between consecutive epoch ends
+    (over all its attempts) x epochs trained x the last attempt's threads x processes. Time a run spent paused
+    (SIGSTOP) or slowed by other work on the machine, and start-up, do not count; None with fewer than two epochs
+    in one attempt or no thread count."""
+    records = read_metrics(run.path)
+    durations = [d for times in epoch_times_by_attempt(records) for d in epoch_durations(times)]
+    threads = run_threads(run)
+    if not durations or threads is None:
+        return None
+    epochs = max(int(r["epoch"]) for r in records if "epoch" in r)
+    return statistics.median(durations) * epochs * threads * int(run.results.get("world_size") or 1) / 60.0
+
+
 def compute_table(lines: Sequence[TableRow]) -> str:
     """CPU-hours per table line with runs, and in all (each run counted once)."""
-    header = "| row | variant | completed runs | CPU-hours | CPU-minutes per run (mean) | resumed runs |"
-    out = [header, "|---|---|---|---|---|---|"]
+    header = (
+        "| row | variant | completed runs | CPU-hours | CPU-minutes per run (mean) | at the median epoch time (mean) "
+        "| resumed runs |"
+    )
+    out = [header, "|---|---|---|---|---|---|---|"]
     seen: dict[Path, Run] = {}
     for line in lines:
         done = [r for r in line.runs if r.status == "completed"]
@@ -241,11 +262,13 @@ def compute_table(lines: Sequence[TableRow]) -> str:
         hours, unknown = cpu_hours(done)
         counted = len(done) - unknown
         per_run = f"{60 * hours / counted:.1f}" if counted else "—"
+        paced = [m for m in map(paced_cpu_minutes, done) if m is not None]
+        paced_mean = f"{statistics.mean(paced):.1f}" if paced else "—"
         resumed = sum(_resumes(r) > 0 for r in done)
         label = f"`{line.variant.label()}`"
-        out.append(f"| {line.label} | {label} | {len(done)} | {hours:.2f} | {per_run} | {resumed} |")
+        out.append(f"| {line.label} | {label} | {len(done)} | {hours:.2f} | {per_run} | {paced_mean} | {resumed} |")
     total, unknown = cpu_hours(list(seen.values()))
-    out.append(f"| all | | {len(seen)} | {total:.2f} | | {sum(_resumes(r) > 0 for r in seen.values())} |")
+    out.append(f"| all | | {len(seen)} | {total:.2f} | | | {sum(_resumes(r) > 0 for r in seen.values())} |")
     if unknown:
         out.append(f"\n{unknown} completed runs recorded no wall time or thread count and are not counted.")
     return "\n".join(out)
@@ -293,7 +316,11 @@ def machine_section(runs: Sequence[Run]) -> list[str]:
 
 
 def compute_section(lines: Sequence[TableRow]) -> list[str]:
-    intro = "Completed runs; per run: wall time x torch threads x processes, over all its attempts."
+    intro = (
+        "Completed runs; per run: wall time x torch threads x processes, over all its attempts, which counts the time"
+        " a run sat paused or shared the machine with other work; at the median epoch time: the median seconds"
+        " between two epoch ends x epochs x threads x processes, the run's own pace (start-up left out)."
+    )
     return ["## Compute", "", intro, "", compute_table(lines), ""]
 
 

@@ -43,7 +43,7 @@ from pathlib import Path
 
 from rectnet.engine.run_log import format_duration
 from rectnet.engine.rundir import holder
-from rectnet.results.runs import find_run_dirs, read_metrics, read_run
+from rectnet.results.runs import epoch_durations, epoch_times_by_attempt, find_run_dirs, read_metrics, read_run
 
 STATES = ("training", "stopped", "started", "queued", "failed", "completed")
 QUEUE_FILE = "queue.txt"  # written by scripts/reproduce/grid.py queue
@@ -65,11 +65,10 @@ class RunProgress:
 
 def epoch_seconds(records: Sequence[dict]) -> float | None:
     """Wall seconds per epoch of the latest attempt (module docstring); None before its first epoch."""
-    times = [float(r["time_s"]) for r in records if "time_s" in r]
-    start = max((i for i in range(1, len(times)) if times[i] < times[i - 1]), default=0)
-    latest = times[start:]
+    attempts = epoch_times_by_attempt(records)
+    latest = attempts[-1] if attempts else []
     if len(latest) >= 2:
-        return statistics.median(b - a for a, b in zip(latest[:-1], latest[1:], strict=True))
+        return statistics.median(epoch_durations(latest))
     return latest[0] if latest else None
 
 

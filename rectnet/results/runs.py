@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -200,6 +200,23 @@ def read_metrics(run_dir: Path) -> list[dict]:
         except ValueError:
             continue
     return records
+
+
+def epoch_times_by_attempt(records: Iterable[dict]) -> list[list[float]]:
+    """metrics.jsonl's time_s (seconds since the attempt started, at each epoch's end) split into attempts: a
+    resumed attempt begins where time_s falls back."""
+    attempts: list[list[float]] = []
+    for time_s in (float(r["time_s"]) for r in records if "time_s" in r):
+        if not attempts or time_s < attempts[-1][-1]:
+            attempts.append([])
+        attempts[-1].append(time_s)
+    return attempts
+
+
+def epoch_durations(times: Sequence[float]) -> list[float]:
+    """The seconds between consecutive epoch ends of one attempt: its first epoch (start-up, or a partial epoch
+    after a resume) is not among them."""
+    return [b - a for a, b in zip(times[:-1], times[1:], strict=True)]
 
 
 def count_statuses(runs: Iterable[Run]) -> tuple[int, int, int]:
