@@ -130,7 +130,7 @@ def estimate_from_other_seeds(progress: Sequence[RunProgress]) -> None:
     for p in progress:
         if p.state in ("completed", "failed") or (p.seconds_per_epoch is not None and p.epochs is not None):
             continue
-        others = [o for o in by_key[other_seeds_key(p.run)] if o is not p]
+        others = [o for o in by_key[other_seeds_key(p.run)] if o is not p and not o.estimated]
         paces = [o.seconds_per_epoch for o in others if o.seconds_per_epoch is not None]
         epochs = [o.epochs for o in others if o.epochs is not None]
         if p.epochs is None and epochs:

@@ -122,7 +122,8 @@ def record_queue(sweep_dir: Path, names: Sequence[str]) -> None:
     with open(sweep_dir / f".{QUEUE_FILE}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         known = path.read_text().splitlines() if path.is_file() else []
-        new = [name for name in dict.fromkeys(names) if name not in set(known)]
+        listed = set(known)
+        new = [name for name in dict.fromkeys(names) if name not in listed]
         if new:
             partial = path.with_name(f".{QUEUE_FILE}.{os.getpid()}")
             partial.write_text("".join(f"{name}\n" for name in [*known, *new]))
