@@ -159,6 +159,21 @@ def test_queued_runs_and_runs_without_an_epoch_take_the_pace_of_their_other_seed
     assert "(2 at the pace of their other seeds, ~) with a known pace (1 without one" in text[-1]
 
 
+def _at(state: str, left: float | None) -> progress.RunProgress:
+    return progress.RunProgress(f"run {state} {left}", state, 0, 10, None, None, left, None)
+
+
+def test_the_grid_finishes_when_the_last_worker_does_if_as_many_train_at_once_as_now():
+    # two workers, free after 100 and 300 s; then in order: 200 s (to the first: free at 300), unknown (skipped),
+    # 50 s (free at 300 and 300: either, 350), 0 s; completed and failed runs take no worker
+    runs = [_at("training", 100.0), _at("completed", 0.0), _at("training", 300.0), _at("queued", 200.0)]
+    runs += [_at("started", None), _at("stopped", 50.0), _at("failed", None), _at("queued", 0.0)]
+    assert progress.time_to_finish(runs) == 350.0
+    assert "; with 2 runs at a time as now, done in 0:05:50; failed runs are retried" in progress.summary(runs)
+    assert progress.time_to_finish([_at("training", 70.0), _at("queued", 30.0)]) == 100.0  # one worker
+    assert progress.time_to_finish([_at("stopped", 70.0), _at("queued", 30.0)]) is None  # nobody training
+
+
 def test_grid_py_queue_adds_each_run_name_once_in_the_order_queued(tmp_path):
     grid = [sys.executable, str(ROOT / "scripts" / "reproduce" / "grid.py"), "queue", "--sweep-dir", str(tmp_path)]
     jobs = tmp_path / "jobs"

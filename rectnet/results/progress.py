@@ -23,7 +23,9 @@ training. Per run:
   upper bound for a run with a stopping rule (trainer.stop_at_val_loss, the "Single" protocol's stage 2).
 
 The last lines count the runs per state and sum the time left: a sum over runs, so runs that train at the same
-time finish sooner than it says. Then one JSON line with the same numbers. The queued runs come from queue.txt
+time finish sooner than it says; while runs are training, how long the whole grid takes if as many train at once
+as do now (each waiting run goes to the first worker free, in the order listed; `finish_s` in the JSON). Then
+one JSON line with the same numbers. The queued runs come from queue.txt
 in each given folder and in each folder that holds run directories: scripts/reproduce/ adds every run it queues
 (grid.py queue) before training, and a script that trains several grids in turn adds each as it reaches it.
 """
@@ -31,6 +33,7 @@ in each given folder and in each folder that holds run directories: scripts/repr
 from __future__ import annotations
 
 import argparse
+import heapq
 import json
 import re
 import statistics
@@ -175,6 +178,20 @@ def count_states(progress: Sequence[RunProgress]) -> dict[str, int]:
     return {state: sum(p.state == state for p in progress) for state in STATES}
 
 
+def time_to_finish(progress: Sequence[RunProgress]) -> float | None:
+    """Wall seconds until the runs with a known time left are done, if as many runs train at once as do now: each
+    run in training holds a worker until its time left is up, and the others (stopped, started, queued), in the
+    order listed, go to the worker free first. None when no run is training (how many will is not known)."""
+    workers = [p.left_s or 0.0 for p in progress if p.state == "training"]
+    if not workers:
+        return None
+    heapq.heapify(workers)
+    for p in progress:
+        if p.state in ("stopped", "started", "queued") and p.left_s is not None:
+            heapq.heappush(workers, heapq.heappop(workers) + p.left_s)
+    return max(workers)
+
+
 def summary(progress: Sequence[RunProgress]) -> str:
     counts = count_states(progress)
     unfinished = [p for p in progress if p.state not in ("completed", "failed")]
@@ -190,6 +207,12 @@ def summary(progress: Sequence[RunProgress]) -> str:
             text += (
                 f" with a known pace ({unknown} without one: no epoch logged by it or its other seeds,"
                 " or no readable config)"
+            )
+        finish = time_to_finish(progress)
+        if finish is not None:
+            at_once = counts["training"]
+            text += (
+                f"; with {at_once} run{'s' if at_once > 1 else ''} at a time as now, done in {format_duration(finish)}"
             )
     if counts["failed"]:
         text += "; failed runs are retried by a re-run of the script (their FAILED file says why)"
@@ -213,7 +236,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"no run directories under {', '.join(map(str, args.dirs))}", file=sys.stderr)
         return 1
     print(render(progress))
-    print(json.dumps({"counts": count_states(progress), "runs": [asdict(p) for p in progress]}))
+    finish = time_to_finish(progress)
+    print(json.dumps({"counts": count_states(progress), "finish_s": finish, "runs": [asdict(p) for p in progress]}))
     return 0
 
 
