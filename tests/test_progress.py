@@ -137,6 +137,7 @@ def test_queued_runs_and_runs_without_an_epoch_take_the_pace_of_their_other_seed
     _checkpoint(_run_dir(sweep, "lr=0.1,seed=1", [50.0, 170.0, 290.0, 410.0]))  # 120 s per epoch
     _lock(_run_dir(sweep, "lr=0.1,seed=3"), _dead_pid())  # started, killed before its first epoch
     queue = ["lr=0.1,seed=0", "lr=0.1,seed=2", "lr=0.2,seed=0", "lr=0.1,seed=3", "lr=0.1,seed=2"]
+    queue += ["", "..", "/etc", "../sweep/x"]  # no run's name: passed over
     (sweep / "queue.txt").write_text("".join(f"{name}\n" for name in queue))
     found = {p.run: p for p in progress.collect([tmp_path])}  # a folder above the sweep: queue.txt is found
     assert {name: (p.state, p.estimated) for name, p in found.items()} == {

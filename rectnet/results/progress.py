@@ -108,12 +108,14 @@ def run_progress(path: Path, root: Path, now: float) -> RunProgress:
 
 def queued(root: Path, run_dirs: Sequence[Path]) -> list[str]:
     """The runs named in queue.txt of `root` or of a folder holding run directories, relative to `root`, that have
-    no directory yet."""
+    no directory yet. A line that is no directory name (grid.py writes one path component per line) is passed
+    over: an edited or damaged queue.txt cannot point outside the folder."""
     names = []
     for folder in sorted({root, *(path.parent for path in run_dirs if path != root)}):
         listed = folder / QUEUE_FILE
         if listed.is_file():
-            names += [str((folder / name).relative_to(root)) for name in listed.read_text().splitlines() if name]
+            lines = listed.read_text(errors="replace").splitlines()
+            names += [str((folder / n).relative_to(root)) for n in lines if n not in ("", ".", "..") and "/" not in n]
     return [name for name in dict.fromkeys(names) if not (root / name).is_dir()]
 
 
