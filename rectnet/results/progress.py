@@ -7,7 +7,8 @@ the run directories only (it writes nothing and takes no lock), so it can be run
 training. Per run:
 
 * state: `completed` (results.json); `failed` (a FAILED file: a re-run of the script retries it); `training`
-  (its lock record names a live process on this host, or a claim from another host that was not released);
+  (its lock record names a live process on this host, or a claim from another host that was not released:
+  the holder then says how long ago its heartbeat last wrote the record);
   `stopped` (nobody holds it and it has a checkpoint: the same command resumes it); `started` (nobody holds
   it and it has no checkpoint: it starts over); `queued` (no directory yet: a reproduce script queued it, as
   the sweep folder's queue.txt records, and has not reached it).
@@ -33,6 +34,7 @@ in each given folder and in each folder that holds run directories: scripts/repr
 from __future__ import annotations
 
 import argparse
+import contextlib
 import heapq
 import json
 import re
@@ -45,7 +47,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from rectnet.engine.run_log import format_duration
-from rectnet.engine.rundir import holder
+from rectnet.engine.rundir import LOCK_NAME, holder
 from rectnet.results.runs import epoch_durations, epoch_times_by_attempt, find_run_dirs, read_metrics, read_run
 
 STATES = ("training", "stopped", "started", "queued", "failed", "completed")
@@ -75,11 +77,16 @@ def epoch_seconds(records: Sequence[dict]) -> float | None:
     return latest[0] if latest else None
 
 
-def run_state(path: Path, status: str) -> tuple[str, str | None]:
-    """(state, holder) of a run directory whose runs.py status is `status`."""
+def run_state(path: Path, status: str, now: float) -> tuple[str, str | None]:
+    """(state, holder) of a run directory whose runs.py status is `status`. For a claim from another machine,
+    whose process this host cannot see, the holder says how long ago its heartbeat last rewrote the lock record
+    (the record's mtime): minutes or hours mean a node that died without releasing it."""
     if status in ("completed", "failed"):
         return status, None
     owner = holder(path)
+    if owner is not None and owner.startswith("host "):
+        with contextlib.suppress(OSError):
+            owner += f", last heartbeat {format_duration(max(0.0, now - (path / LOCK_NAME).stat().st_mtime))} ago"
     if owner is not None:
         return "training", owner
     resumable = any((path / "checkpoints" / name).is_file() for name in CHECKPOINTS)
@@ -88,7 +95,7 @@ def run_state(path: Path, status: str) -> tuple[str, str | None]:
 
 def run_progress(path: Path, root: Path, now: float) -> RunProgress:
     run = read_run(path)
-    state, owner = run_state(path, run.status)
+    state, owner = run_state(path, run.status, now)
     records = [r for r in read_metrics(path) if "epoch" in r]
     done = max((int(r["epoch"]) for r in records), default=0)
     epochs = ((run.config or {}).get("trainer") or {}).get("epochs")
