@@ -22,7 +22,7 @@ or nothing when all are: finished jobs that share a value list with unfinished o
 cost one resume each (load last.pt, no epoch to train, results.json rewritten). `state` prints, per job, its
 status (completed, failed, partial or new) and its run directory (common.sh's queue trains one run at a time in
 its directory). `queue` adds the grid's run directory names (with --jobs FILE: those of each line of FILE, one job's
-overrides separated by \x1f, with OVERRIDE... added) to DIR/queue.txt, so that `python -m rectnet.results.progress`
+overrides separated by \\x1f, with OVERRIDE... added) to DIR/queue.txt, so that `python -m rectnet.results.progress`
 can list the runs that have no directory yet. A job is finished when its
 results.json says "completed" with the configured trainer.epochs (or stopped early by trainer.stop_at_val_loss)
 and no FAILED file is there.
@@ -131,7 +131,7 @@ def record_queue(sweep_dir: Path, names: Sequence[str]) -> None:
 
 
 def queued_jobs(jobs_file: Path | None, overrides: Sequence[str]) -> list[list[str]]:
-    """The jobs of `queue`: the grid of `overrides`, or each line of `jobs_file` (\x1f-separated) with them."""
+    """The jobs of `queue`: the grid of `overrides`, or each line of `jobs_file` (\\x1f-separated) with them."""
     if jobs_file is None:
         return expand(overrides)
     lines = [line for line in jobs_file.read_text().splitlines() if line]
