@@ -149,6 +149,14 @@ def test_queued_runs_and_runs_without_an_epoch_take_the_pace_of_their_other_seed
         "sweep/lr=0.1,seed=2": ("queued", True),  # listed twice, shown once
         "sweep/lr=0.2,seed=0": ("queued", False),  # no other seed to learn from
     }
+    positions = {name: p.queue_position for name, p in found.items()}  # queue.txt's order, the duplicate dropped
+    assert positions == {
+        "sweep/lr=0.1,seed=0": 0,
+        "sweep/lr=0.1,seed=2": 1,
+        "sweep/lr=0.2,seed=0": 2,
+        "sweep/lr=0.1,seed=3": 3,
+        "sweep/lr=0.1,seed=1": None,  # not queued by a script
+    }
     queued = found["sweep/lr=0.1,seed=2"]
     assert (queued.epochs_done, queued.epochs, queued.seconds_per_epoch, queued.left_s) == (0, 10, 110.0, 1100.0)
     started = found["sweep/lr=0.1,seed=3"]
@@ -175,6 +183,16 @@ def test_the_grid_finishes_when_the_last_worker_does_if_as_many_train_at_once_as
     assert "; with 2 runs at a time as now, done in 0:05:50; failed runs are retried" in progress.summary(runs)
     assert progress.time_to_finish([_at("training", 70.0), _at("queued", 30.0)]) == 100.0  # one worker
     assert progress.time_to_finish([_at("stopped", 70.0), _at("queued", 30.0)]) is None  # nobody training
+
+
+def test_the_waiting_runs_take_the_workers_in_queue_txt_order_and_unlisted_runs_last():
+    # workers free after 100 and 200 s; listed: C (1000 s, not in queue.txt), A (300 s, queued second), B (50 s,
+    # queued first). Queue order: B to the first worker (150), A to it again (450), C to the second (1200).
+    # The listed order would give 1100 (C 1100, A 500, B 550), A before B 1250 (A 400, B 250, C 1250).
+    runs = [_at("training", 100.0), _at("training", 200.0), _at("stopped", 1000.0), _at("queued", 300.0)]
+    runs += [_at("queued", 50.0)]
+    runs[3].queue_position, runs[4].queue_position = 1, 0
+    assert progress.time_to_finish(runs) == 1200.0
 
 
 def test_grid_py_queue_adds_each_run_name_once_in_the_order_queued(tmp_path):

@@ -25,7 +25,7 @@ training. Per run:
 
 The last lines count the runs per state and sum the time left: a sum over runs, so runs that train at the same
 time finish sooner than it says; while runs are training, how long the whole grid takes if as many train at once
-as do now (each waiting run goes to the first worker free, in the order listed; `finish_s` in the JSON). Then
+as do now (each waiting run goes to the first worker free, in queue.txt's order; `finish_s` in the JSON). Then
 one JSON line with the same numbers. The queued runs come from queue.txt
 in each given folder and in each folder that holds run directories: scripts/reproduce/ adds every run it queues
 (grid.py queue) before training, and a script that trains several grids in turn adds each as it reaches it.
@@ -66,6 +66,7 @@ class RunProgress:
     left_s: float | None  # None: unknown (no pace yet, no epoch count) or not to be trained as it is (failed)
     holder: str | None  # "pid N" or "host H" for a run in training
     estimated: bool = False  # pace and epochs taken from the run's other seeds (it has no epoch of its own)
+    queue_position: int | None = None  # its line in queue.txt: the order the scripts reach it; None: not listed
 
 
 def epoch_seconds(records: Sequence[dict]) -> float | None:
@@ -113,17 +114,17 @@ def run_progress(path: Path, root: Path, now: float) -> RunProgress:
     return RunProgress(name, state, done, epochs, top1, pace, left, owner)
 
 
-def queued(root: Path, run_dirs: Sequence[Path]) -> list[str]:
-    """The runs named in queue.txt of `root` or of a folder holding run directories, relative to `root`, that have
-    no directory yet. A line that is no directory name (grid.py writes one path component per line) is passed
-    over: an edited or damaged queue.txt cannot point outside the folder."""
+def queue_order(root: Path, run_dirs: Sequence[Path]) -> list[str]:
+    """The runs named in queue.txt of `root` or of a folder holding run directories, relative to `root`, once each
+    in the order queued, with or without a directory yet. A line that is no directory name (grid.py writes one path
+    component per line) is passed over: an edited or damaged queue.txt cannot point outside the folder."""
     names = []
     for folder in sorted({root, *(path.parent for path in run_dirs if path != root)}):
         listed = folder / QUEUE_FILE
         if listed.is_file():
             lines = listed.read_text(errors="replace").splitlines()
             names += [str((folder / n).relative_to(root)) for n in lines if n not in ("", ".", "..") and "/" not in n]
-    return [name for name in dict.fromkeys(names) if not (root / name).is_dir()]
+    return list(dict.fromkeys(names))
 
 
 def other_seeds_key(run: str) -> str:
@@ -155,11 +156,18 @@ def estimate_from_other_seeds(progress: Sequence[RunProgress]) -> None:
 
 def collect(roots: Sequence[Path]) -> list[RunProgress]:
     now = time.time()
-    found = []
+    found, queued_before = [], 0
     for root in roots:
         run_dirs = find_run_dirs([root])
-        found += [run_progress(path, root, now) for path in run_dirs]
-        found += [RunProgress(name, "queued", 0, None, None, None, None, None) for name in queued(root, run_dirs)]
+        listed = queue_order(root, run_dirs)
+        runs = [run_progress(path, root, now) for path in run_dirs]
+        waiting = [name for name in listed if not (root / name).is_dir()]
+        runs += [RunProgress(name, "queued", 0, None, None, None, None, None) for name in waiting]
+        position = {name: queued_before + i for i, name in enumerate(listed)}  # after the folders before this one
+        for p in runs:
+            p.queue_position = position.get(p.run)
+        found += runs
+        queued_before += len(listed)
     estimate_from_other_seeds(found)
     return found
 
@@ -189,15 +197,16 @@ def count_states(progress: Sequence[RunProgress]) -> dict[str, int]:
 
 def time_to_finish(progress: Sequence[RunProgress]) -> float | None:
     """Wall seconds until the runs with a known time left are done, if as many runs train at once as do now: each
-    run in training holds a worker until its time left is up, and the others (stopped, started, queued), in the
-    order listed, go to the worker free first. None when no run is training (how many will is not known)."""
+    run in training holds a worker until its time left is up, and the others (stopped, started, queued) go to the
+    worker free first in the order the scripts reach them: queue.txt's, then the runs it does not list, in the order
+    given. None when no run is training (how many will is not known)."""
     workers = [p.left_s or 0.0 for p in progress if p.state == "training"]
     if not workers:
         return None
     heapq.heapify(workers)
-    for p in progress:
-        if p.state in ("stopped", "started", "queued") and p.left_s is not None:
-            heapq.heappush(workers, heapq.heappop(workers) + p.left_s)
+    waiting = [p for p in progress if p.state in ("stopped", "started", "queued") and p.left_s is not None]
+    for p in sorted(waiting, key=lambda p: (p.queue_position is None, p.queue_position or 0)):
+        heapq.heappush(workers, heapq.heappop(workers) + p.left_s)
     return max(workers)
 
 
