@@ -18,6 +18,7 @@ from rectnet.analysis.trained import build_from_config, load_model
 from rectnet.layers.activations import PReLU, make_activation
 from rectnet.layers.facts import weight_layers
 from rectnet.models.spec import CLASSES, Conv, GlobalAvgPool, Linear, build
+from rectnet.results.runs import read_runs
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -236,14 +237,14 @@ def test_a_crelu_classifier_has_no_outgoing_weights_and_is_skipped():
 # curves (He et al. 2015 Figs. 2-3)
 
 
-def _metrics_run(folder, init: str, errors: list[float]):
+def _metrics_run(folder, init: str, errors: list[float], seed: int = 0):
     (folder / ".hydra").mkdir(parents=True)
     config = {
         "dataset": {"name": "cifar10", "num_classes": 10},
         "model": {"name": "prelu_plain30", "width": 0.125, "act_at": None, "halve_at": [], "base_act": "relu"},
         "activation": {"name": "relu", "slope": None},
         "init": {"name": init, "mode": "fan_in"},
-        "seed": 0,
+        "seed": seed,
     }
     (folder / "results.json").write_text(json.dumps({"status": "completed", "config": config}))
     lines = [json.dumps({"epoch": e, "test/top1_err": v, "train/loss": v / 40}) for e, v in enumerate(errors, 1)]
@@ -266,6 +267,28 @@ def test_curves_table_and_summary_of_kaiming_vs_xavier(tmp_path, capsys):
     curves.main([str(tmp_path), "--metric", "train/loss", "--out", str(out)])
     losses = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["runs"]
     assert [s["chance"] for s in losses] == [None, None]  # no chance-level error line for a loss
+
+
+def test_the_figure_draws_the_seeds_of_a_configuration_in_one_colour_under_one_legend_entry(tmp_path):
+    for name, init, seed in [("k0", "kaiming", 0), ("x0", "xavier", 0), ("k1", "kaiming", 1), ("k2", "kaiming", 2)]:
+        _metrics_run(tmp_path / name, init, [80.0, 70.0], seed)
+    groups = curves.seed_groups(curves.collect(read_runs([tmp_path]), "test/top1_err"))
+    assert {name: sorted(c.run.seed for c in members) for name, members in groups.items()} == {
+        "prelu_plain30 width 0.125 relu kaiming/fan_in": [0, 1, 2],
+        "prelu_plain30 width 0.125 relu xavier/fan_in": [0],
+    }
+    plt = pyplot()
+    if plt is None:
+        pytest.skip("matplotlib is not installed")
+    fig, ax = plt.subplots()
+    curves._draw([c for members in groups.values() for c in members], "test/top1_err", fig, ax)
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert legend == [
+        "prelu_plain30 width 0.125 relu kaiming/fan_in (3 runs)",
+        "prelu_plain30 width 0.125 relu xavier/fan_in",
+    ]
+    assert len({line.get_color() for line in ax.get_lines()}) == 2 and len(ax.get_lines()) == 4
+    plt.close(fig)
 
 
 def test_pairing_cli_writes_its_histograms(tmp_path, capsys):

@@ -12,7 +12,8 @@ would collide, the run's folder below the runs' common parent is appended). Writ
 
 * curves.csv: one row per epoch, one column per run (empty where a run has no such epoch);
 * curves.md: the same table in Markdown, and the summary below;
-* curves.png, only if matplotlib is importable (not a dependency).
+* curves.png, only if matplotlib is importable (not a dependency): one colour per configuration, its seeds
+  (and folds) drawn alike.
 
 Printed: the summary, one line per run: status, epochs logged, first/final/best value (best's epoch), the
 first epoch at or below --below (how early the error starts falling, the paper's point in Fig. 2) and the
@@ -25,6 +26,7 @@ from __future__ import annotations
 import argparse
 import csv
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -136,17 +138,29 @@ def write_outputs(curves: Sequence[Curve], summaries: Sequence[dict], metric: st
     paths[1].write_text(
         f"# {metric} per epoch\n\n{_markdown(header, rows)}\n\n## Summary\n\n{_markdown(*_summary_rows(summaries))}\n"
     )
-    if write_figure(out / "curves.png", partial(_draw, curves, metric), figsize=(7, 4)):
+    if write_figure(out / "curves.png", partial(_draw, curves, metric), figsize=(11, 4)):
         paths.append(out / "curves.png")
     return paths
 
 
-def _draw(curves: Sequence[Curve], metric: str, fig, ax) -> None:
+def seed_groups(curves: Sequence[Curve]) -> dict[str, list[Curve]]:
+    """The curves by their label without its seed and fold (the runs of one configuration), in the order first met."""
+    groups: dict[str, list[Curve]] = {}
     for curve in curves:
-        ax.plot(curve.epochs, curve.values, label=curve.label)
+        groups.setdefault(re.sub(r" (seed|fold) \S+", "", curve.label), []).append(curve)
+    return groups
+
+
+def _draw(curves: Sequence[Curve], metric: str, fig, ax) -> None:
+    # one colour and one legend entry per configuration: a grid of rows x seeds stays readable (19 runs of
+    # Table 1's miniature in 5 colours), and the seeds of a row show as a band
+    for color, (name, members) in enumerate(seed_groups(curves).items()):
+        label = name if len(members) == 1 else f"{name} ({len(members)} runs)"
+        for i, curve in enumerate(members):
+            ax.plot(curve.epochs, curve.values, color=f"C{color % 10}", label=label if i == 0 else None, lw=1)
     ax.set_xlabel("epoch")
     ax.set_ylabel(metric)
-    ax.legend(fontsize="small")
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
 
 
 def main(argv: Sequence[str] | None = None) -> None:
